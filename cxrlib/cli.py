@@ -1,0 +1,229 @@
+"""``python -m cxrlib`` (also installed as ``cxr``): a thin layer over the library.
+
+Each sub-command parses its flags and calls one library function with the same defaults
+the notebooks use. Errors the user can fix (a missing dataset, unavailable weights, a bad
+flag) print one clear line and exit with status 2, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+log = logging.getLogger("cxrlib")
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable:
+    """Register a sub-command handler."""
+    def register(function: Callable[[argparse.Namespace], int]) -> Callable:
+        COMMANDS[name] = function
+        return function
+    return register
+
+
+@command("synth")
+def _synth(args: argparse.Namespace) -> int:
+    from cxrlib.synthetic import generate_synthetic
+
+    out = generate_synthetic(args.out, per_class=args.per_class, size=args.size, seed=args.seed,
+                             classes=args.classes or None, shortcut_class=args.shortcut_class,
+                             marker_prob=args.marker_prob, progress=not args.quiet)
+    print(f"Synthetic dataset written to {out}")
+    return 0
+
+
+@command("data check")
+def _data_check(args: argparse.Namespace) -> int:
+    from cxrlib.datasets import load_manifest
+    from cxrlib.quality import check_manifest, format_check_report
+
+    manifest = load_manifest(args.dir, layout=args.layout)
+    report = check_manifest(manifest, progress=not args.json)
+    report["layout"] = manifest.attrs.get("layout", "")
+    report["root"] = manifest.attrs.get("root", "")
+    print(json.dumps(report, indent=2) if args.json else format_check_report(report))
+    return 0
+
+
+@command("data download")
+def _data_download(args: argparse.Namespace) -> int:
+    from cxrlib.datasets import download
+
+    print(f"Downloaded to {download(args.name, args.dest)}")
+    return 0
+
+
+@command("train")
+def _train(args: argparse.Namespace) -> int:
+    from cxrlib.experiments import prepare_split
+    from cxrlib.training import train
+
+    manifest, classes = prepare_split(args.data, layout=args.layout, classes=args.classes,
+                                      samples_per_class=args.samples_per_class, val=args.val,
+                                      test=args.test, seed=args.seed, split_file=args.split_file)
+    record = train(manifest, classes, args.backbone, args.variant, args.out,
+                   weights=None if args.weights.lower() == "none" else args.weights,
+                   image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+                   optimizer=args.optimizer, learning_rate=args.learning_rate, seed=args.seed,
+                   class_weight=args.class_weight, crop=args.crop, equalize=args.equalize,
+                   channels=args.channels, binary=args.binary, early_stopping=args.early_stopping,
+                   mixed_precision=args.mixed_precision, xla=args.xla, strategy=args.strategy,
+                   init_from=args.init_from, reuse=not args.force,
+                   dataset_info={"samples_per_class": args.samples_per_class})
+    test = record.get("test") or {}
+    print(f"{record['name']}: {record['training']['epochs_run']} epochs, "
+          f"val accuracy {record['final'].get('val_accuracy')}, test accuracy {test.get('accuracy')} "
+          f"→ {Path(args.out) / 'record.json'}")
+    return 0
+
+
+@command("evaluate")
+def _evaluate(args: argparse.Namespace) -> int:
+    from cxrlib.experiments import evaluate_saved_model
+
+    metrics = evaluate_saved_model(args.model, args.data, split=args.split, out_dir=args.out,
+                                   layout=args.layout)
+    print(f"accuracy {metrics['accuracy']:.3f}, macro AUC {metrics['auc_macro']} on {metrics['n']} "
+          f"images → {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+@command("report")
+def _report(args: argparse.Namespace) -> int:
+    from cxrlib.records import find_records
+    from cxrlib.report import comparison_table, markdown_table, write_report
+
+    written = write_report(args.runs_dir, args.out)
+    print(markdown_table(comparison_table(find_records(args.runs_dir))))
+    print("\nWritten: " + ", ".join(str(p) for p in written.values() if not isinstance(p, list)))
+    return 0
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    from cxrlib.synthetic import SYNTH_CLASSES
+
+    p = sub.add_parser("synth", help="write the synthetic default dataset (COVID-19 Radiography v4 layout)")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--per-class", type=int, default=300, help="images per class (default 300)")
+    p.add_argument("--size", type=int, default=256, help="nominal image size in pixels (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", nargs="+", choices=SYNTH_CLASSES, help="classes to draw (default all four)")
+    p.add_argument("--shortcut-class", help="burn a marker into this class's images (shortcut lesson)")
+    p.add_argument("--marker-prob", type=float, default=0.3, help="chance of a random border marker")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    from cxrlib.datasets import KAGGLE_SOURCES, LAYOUTS
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    check = data.add_parser("check", help="counts, sizes, modes, unreadable files and duplicates")
+    check.add_argument("dir")
+    check.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    get = data.add_parser("download", help="download a dataset with the Kaggle API")
+    get.add_argument("name", choices=sorted(KAGGLE_SOURCES))
+    get.add_argument("dest")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from cxrlib.backbones import BACKBONES
+    from cxrlib.datasets import LAYOUTS
+    from cxrlib.models import VARIANTS
+
+    p = sub.add_parser("train", help="train one backbone x variant; writes RUN_DIR/record.json and model.keras")
+    p.add_argument("--data", required=True, help="dataset directory (any supported layout)")
+    p.add_argument("--backbone", required=True, choices=sorted(BACKBONES) + ["scratch"])
+    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("--weights", default="imagenet", help="imagenet, none, or a local weights file")
+    p.add_argument("--image-size", type=int, help="input size (default: the backbone's)")
+    p.add_argument("--epochs", type=int, help="default: the variant's recipe")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--samples-per-class", type=int, help="balanced sample of N per class (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
+    p.add_argument("--classes", nargs="+", help="classes to keep (default: all in the data)")
+    p.add_argument("--val", type=float, default=0.15, help="validation fraction")
+    p.add_argument("--test", type=float, default=0.15, help="test fraction")
+    p.add_argument("--split-file", help="reuse a saved split CSV instead of splitting")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "nadam", "rmsprop"))
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--class-weight", action="store_true", help="weight the loss n_total/(k*n_class)")
+    p.add_argument("--crop", action="store_true", help="proportional border crop")
+    p.add_argument("--equalize", choices=("hist", "clahe"))
+    p.add_argument("--channels", type=int, default=3, choices=(1, 3), help="1: grayscale input adapter")
+    p.add_argument("--binary", action="store_true", help="one sigmoid unit (two classes)")
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPUs)")
+    p.add_argument("--xla", action="store_true", help="compile with XLA")
+    p.add_argument("--strategy", choices=("mirrored", "multiworker"), help="distribution strategy")
+    p.add_argument("--init-from", help="copy matching weights from this .keras model first")
+    p.add_argument("--force", action="store_true", help="retrain even if a finished identical run exists")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from cxrlib.datasets import LAYOUTS
+
+    p = sub.add_parser("evaluate", help="score a saved model; writes OUT_DIR/metrics.json")
+    p.add_argument("--model", required=True, help="RUN_DIR/model.keras (its record.json sits beside it)")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--split", default="test", choices=("test", "all"),
+                   help="test: the run's own test split; all: every image of --data")
+    p.add_argument("--out", required=True)
+    p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="comparison table and plots from the run records in RUNS_DIR")
+    p.add_argument("runs_dir")
+    p.add_argument("--out", help="where to write (default: RUNS_DIR)")
+
+
+PARSER_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_synth, _add_data, _add_train, _add_evaluate, _add_report]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(prog="cxr", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in PARSER_BUILDERS:
+        add(sub)
+    return parser
+
+
+def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
+    name = args.command
+    if getattr(args, "data_command", None):
+        name = f"{name} {args.data_command}"
+    return COMMANDS[name]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from cxrlib.backbones import WeightsUnavailableError
+    from cxrlib.datasets import DatasetError
+
+    try:
+        return _handler(args)(args)
+    except (DatasetError, WeightsUnavailableError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

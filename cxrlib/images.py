@@ -1,0 +1,400 @@
+"""Robust decoding of radiograph files into uint8 grayscale arrays.
+
+Every supported file, whatever its bit depth, colour model or container, is decoded
+into the same thing: a 2-D ``uint8`` array of shape ``(H, W)``.
+
+- 8-bit grayscale (``L``) is returned as is; ``1``-bit images become 0/255.
+- 16/32-bit grayscale (``I;16``, ``I;16B``, ``I``, ``F``) is min-max scaled to 0..255
+  (a constant image gives zeros).
+- Colour (``RGB``, ``CMYK``, ``YCbCr``, palette ``P``) is converted to luminance
+  (ITU-R 601-2 weights); images with alpha (``RGBA``, ``LA``, ``PA``) are first
+  composited over black.
+- DICOM (by suffix, or by the ``DICM`` magic at byte 128) goes through pydicom:
+  Modality LUT (RescaleSlope/RescaleIntercept), then the VOI window
+  (WindowCenter/WindowWidth, first value) or a VOI LUT sequence when present, otherwise
+  min-max; MONOCHROME1 is inverted so that bone is bright; multi-frame gives the
+  first frame; colour DICOM gives luminance.
+
+Anything that cannot be read (missing, empty, truncated, not an image, DICOM without
+pixel data) raises :class:`ImageReadError`, whose message names the path and reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+)
+DICOM_SUFFIXES: frozenset[str] = frozenset({".dcm", ".dicom"})
+
+_DICOM_MAGIC_OFFSET = 128
+_DICOM_MAGIC = b"DICM"
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
+_truncation_lock = threading.Lock()
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be read as an image; str() names the path and the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(str(path), reason)
+        self.path = str(path)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot read image {self.path}: {self.reason}"
+
+
+def is_image_path(path: str | Path) -> bool:
+    """True when the file suffix is a supported image suffix (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode any supported file into a 2-D uint8 grayscale array (H, W). Raises ImageReadError."""
+    image, _ = read_image_with_info(path)
+    return image
+
+
+def probe_image(path: str | Path) -> dict[str, Any]:
+    """Cheap header read: {"width", "height", "mode", "format"}. Raises ImageReadError.
+
+    ``mode`` is the PIL mode ('L', 'I;16', 'RGB', 'RGBA', 'P', ...) or
+    ``'DICOM:<PhotometricInterpretation>'``. Pixel data are not decoded, so a truncated
+    file may pass this check; use :func:`read_image` to be sure.
+    """
+    p = _check_file(path)
+    if _is_dicom(p):
+        return _probe_dicom(p)
+    return _probe_pil(p)
+
+
+def read_image_with_info(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode a file once and return ``(uint8 image, header info as in probe_image)``."""
+    p = _check_file(path)
+    if _is_dicom(p):
+        return _read_dicom(p)
+    return _read_pil(p)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _check_file(path: str | Path) -> Path:
+    """Return ``path`` as a Path, or raise ImageReadError if it is not a non-empty file."""
+    p = Path(path)
+    try:
+        if not p.exists():
+            raise ImageReadError(p, "file not found")
+        if p.is_dir():
+            raise ImageReadError(p, "is a directory, not a file")
+        if p.stat().st_size == 0:
+            raise ImageReadError(p, "empty file (0 bytes)")
+    except OSError as exc:
+        raise ImageReadError(p, f"cannot access file ({exc})") from exc
+    return p
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    """True when the file carries the 'DICM' magic after the 128-byte preamble."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(_DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC))
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot open file ({exc})") from exc
+    return head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC
+
+
+def _is_dicom(path: Path) -> bool:
+    """DICOM by suffix or by magic bytes (files without suffix exist)."""
+    return path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_magic(path)
+
+
+# ------------------------------------------------------------------------------- PIL
+
+
+@contextlib.contextmanager
+def _strict_truncation() -> Iterator[None]:
+    """Make sure PIL raises on truncated files instead of padding them silently."""
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        yield
+        return
+    logger.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; disabling it while decoding")
+    with _truncation_lock:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _pil_info(img: Image.Image) -> dict[str, Any]:
+    """Header fields of an opened PIL image."""
+    return {
+        "width": int(img.width),
+        "height": int(img.height),
+        "mode": str(img.mode),
+        "format": str(img.format or "unknown"),
+    }
+
+
+def _probe_pil(path: Path) -> dict[str, Any]:
+    """Open the file lazily with PIL and return its header fields."""
+    try:
+        with Image.open(path) as img:
+            return _pil_info(img)
+    except Exception as exc:  # any decoder failure means "not readable"
+        raise ImageReadError(path, _pil_reason(exc)) from exc
+
+
+def _read_pil(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fully decode a file with PIL (first frame) and convert it to uint8 grayscale."""
+    try:
+        with _strict_truncation(), Image.open(path) as img:
+            img.load()
+            info = _pil_info(img)
+            gray = pil_to_gray(img)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        raise ImageReadError(path, _pil_reason(exc)) from exc
+    return _validated(path, gray), info
+
+
+def _pil_reason(exc: Exception) -> str:
+    """A short human-readable reason for a PIL failure."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not a recognised image format"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"image too large ({exc})"
+    text = str(exc) or type(exc).__name__
+    if "truncated" in text.lower() or isinstance(exc, (EOFError, SyntaxError)):
+        return f"truncated or corrupt image data ({text})"
+    return f"cannot decode image ({type(exc).__name__}: {text})"
+
+
+def pil_to_gray(img: Image.Image) -> np.ndarray:
+    """Convert a loaded PIL image of any mode into a 2-D uint8 luminance array."""
+    mode = img.mode
+    if mode == "L":
+        return np.array(img, dtype=np.uint8)
+    if mode == "1":
+        return np.array(img.convert("L"), dtype=np.uint8)
+    if mode in _HIGH_DEPTH_MODES:
+        return scale_to_uint8(_pil_high_depth_array(img))
+    if mode == "P":
+        has_alpha = "transparency" in img.info
+        return pil_to_gray(img.convert("RGBA" if has_alpha else "RGB"))
+    if mode in {"LA", "La"}:
+        la = np.asarray(img.convert("LA"), dtype=np.float32)
+        return _to_uint8(la[..., 0] * (la[..., 1] / 255.0))
+    if mode in {"RGBA", "RGBa", "PA"}:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+        return _to_uint8(_luminance(rgba[..., :3]) * (rgba[..., 3] / 255.0))
+    rgb = img if mode == "RGB" else img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
+    return _to_uint8(_luminance(np.asarray(rgb, dtype=np.float32)))
+
+
+def _pil_high_depth_array(img: Image.Image) -> np.ndarray:
+    """The raw values of a 16/32-bit or float PIL image as a 2-D numeric array."""
+    arr = np.asarray(img)
+    if arr.ndim != 2 or arr.dtype == object:  # older Pillow: go through getdata()
+        arr = np.array(img.getdata(), dtype=np.float64).reshape(img.height, img.width)
+    return arr
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def _dcmread(path: Path, stop_before_pixels: bool) -> Any:
+    """pydicom.dcmread with errors turned into ImageReadError."""
+    import pydicom  # local import: pydicom is only needed for DICOM files
+
+    try:
+        return pydicom.dcmread(str(path), force=True, stop_before_pixels=stop_before_pixels)
+    except Exception as exc:
+        reason = f"not a readable DICOM file ({type(exc).__name__}: {exc})"
+        raise ImageReadError(path, reason) from exc
+
+
+def _dicom_info(path: Path, ds: Any) -> dict[str, Any]:
+    """Header fields of a DICOM dataset, in the probe_image format."""
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    if rows is None or cols is None:
+        raise ImageReadError(path, "DICOM has no Rows/Columns (not an image)")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    mode = f"DICOM:{photometric}"
+    return {"width": int(cols), "height": int(rows), "mode": mode, "format": "DICOM"}
+
+
+def _probe_dicom(path: Path) -> dict[str, Any]:
+    """Read only the DICOM header (no pixel data)."""
+    return _dicom_info(path, _dcmread(path, stop_before_pixels=True))
+
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode a DICOM file into uint8 grayscale with modality LUT, VOI window and polarity."""
+    ds = _dcmread(path, stop_before_pixels=False)
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if "Rows" not in ds and "SOPClassUID" not in ds:
+            raise ImageReadError(path, "not a valid DICOM file (no image attributes)")
+        raise ImageReadError(path, "DICOM has no pixel data")
+    info = _dicom_info(path, ds)
+    try:
+        pixels = np.asarray(ds.pixel_array)
+    except Exception as exc:  # missing decoder plugin, corrupt or truncated pixel data
+        raise ImageReadError(
+            path, f"cannot decode DICOM pixel data ({type(exc).__name__}: {exc})"
+        ) from exc
+    try:
+        gray = dicom_to_gray(ds, pixels)
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        reason = f"cannot convert DICOM pixels ({type(exc).__name__}: {exc})"
+        raise ImageReadError(path, reason) from exc
+    return _validated(path, gray), info
+
+
+def _first_frame(ds: Any, pixels: np.ndarray) -> np.ndarray:
+    """Drop the frame axis of a multi-frame pixel array (keep the first frame)."""
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if n_frames > 1 or pixels.ndim == (4 if samples > 1 else 3):
+        return pixels[0]
+    return pixels
+
+
+def dicom_to_gray(ds: Any, pixels: np.ndarray) -> np.ndarray:
+    """Turn decoded DICOM pixels (from ``ds.pixel_array``) into uint8 grayscale."""
+    pixels = _first_frame(ds, pixels)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if pixels.ndim == 3:  # colour (RGB; pydicom>=3 also converts YBR to RGB)
+        luma = _luminance(pixels.astype(np.float32))
+        return _to_uint8(luma) if pixels.dtype == np.uint8 else scale_to_uint8(luma)
+    values = _apply_modality_lut(ds, pixels)
+    gray = _apply_voi(ds, pixels, values)
+    if photometric == "MONOCHROME1":
+        gray = 255 - gray
+    return gray
+
+
+def _first_float(value: Any) -> float | None:
+    """First value of a (possibly multi-valued) DICOM numeric element, or None."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, bytes, int, float)) and hasattr(value, "__len__"):
+        if len(value) == 0:
+            return None
+        value = value[0]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _apply_modality_lut(ds: Any, pixels: np.ndarray) -> np.ndarray:
+    """Stored values → modality values with RescaleSlope/RescaleIntercept (float32)."""
+    slope = _first_float(ds.get("RescaleSlope"))
+    intercept = _first_float(ds.get("RescaleIntercept"))
+    values = pixels.astype(np.float32)
+    if slope is not None and slope != 0.0 and slope != 1.0:
+        values *= np.float32(slope)
+    if intercept:
+        values += np.float32(intercept)
+    return values
+
+
+def _apply_voi(ds: Any, pixels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Apply the VOI window (or VOI LUT sequence) to modality values; min-max otherwise."""
+    center = _first_float(ds.get("WindowCenter"))
+    width = _first_float(ds.get("WindowWidth"))
+    if center is not None and width is not None and width > 0:
+        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
+        return window_to_uint8(values, center, width, function)
+    if "VOILUTSequence" in ds:
+        lut_values = _voi_lut_sequence(ds, pixels)
+        if lut_values is not None:
+            return scale_to_uint8(lut_values)
+    return scale_to_uint8(values)
+
+
+def _voi_lut_sequence(ds: Any, pixels: np.ndarray) -> np.ndarray | None:
+    """Apply a VOI LUT Sequence through pydicom's helper (None if that fails)."""
+    try:
+        from pydicom.pixels import apply_voi_lut  # pydicom >= 3
+    except ImportError:  # pragma: no cover - pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_voi_lut
+    try:
+        from pydicom.pixels import apply_modality_lut
+    except ImportError:  # pragma: no cover - pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut
+    try:
+        return np.asarray(apply_voi_lut(apply_modality_lut(pixels, ds), ds), dtype=np.float32)
+    except Exception as exc:
+        logger.debug("VOI LUT sequence could not be applied (%s); using min-max", exc)
+        return None
+
+
+def window_to_uint8(
+    values: np.ndarray, center: float, width: float, function: str = "LINEAR"
+) -> np.ndarray:
+    """DICOM VOI windowing (PS3.3 C.11.2.1.2) of modality values onto 0..255."""
+    x = values.astype(np.float32)
+    if function == "LINEAR_EXACT":
+        out = (x - center) / width + 0.5
+    elif function == "SIGMOID":
+        out = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    else:  # LINEAR (default); width 1 is a hard threshold
+        if width <= 1.0:
+            out = (x > center - 0.5).astype(np.float32)
+        else:
+            out = (x - (center - 0.5)) / (width - 1.0) + 0.5
+    return _to_uint8(np.clip(out, 0.0, 1.0) * 255.0)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma of an (..., 3) float array."""
+    return rgb[..., :3] @ _LUMA_WEIGHTS
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Round and clip float values in 0..255 to uint8."""
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Min-max scale any numeric array onto 0..255 (constant → zeros; NaN/inf → min)."""
+    arr = np.asarray(values, dtype=np.float32)
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return np.zeros(arr.shape, dtype=np.uint8)
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
+    if not finite.all():
+        arr = np.where(finite, arr, lo)
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return _to_uint8((arr - lo) * (255.0 / (hi - lo)))
+
+
+def _validated(path: Path, gray: np.ndarray) -> np.ndarray:
+    """Check that a decoded image is a non-empty 2-D uint8 array."""
+    if gray.ndim != 2 or gray.size == 0:
+        raise ImageReadError(path, f"decoded to an unexpected shape {gray.shape}")
+    return np.ascontiguousarray(gray, dtype=np.uint8)

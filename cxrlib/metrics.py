@@ -1,0 +1,249 @@
+"""Evaluation of a classifier from true labels and predicted probabilities.
+
+Everything here works on numpy arrays, never on a model, so the same code scores a Keras
+model, a saved prediction file or a hand-made example in a test. The result of
+:func:`compute_metrics` is a plain JSON-serialisable dict that goes into the run record
+(``record["test"]``) and from there into every report table.
+
+Why each number is there:
+
+- **accuracy** alone hides a lot on imbalanced data, so every class also gets its
+  **precision**, **recall** (= sensitivity: how many of the sick are found), **specificity**
+  (how many of the healthy are left alone) and **F1**, plus its one-vs-rest **ROC AUC**,
+  which does not depend on a threshold at all;
+- a test set of a few hundred images gives a noisy estimate, so accuracy and macro AUC come
+  with a 95 % **bootstrap confidence interval**: the test set is resampled with replacement
+  ``bootstrap`` times and the interval is the 2.5th–97.5th percentile of the results. Two
+  models whose intervals overlap widely are not shown to differ by that test set;
+- a screening tool must miss (almost) nobody, so for two classes the **operating point** is
+  the highest threshold that still reaches the target sensitivity (99 % by default), with
+  the specificity it costs. The default threshold 0.5 of ``argmax`` is rarely that point.
+
+Predictions are the ``argmax`` of the probabilities. Undefined ratios (a class never
+predicted, say) are 0.0, as with scikit-learn's ``zero_division=0``; an AUC that cannot be
+defined (a class absent from the labels) is ``None``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from cxrlib.records import jsonable
+
+log = logging.getLogger(__name__)
+
+CI_LEVEL = 0.95
+_BOOTSTRAP_CELLS = 2_000_000  # resamples x samples per chunk: bounds the memory of the bootstrap
+
+
+def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str],
+                    bootstrap: int = 1000, seed: int = 0,
+                    target_sensitivity: float = 0.99) -> dict:
+    """All test-set metrics as a JSON-serialisable dict (see the module docstring).
+
+    ``y_true`` holds class indices (N,), ``y_prob`` probabilities (N, K) with K == len(classes).
+    For two classes a single column of positive-class probabilities (N,) or (N, 1) is also
+    accepted and read as ``[1 - p, p]``.
+    """
+    classes = [str(c) for c in classes]
+    y_true, y_prob = _check_inputs(y_true, y_prob, len(classes))
+    k = len(classes)
+    y_pred = y_prob.argmax(axis=1)
+    matrix = confusion_matrix(y_true, y_pred, k)
+    aucs = [_auc(y_true == i, y_prob[:, i]) for i in range(k)]
+    per_class = {name: {**_class_scores(matrix, i), "auc": aucs[i]}
+                 for i, name in enumerate(classes)}
+    result: dict = {
+        "classes": classes,
+        "n": int(len(y_true)),
+        "accuracy": float(np.mean(y_pred == y_true)) if len(y_true) else None,
+        "per_class": per_class,
+        "auc_macro": None if any(a is None for a in aucs) else float(np.mean(aucs)),
+        "confusion_matrix": matrix.tolist(),
+        "ci": bootstrap_ci(y_true, y_prob, n_resamples=bootstrap, seed=seed),
+    }
+    if k == 2:
+        result["roc"] = _binary_roc(y_true == 1, y_prob[:, 1])
+        result["operating_point"] = threshold_for_sensitivity(y_true == 1, y_prob[:, 1],
+                                                              target=target_sensitivity)
+    return jsonable(result)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """K x K counts, rows = true class, columns = predicted class."""
+    flat = np.asarray(y_true, dtype=np.int64) * n_classes + np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def threshold_for_sensitivity(y_true_binary: np.ndarray, scores: np.ndarray,
+                              target: float = 0.99) -> dict:
+    """The highest threshold whose sensitivity reaches target.
+
+    Returns {"threshold", "sensitivity", "specificity", "target"}. A sample is called positive when ``score >= threshold``. With P positives, at least
+    ``ceil(target * P)`` of them must be found, so the answer is the ``ceil(target * P)``-th
+    highest positive score: any higher threshold finds fewer. ``None`` values mean there
+    were no positives (threshold, sensitivity) or no negatives (specificity).
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target sensitivity must be in (0, 1], not {target}")
+    positive = np.asarray(y_true_binary).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if positive.shape != scores.shape:
+        raise ValueError(f"{positive.size} labels but {scores.size} scores")
+    pos_scores = np.sort(scores[positive])[::-1]
+    neg_scores = scores[~positive]
+    out: dict = {"threshold": None, "sensitivity": None, "specificity": None,
+                 "target": float(target)}
+    if pos_scores.size == 0:
+        log.warning("No positive samples: no threshold reaches a sensitivity.")
+        return out
+    needed = max(1, math.ceil(target * pos_scores.size - 1e-9))
+    threshold = float(pos_scores[needed - 1])
+    out["threshold"] = threshold
+    out["sensitivity"] = float(np.mean(pos_scores >= threshold))
+    if neg_scores.size:
+        out["specificity"] = float(np.mean(neg_scores < threshold))
+    return out
+
+
+def roc_curves(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str]) -> dict[str, dict]:
+    """One-vs-rest ROC curve of every class, for plots: {class: {"fpr", "tpr", "auc"}}.
+
+    A class whose curve is undefined (absent from ``y_true``, or the only class present)
+    is left out, with a warning.
+    """
+    y_true, y_prob = _check_inputs(y_true, y_prob, len(classes))
+    curves: dict[str, dict] = {}
+    for i, name in enumerate(classes):
+        roc = _binary_roc(y_true == i, y_prob[:, i])
+        if roc is None:
+            log.warning("No ROC curve for class %r: it is absent or the only class.", name)
+            continue
+        curves[str(name)] = {"fpr": roc["fpr"], "tpr": roc["tpr"],
+                             "auc": _auc(y_true == i, y_prob[:, i])}
+    return curves
+
+
+def bootstrap_ci(y_true: np.ndarray, y_prob: np.ndarray, n_resamples: int = 1000,
+                 seed: int = 0, level: float = CI_LEVEL) -> dict[str, list[float] | None]:
+    """Percentile bootstrap intervals of accuracy and macro AUC: {"accuracy", "auc_macro"}.
+
+    Each resample draws N samples with replacement; it is represented by how often each
+    sample was drawn (a row of counts), so every statistic is a weighted sum over the
+    original samples and no resample is ever materialised. Resamples in which a class is
+    missing have no macro AUC and are skipped for it. ``None`` when nothing could be computed.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    n, k = y_prob.shape
+    if n_resamples <= 0 or n == 0:
+        return {"accuracy": None, "auc_macro": None}
+    rng = np.random.default_rng(seed)
+    correct = (y_prob.argmax(axis=1) == y_true).astype(np.float64)
+    accuracies, aucs = [], []
+    chunk = max(1, _BOOTSTRAP_CELLS // n)
+    for start in range(0, n_resamples, chunk):
+        rows = min(chunk, n_resamples - start)
+        counts = _resample_counts(rng, rows, n)
+        accuracies.append(counts @ correct / n)
+        per_class = np.stack([_weighted_auc(y_true == i, y_prob[:, i], counts)
+                              for i in range(k)], axis=1)
+        aucs.append(per_class.mean(axis=1))  # NaN wherever a class was missing
+    auc_all = np.concatenate(aucs)
+    return {"accuracy": _percentiles(np.concatenate(accuracies), level),
+            "auc_macro": _percentiles(auc_all[np.isfinite(auc_all)], level)}
+
+
+def _check_inputs(y_true: np.ndarray, y_prob: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validated int labels (N,) and float probabilities (N, K)."""
+    y_true = np.asarray(y_true).ravel()
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    if k == 2 and (y_prob.ndim == 1 or (y_prob.ndim == 2 and y_prob.shape[1] == 1)):
+        p = y_prob.reshape(-1)
+        y_prob = np.stack([1.0 - p, p], axis=1)
+    if y_prob.ndim != 2 or y_prob.shape[1] != k:
+        raise ValueError(f"y_prob must have shape (N, {k}) for {k} classes, not {y_prob.shape}")
+    if len(y_true) != len(y_prob):
+        raise ValueError(f"{len(y_true)} labels but {len(y_prob)} rows of probabilities")
+    if y_true.size and not np.issubdtype(y_true.dtype, np.integer):
+        if not np.all(np.mod(y_true, 1) == 0):
+            raise ValueError("y_true must hold integer class indices")
+    y_true = y_true.astype(np.int64)
+    if y_true.size and (y_true.min() < 0 or y_true.max() >= k):
+        raise ValueError(f"class indices must lie in [0, {k - 1}]")
+    return y_true, y_prob
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, 0.0 when the denominator is 0 (zero_division=0)."""
+    return float(numerator / denominator) if denominator else 0.0
+
+
+def _class_scores(matrix: np.ndarray, i: int) -> dict:
+    """Precision, recall, specificity, F1 and support of class i from the confusion matrix."""
+    tp = matrix[i, i]
+    fn = matrix[i].sum() - tp
+    fp = matrix[:, i].sum() - tp
+    tn = matrix.sum() - tp - fn - fp
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return {"precision": precision, "recall": recall, "specificity": _ratio(tn, tn + fp),
+            "f1": _ratio(2 * precision * recall, precision + recall), "support": int(tp + fn)}
+
+
+def _auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
+    """ROC AUC of one class against the rest; None when only one side is present."""
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
+        return None
+    return float(roc_auc_score(positive, scores))
+
+
+def _binary_roc(positive: np.ndarray, scores: np.ndarray) -> dict | None:
+    """{"fpr", "tpr", "thresholds"} lists with finite thresholds; None when undefined."""
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
+        return None
+    fpr, tpr, thresholds = roc_curve(positive, scores)
+    thresholds = np.where(np.isfinite(thresholds), thresholds, 1.0)  # sklearn starts at inf
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thresholds.tolist()}
+
+
+def _resample_counts(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    """(rows, n) float matrix: how often each sample is drawn in each bootstrap resample."""
+    draws = rng.integers(0, n, size=(rows, n)) + (np.arange(rows) * n)[:, None]
+    return np.bincount(draws.ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
+
+
+def _weighted_auc(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC for each row of sample weights (B, N); NaN where a side has zero weight.
+
+    AUC is the probability that a random positive scores above a random negative (ties
+    count half). Sorting the scores once and grouping equal scores gives, per group g, the
+    weight of positives P_g and negatives N_g; then AUC = sum_g P_g (N_<g + N_g / 2) / (P N).
+    """
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    positive = positive[order]
+    w = weights[:, order]
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    w_pos = np.add.reduceat(w * positive, starts, axis=1)
+    w_neg = np.add.reduceat(w * ~positive, starts, axis=1)
+    below = np.cumsum(w_neg, axis=1) - w_neg
+    numerator = (w_pos * (below + 0.5 * w_neg)).sum(axis=1)
+    denominator = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / denominator, np.nan)
+
+
+def _percentiles(values: np.ndarray, level: float) -> list[float] | None:
+    """[low, high] percentile interval of values at the given level; None when empty."""
+    if values.size == 0:
+        return None
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return [float(low), float(high)]

@@ -1,0 +1,248 @@
+"""Models: an ImageNet backbone plus a head, built as one *flat* functional graph.
+
+Flat means the backbone's layers sit directly in the model (input → backbone layers →
+head), rather than the backbone being called as a nested sub-model. Heat-map tools such as
+tf-keras-vis need that: they look the last convolution up by name in ``model.layers``.
+
+The course's progression, as named variants:
+
+======== =====================================================================================
+``v0``    frozen backbone → global average pooling → softmax, never trained (chance level:
+          the point is that ImageNet features alone do not know our classes)
+``v1``    v0 with the softmax trained, on features extracted once and cached
+``v2``    frozen backbone, augmentation, deeper head Dense(500) → Dense(200) → softmax
+``v2reg`` v2 with Dropout(0.5) after the first dense layer (= ``frozen`` for every backbone)
+``v3``    the whole network fine-tuned from its pretrained weights (= ``finetune``)
+``scratch`` a from-scratch CNN (five conv/pool blocks, a dense head with dropout)
+======== =====================================================================================
+
+When a pretrained backbone is frozen *or* fine-tuned, its BatchNormalization layers stay in
+inference mode (``trainable = False``, which in Keras 3 also means inference mode): updating
+their ImageNet statistics with a few small batches of radiographs would wreck the features.
+With ``weights=None`` there are no statistics to protect, and a network trained from random
+weights needs its BatchNormalization to learn, so then (and only then) it trains.
+
+``channels=1`` puts a trainable 1→3 channel 1×1 convolution in front of an RGB backbone, so
+grayscale radiographs go in as they are and the network learns its own colour mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import keras
+
+from cxrlib.backbones import (SCRATCH, WeightsUnavailableError, application, default_size,
+                              get_backbone, missing_weights_message, resolve_weights)
+
+log = logging.getLogger(__name__)
+
+VARIANTS: tuple[str, ...] = ("v0", "v1", "v2", "v2reg", "v3", "frozen", "finetune", "scratch")
+FROZEN_VARIANTS = ("v0", "v1", "v2", "v2reg", "frozen")
+HEAD_PREFIX = "head_"
+SCRATCH_LAST_CONV = "scratch_conv5"
+VARIANT_LABELS = {"v0": "V0", "v1": "V1", "v2": "V2", "v2reg": "V2-reg", "v3": "V3",
+                  "frozen": "frozen", "finetune": "fine-tuned", "scratch": "scratch"}
+BACKBONE_LABELS = {"densenet121": "DN", "resnet50": "ResNet50", "vgg16": "VGG16",
+                   "inceptionv3": "InceptionV3", "xception": "Xception",
+                   "efficientnetv2b0": "EffNetV2B0", "scratch": "CNN"}
+
+
+def run_name(backbone: str, variant: str) -> str:
+    """The course's short model name: ``DN-V2-reg``, ``ResNet50-fine-tuned``, ``CNN-scratch``."""
+    return f"{BACKBONE_LABELS.get(backbone, backbone)}-{VARIANT_LABELS.get(variant, variant)}"
+
+
+def last_conv_layer(model: keras.Model, backbone: str) -> str:
+    """The name of the layer heat maps read (the backbone's last convolutional block)."""
+    name = SCRATCH_LAST_CONV if backbone == SCRATCH else get_backbone(backbone).last_conv
+    model.get_layer(name)  # raises ValueError if the model is not flat
+    return name
+
+
+def _head(x, n_classes: int, variant: str, dropout: float, binary: bool, seed: int):
+    """The classification head on a feature map."""
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(x)
+    if variant not in ("v0", "v1"):
+        x = keras.layers.Dense(500, activation="relu", name=HEAD_PREFIX + "dense500")(x)
+        if variant != "v2":
+            x = keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout")(x)
+        x = keras.layers.Dense(200, activation="relu", name=HEAD_PREFIX + "dense200")(x)
+    return _output(x, n_classes, binary)
+
+
+def _output(x, n_classes: int, binary: bool):
+    """Logits, then a float32 softmax/sigmoid (float32 even under mixed precision)."""
+    units = 1 if binary else n_classes
+    x = keras.layers.Dense(units, name=HEAD_PREFIX + "logits")(x)
+    return keras.layers.Activation("sigmoid" if binary else "softmax", dtype="float32",
+                                   name="predictions")(x)
+
+
+def _application(backbone: str, weights: str | None, input_tensor=None, input_shape=None) -> keras.Model:
+    """Instantiate a Keras application, turning a failed download into a clear error."""
+    try:
+        return application(backbone)(include_top=False, weights=weights,
+                                     input_tensor=input_tensor, input_shape=input_shape)
+    except WeightsUnavailableError:
+        raise
+    except Exception as error:
+        if weights == "imagenet" and ("URL fetch failure" in str(error) or "HTTP" in str(error)
+                                      or isinstance(error, OSError)):
+            raise WeightsUnavailableError(missing_weights_message(backbone)) from error
+        raise
+
+
+def _backbone_features(inputs, backbone: str, weights: str | None, image_size: int, channels: int):
+    """Backbone layers applied to ``inputs`` in the same (flat) graph; returns the feature map."""
+    if channels == 3:
+        return _application(backbone, weights, input_tensor=inputs).output
+    x = keras.layers.Conv2D(3, 1, name="adapter_conv")(inputs)   # 1 → 3 channels, learnt
+    flat = _application(backbone, None, input_tensor=x)
+    if weights is not None:  # weight files load by layer order, so load them into a plain copy
+        pretrained = _application(backbone, weights, input_shape=(image_size, image_size, 3))
+        for layer in pretrained.layers:
+            if layer.weights:
+                flat.get_layer(layer.name).set_weights(layer.get_weights())
+    return flat.output
+
+
+def scratch_features(inputs, seed: int = 0):
+    """The from-scratch CNN: five conv/BN/ReLU/pool blocks (32 → 256 filters)."""
+    x = inputs
+    for block, filters in enumerate((32, 64, 128, 128, 256), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                                kernel_initializer=keras.initializers.HeNormal(seed + block),
+                                name=f"scratch_conv{block}")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"scratch_bn{block}")(x)
+        x = keras.layers.Activation("relu", name=f"scratch_relu{block}")(x)
+        if block < 5:
+            x = keras.layers.MaxPooling2D(name=f"scratch_pool{block}")(x)
+    return x
+
+
+def build_model(backbone: str, variant: str, n_classes: int, image_size: int | None = None,
+                weights: str | None = "imagenet", channels: int = 3, dropout: float = 0.5,
+                binary: bool = False, seed: int = 0) -> keras.Model:
+    """Build a flat model for ``backbone`` × ``variant`` with its layers frozen as the variant says.
+
+    ``weights`` is ``"imagenet"``, ``None`` or a local weights file. ``binary=True`` (two
+    classes only) ends in one sigmoid unit instead of a softmax.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+    if (backbone == SCRATCH) != (variant == "scratch"):
+        raise ValueError("The 'scratch' backbone goes with the 'scratch' variant and only with it.")
+    if binary and n_classes != 2:
+        raise ValueError(f"binary=True needs two classes, not {n_classes}.")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, not {channels}.")
+    image_size = image_size or default_size(backbone)
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((image_size, image_size, channels), name="image")
+    if backbone == SCRATCH:
+        x = scratch_features(inputs, seed)
+        x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(x)
+        x = keras.layers.Dense(256, activation="relu", name=HEAD_PREFIX + "dense256")(x)
+        x = keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout")(x)
+        model = keras.Model(inputs, _output(x, n_classes, binary), name=run_name(backbone, variant))
+        return model
+    entry = get_backbone(backbone)
+    if image_size < entry.min_size:
+        raise ValueError(f"{backbone} needs images of at least {entry.min_size} px, not {image_size}.")
+    features = _backbone_features(inputs, backbone, resolve_weights(backbone, weights), image_size, channels)
+    model = keras.Model(inputs, _head(features, n_classes, variant, dropout, binary, seed),
+                        name=run_name(backbone, variant))
+    set_trainable(model, variant, pretrained=weights is not None)
+    return model
+
+
+def is_head(layer: keras.layers.Layer) -> bool:
+    """True for the classification head (and the 1-channel adapter), which always trains."""
+    return layer.name.startswith(HEAD_PREFIX) or layer.name in ("predictions", "adapter_conv")
+
+
+def set_trainable(model: keras.Model, variant: str, pretrained: bool = True) -> None:
+    """Freeze the backbone for the frozen variants; when fine-tuning, train all but BatchNorm.
+
+    BatchNormalization of a pretrained backbone stays frozen (inference mode) either way.
+    """
+    for layer in model.layers:
+        if is_head(layer):
+            layer.trainable = True
+        elif isinstance(layer, keras.layers.BatchNormalization) and pretrained:
+            layer.trainable = False        # inference mode, frozen or fine-tuned alike
+        else:
+            layer.trainable = variant not in FROZEN_VARIANTS
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """The model up to the pooled features (for v1's extract-once training)."""
+    return keras.Model(model.inputs, model.get_layer(HEAD_PREFIX + "pool").output)
+
+
+def classifier_head(model: keras.Model) -> keras.Model:
+    """A stand-alone copy of the head after the pooling layer, sharing the model's layers."""
+    pooled = model.get_layer(HEAD_PREFIX + "pool").output
+    inputs = keras.Input(pooled.shape[1:], name="features")
+    x = inputs
+    started = False
+    for layer in model.layers:
+        if layer.name == HEAD_PREFIX + "pool":
+            started = True
+            continue
+        if started:
+            x = layer(x)
+    return keras.Model(inputs, x, name="head")
+
+
+def make_optimizer(name: str = "sgd", learning_rate: float = 0.01, decay: float = 1e-6,
+                   momentum: float = 0.9) -> keras.optimizers.Optimizer:
+    """The course's optimisers in Keras 3 form.
+
+    The old ``SGD(lr=0.01, decay=1e-6, momentum=0.9, nesterov=True)`` becomes SGD with an
+    ``InverseTimeDecay`` schedule: lr / (1 + decay · step), exactly what ``decay=`` did.
+    """
+    schedule = (keras.optimizers.schedules.InverseTimeDecay(learning_rate, decay_steps=1,
+                                                             decay_rate=decay)
+                if decay else learning_rate)
+    name = name.lower()
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=True)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=schedule)
+    if name == "nadam":
+        return keras.optimizers.Nadam(learning_rate=schedule)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=schedule)
+    raise ValueError(f"Unknown optimizer {name!r}; choose sgd, adam, nadam or rmsprop.")
+
+
+def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+                  jit_compile: bool | str = "auto") -> keras.Model:
+    """Compile with the loss that matches the output: categorical or binary cross-entropy."""
+    binary = model.output_shape[-1] == 1
+    model.compile(optimizer=optimizer,
+                  loss="binary_crossentropy" if binary else "categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=jit_compile)
+    return model
+
+
+def load_model(path: str) -> keras.Model:
+    """Load a ``.keras`` model with ``safe_mode`` on (no arbitrary code from the file)."""
+    return keras.models.load_model(path, safe_mode=True, compile=False)
+
+
+def copy_matching_weights(source: keras.Model, target: keras.Model,
+                          skip: Sequence[str] = ()) -> int:
+    """Copy weights between same-named, same-shaped layers; returns how many layers matched."""
+    copied = 0
+    names = {layer.name for layer in target.layers}
+    for layer in source.layers:
+        if layer.name in names and layer.weights and layer.name not in skip:
+            dest = target.get_layer(layer.name)
+            if [w.shape for w in dest.weights] == [w.shape for w in layer.weights]:
+                dest.set_weights(layer.get_weights())
+                copied += 1
+    return copied

@@ -1,0 +1,405 @@
+"""Integrity and duplicate checks over a manifest (behind ``cxr data check DIR``).
+
+A *manifest* is a DataFrame with one row per image: columns ``path`` (absolute str) and
+``label`` (str), optionally ``split``, ``patient_id``, ``source``, ``subtype``,
+``mask_path``. :func:`check_manifest` decodes every file once and reports:
+
+- counts (rows, readable images, per class, per split and class), image sizes and modes;
+- unreadable files (with the reason), never raising for them;
+- exact duplicates: identical decoded pixels (so a PNG and a re-encoded copy match);
+- near duplicates: 64-bit difference hashes (dHash) within a Hamming distance;
+- duplicates that cross splits (data leakage) or carry different labels.
+
+The report is a plain JSON-serialisable dict; :func:`format_check_report` renders it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from cxrlib.images import ImageReadError, read_image_with_info
+
+logger = logging.getLogger(__name__)
+
+MAX_LISTED = 20
+TOP_SIZES = 10
+_PAIR_CHUNK = 256
+_POPCOUNT_TABLE = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+_MISSING = "<missing>"
+
+
+# ----------------------------------------------------------------------------- hashes
+
+
+def perceptual_hash(image: np.ndarray, hash_size: int = 8) -> int:
+    """64-bit difference hash (dHash) of a uint8 grayscale image.
+
+    Robust to resizing and small intensity changes.
+
+    The image is resized (antialiased, in float so that no rounding ties appear) to
+    ``hash_size`` rows by ``hash_size + 1`` columns; bit ``i`` is set when a pixel is
+    brighter than its right-hand neighbour. The result has ``hash_size ** 2`` bits.
+    """
+    arr = np.asarray(image)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"perceptual_hash expects a non-empty 2-D image, got shape {arr.shape}")
+    small = Image.fromarray(arr.astype(np.float32)).resize(
+        (hash_size + 1, hash_size), Image.Resampling.LANCZOS
+    )
+    pixels = np.asarray(small, dtype=np.float32)
+    bits = (pixels[:, :-1] > pixels[:, 1:]).ravel()
+    return int("".join("1" if b else "0" for b in bits), 2) if bits.size else 0
+
+
+def pixel_digest(image: np.ndarray) -> str:
+    """Hash of the decoded pixels and shape (identical images give identical digests)."""
+    arr = np.ascontiguousarray(image)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{arr.shape}|{arr.dtype.str}|".encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def hamming_pairs(hashes: Sequence[int], max_distance: int) -> list[tuple[int, int, int]]:
+    """All index pairs ``(i, j, distance)`` with ``i < j`` and Hamming distance ≤ max_distance.
+
+    Vectorised over 64-bit hashes in row blocks, so 10,000 hashes take about a second.
+    """
+    h = np.asarray([int(x) & 0xFFFFFFFFFFFFFFFF for x in hashes], dtype=np.uint64)
+    pairs: list[tuple[int, int, int]] = []
+    for start in range(0, len(h), _PAIR_CHUNK):
+        block = h[start : start + _PAIR_CHUNK]
+        rest = h[start:]
+        dist = _popcount64(block[:, None] ^ rest[None, :])
+        upper = np.arange(len(rest))[None, :] > np.arange(len(block))[:, None]
+        rows, cols = np.nonzero((dist <= max_distance) & upper)
+        found = zip(rows.tolist(), cols.tolist(), dist[rows, cols].tolist())
+        pairs.extend((start + r, start + c, int(d)) for r, c, d in found)
+    return pairs
+
+
+def _popcount64(values: np.ndarray) -> np.ndarray:
+    """Number of set bits of each uint64 (numpy>=2 bitwise_count, else a byte table)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(values).astype(np.uint8)
+    as_bytes = values.view(np.uint8).reshape(values.shape + (8,))
+    return _POPCOUNT_TABLE[as_bytes].sum(axis=-1, dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------ check
+
+
+def check_manifest(manifest: pd.DataFrame, near_threshold: int = 4, progress: bool = True) -> dict:
+    """Integrity report (JSON-serialisable dict) of every image in ``manifest``.
+
+    Keys: ``n_images``, ``n_readable``, ``classes``, ``splits``, ``sizes``,
+    ``size_counts``, ``modes``, ``unreadable``, ``exact_duplicates``,
+    ``near_duplicates``, ``cross_split_duplicates``, ``cross_label_duplicates``.
+    Counts in ``classes`` and ``splits`` are over readable images. Each file is read
+    once; unreadable files are logged and listed, never raised.
+    """
+    missing = {"path", "label"} - set(manifest.columns)
+    if missing:
+        raise ValueError(f"manifest lacks required column(s): {sorted(missing)}")
+    rows = _manifest_rows(manifest)
+    records, unreadable = _scan(rows, progress)
+    exact_groups = _exact_groups(records)
+    near_pairs = _near_pairs(records, near_threshold)
+    has_split = "split" in manifest.columns
+    return {
+        "n_images": int(len(manifest)),
+        "n_readable": len(records),
+        "classes": _class_counts(records),
+        "splits": _split_counts(records) if has_split else {},
+        "sizes": _size_stats(records),
+        "size_counts": _size_counts(records),
+        "modes": dict(sorted(Counter(r["mode"] for r in records).items())),
+        "unreadable": unreadable,
+        "exact_duplicates": [[records[i]["path"] for i in group] for group in exact_groups],
+        "near_duplicates": [
+            {"a": records[i]["path"], "b": records[j]["path"], "distance": d}
+            for i, j, d in near_pairs
+        ],
+        "cross_split_duplicates": (
+            _crossing(records, exact_groups, near_pairs, "split") if has_split else []
+        ),
+        "cross_label_duplicates": _crossing(records, exact_groups, near_pairs, "label"),
+    }
+
+
+def _clean(value: Any) -> str:
+    """A manifest cell as str (missing values become '<missing>')."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return _MISSING
+    return str(value)
+
+
+def _manifest_rows(manifest: pd.DataFrame) -> list[dict[str, str | None]]:
+    """The path/label/split of every manifest row, as plain strings (split None if no column)."""
+    if "split" in manifest.columns:
+        splits = [_clean(s) for s in manifest["split"]]
+    else:
+        splits = [None] * len(manifest)
+    return [
+        {"path": _clean(p), "label": _clean(lab), "split": s}
+        for p, lab, s in zip(manifest["path"], manifest["label"], splits)
+    ]
+
+
+def _scan(
+    rows: list[dict[str, str | None]], progress: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Decode every row once; return (records of readable rows, unreadable entries)."""
+    records: list[dict[str, Any]] = []
+    unreadable: list[dict[str, str]] = []
+    cache: dict[str, dict[str, Any] | str] = {}  # a path listed twice is read once
+    bar = tqdm(rows, total=len(rows), desc="checking images", unit="img", disable=not progress)
+    with logging_redirect_tqdm(tqdm_class=tqdm) if progress else contextlib.nullcontext():
+        for row in bar:
+            path = str(row["path"])
+            if path not in cache:
+                cache[path] = _analyse(path)
+            result = cache[path]
+            if isinstance(result, str):
+                unreadable.append({"path": path, "error": result})
+            else:
+                records.append({**row, **result})
+    return records, unreadable
+
+
+def _analyse(path: str) -> dict[str, Any] | str:
+    """Header info and hashes of one file, or the reason it cannot be read."""
+    if path == _MISSING:
+        logger.warning("manifest row without a path")
+        return "no path in manifest"
+    try:
+        image, info = read_image_with_info(path)
+    except ImageReadError as exc:
+        logger.warning("unreadable image %s: %s", path, exc.reason)
+        return exc.reason
+    return {
+        "width": int(image.shape[1]),
+        "height": int(image.shape[0]),
+        "mode": str(info.get("mode", "unknown")),
+        "digest": pixel_digest(image),
+        "dhash": perceptual_hash(image),
+    }
+
+
+def _class_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Readable images per label."""
+    return dict(sorted(Counter(r["label"] for r in records).items()))
+
+
+def _split_counts(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Readable images per split and label."""
+    table: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        table[r["split"]][r["label"]] += 1
+    return {split: dict(sorted(table[split].items())) for split in sorted(table)}
+
+
+def _stats(values: list[int]) -> dict[str, float | int | None]:
+    """min/max/mean/median of a list of ints (None when empty)."""
+    if not values:
+        return {"min": None, "max": None, "mean": None, "median": None}
+    arr = np.asarray(values, dtype=np.float64)
+    return {
+        "min": int(arr.min()),
+        "max": int(arr.max()),
+        "mean": round(float(arr.mean()), 2),
+        "median": float(np.median(arr)),
+    }
+
+
+def _size_stats(records: list[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
+    """Width and height statistics over readable images."""
+    return {
+        "width": _stats([r["width"] for r in records]),
+        "height": _stats([r["height"] for r in records]),
+    }
+
+
+def _size_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """The most common 'WxH' sizes with their counts."""
+    counts = Counter(f"{r['width']}x{r['height']}" for r in records)
+    return dict(counts.most_common(TOP_SIZES))
+
+
+def _exact_groups(records: list[dict[str, Any]]) -> list[list[int]]:
+    """Groups (record indices, ≥ 2) with identical decoded pixels, sorted by first path."""
+    by_digest: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_digest[r["digest"]].append(i)
+    groups = [sorted(g, key=lambda i: records[i]["path"]) for g in by_digest.values() if len(g) > 1]
+    return sorted(groups, key=lambda g: records[g[0]]["path"])
+
+
+def _near_pairs(records: list[dict[str, Any]], threshold: int) -> list[tuple[int, int, int]]:
+    """dHash pairs within ``threshold`` whose pixels are not identical."""
+    pairs = hamming_pairs([r["dhash"] for r in records], threshold)
+    kept = [(i, j, d) for i, j, d in pairs if records[i]["digest"] != records[j]["digest"]]
+    ordered = [
+        (i, j, d) if records[i]["path"] <= records[j]["path"] else (j, i, d) for i, j, d in kept
+    ]
+    return sorted(ordered, key=lambda t: (t[2], records[t[0]]["path"], records[t[1]]["path"]))
+
+
+def _crossing(
+    records: list[dict[str, Any]],
+    exact_groups: Iterable[list[int]],
+    near_pairs: Iterable[tuple[int, int, int]],
+    field: str,
+) -> list[dict[str, Any]]:
+    """Exact groups and near pairs whose members differ in ``field`` ('split' or 'label')."""
+    out: list[dict[str, Any]] = []
+    for group in exact_groups:
+        if len({records[i][field] for i in group}) > 1:
+            out.append(_duplicate_entry(records, group, "exact"))
+    for i, j, d in near_pairs:
+        if records[i][field] != records[j][field]:
+            out.append({**_duplicate_entry(records, [i, j], "near"), "distance": d})
+    return out
+
+
+def _duplicate_entry(
+    records: list[dict[str, Any]], members: list[int], kind: str
+) -> dict[str, Any]:
+    """One duplicate group as {'kind', 'paths', 'labels', 'splits'} (lists aligned with paths)."""
+    return {
+        "kind": kind,
+        "paths": [records[i]["path"] for i in members],
+        "labels": [records[i]["label"] for i in members],
+        "splits": [records[i]["split"] for i in members],
+    }
+
+
+# ----------------------------------------------------------------------------- format
+
+
+def format_check_report(report: dict) -> str:
+    """The report as readable text for the terminal (tables, counts, ≤ 20 paths per section)."""
+    sections = [
+        _format_overview(report),
+        _format_splits(report.get("splits", {})),
+        _format_sizes(report),
+        _format_unreadable(report.get("unreadable", [])),
+        _format_exact(report.get("exact_duplicates", [])),
+        _format_near(report.get("near_duplicates", [])),
+        _format_crossing(
+            "Cross-split duplicates (data leakage)", report.get("cross_split_duplicates", [])
+        ),
+        _format_crossing(
+            "Cross-label duplicates (conflicting labels)", report.get("cross_label_duplicates", [])
+        ),
+    ]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> list[str]:
+    """A left/right aligned text table (first column left, others right)."""
+    cells = [list(map(str, header))] + [list(map(str, r)) for r in rows]
+    widths = [max(len(row[k]) for row in cells) for k in range(len(header))]
+    lines = []
+    for row in cells:
+        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append(indent + "  ".join(parts).rstrip())
+    return lines
+
+
+def _more(items: Sequence[Any]) -> tuple[Sequence[Any], str | None]:
+    """The first MAX_LISTED items and a '... and N more' line when some are left out."""
+    extra = len(items) - MAX_LISTED
+    return items[:MAX_LISTED], (f"  ... and {extra} more" if extra > 0 else None)
+
+
+def _listing(title: str, items: Sequence[Any], render: Any) -> str:
+    """A titled section listing at most MAX_LISTED rendered items."""
+    if not items:
+        return f"{title}: none"
+    shown, more = _more(items)
+    lines = [f"{title}: {len(items)}"] + [render(item) for item in shown]
+    return "\n".join(lines + ([more] if more else []))
+
+
+def _format_overview(report: dict) -> str:
+    """Image counts and the per-class table."""
+    n, ok = report.get("n_images", 0), report.get("n_readable", 0)
+    lines = [f"Images: {n} listed, {ok} readable, {n - ok} unreadable"]
+    classes = report.get("classes", {})
+    if classes:
+        lines.append("Classes (readable images):")
+        lines += _table(("label", "count"), sorted(classes.items()))
+    return "\n".join(lines)
+
+
+def _format_splits(splits: dict) -> str:
+    """Split × label table (empty string when there are no splits)."""
+    if not splits:
+        return ""
+    labels = sorted({lab for counts in splits.values() for lab in counts})
+    rows = [
+        [s, *(splits[s].get(lab, 0) for lab in labels), sum(splits[s].values())] for s in splits
+    ]
+    return "\n".join(["Splits (readable images):"] + _table(["split", *labels, "total"], rows))
+
+
+def _format_sizes(report: dict) -> str:
+    """Size statistics, most common sizes and modes."""
+    lines = ["Image sizes:"]
+    for axis, stats in report.get("sizes", {}).items():
+        if stats.get("min") is None:
+            lines.append(f"  {axis}: n/a")
+        else:
+            lines.append(
+                f"  {axis}: min {stats['min']}, max {stats['max']}, "
+                f"mean {stats['mean']:.1f}, median {stats['median']:.1f}"
+            )
+    if report.get("size_counts"):
+        lines.append("Most common sizes:")
+        lines += _table(("size", "count"), list(report["size_counts"].items()))
+    if report.get("modes"):
+        lines.append("Modes: " + ", ".join(f"{m} {c}" for m, c in report["modes"].items()))
+    return "\n".join(lines)
+
+
+def _format_unreadable(items: list[dict]) -> str:
+    """Unreadable files with their reasons."""
+    return _listing("Unreadable files", items, lambda e: f"  {e['path']}: {e['error']}")
+
+
+def _format_exact(groups: list[list[str]]) -> str:
+    """Exact duplicate groups."""
+    return _listing("Exact duplicate groups", groups, lambda g: "  " + "  ==  ".join(g))
+
+
+def _format_near(pairs: list[dict]) -> str:
+    """Near duplicate pairs with their distances."""
+    def render(pair: dict) -> str:
+        return f"  {pair['a']}  ~  {pair['b']}  (distance {pair['distance']})"
+
+    return _listing("Near duplicate pairs", pairs, render)
+
+
+def _format_crossing(title: str, entries: list[dict]) -> str:
+    """Duplicates crossing splits or labels, each member with its split and label."""
+
+    def render(entry: dict) -> str:
+        members = [
+            f"{path} [{label}{'' if split is None else ', ' + split}]"
+            for path, label, split in zip(entry["paths"], entry["labels"], entry["splits"])
+        ]
+        return f"  {entry['kind']}: " + "  /  ".join(members)
+
+    return _listing(title, entries, render)

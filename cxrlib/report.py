@@ -1,0 +1,175 @@
+"""The comparison report, built from run records only.
+
+The course compares many models (backbones, image sizes, preprocessing variants) in one
+table. Copying numbers from notebook outputs into a table by hand is how wrong numbers get
+published; here the table and every figure are generated from the ``record.json`` of each
+run (:mod:`cxrlib.records`), so each number can be traced back to the run that produced it,
+and re-running the report after a new run updates everything.
+
+:func:`write_report` writes into ``out_dir`` (by default the runs directory itself):
+
+- ``table.md`` (Markdown, 3 decimals) and ``table.csv`` (full precision);
+- ``figures/comparison.png``: test accuracy per model with its bootstrap 95 % interval,
+  so differences smaller than the test set can resolve are visibly so;
+- per run, ``figures/<name>_curves.png`` (training curves), ``figures/<name>_confusion.png``
+  and, for two classes, ``figures/<name>_roc.png`` with the operating point.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrlib import plots
+from cxrlib.records import find_records
+
+log = logging.getLogger(__name__)
+
+TABLE_COLUMNS = ["Model", "Loss", "Accuracy", "Validation Loss", "Validation Accuracy",
+                 "Test Accuracy", "Epochs", "Test AUC", "Wall time (s)"]
+
+# column -> (section, key) of the record it comes from
+_SOURCES = {
+    "Loss": ("final", "loss"),
+    "Accuracy": ("final", "accuracy"),
+    "Validation Loss": ("final", "val_loss"),
+    "Validation Accuracy": ("final", "val_accuracy"),
+    "Test Accuracy": ("test", "accuracy"),
+    "Epochs": ("training", "epochs_run"),
+    "Test AUC": ("test", "auc_macro"),
+    "Wall time (s)": ("training", "wall_time_s"),
+}
+MISSING = "—"
+
+
+def _value(record: dict, section: str, key: str) -> float:
+    """record[section][key] as a float, NaN when the section or key is missing or null."""
+    value = (record.get(section) or {}).get(key)
+    return float(value) if isinstance(value, Real) and not isinstance(value, bool) else math.nan
+
+
+def comparison_table(records: list[dict]) -> pd.DataFrame:
+    """One row per record, in the given order, with :data:`TABLE_COLUMNS`.
+
+    ``Model`` is the record's name; missing values are NaN (``<NA>`` in the integer
+    ``Epochs`` column).
+    """
+    rows = [{"Model": str(record.get("name", "")),
+             **{column: _value(record, *source) for column, source in _SOURCES.items()}}
+            for record in records]
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    table["Epochs"] = table["Epochs"].astype("Int64")
+    return table
+
+
+def _cell(value: object) -> str:
+    """One Markdown cell: integers as such, other numbers with 3 decimals, '|' escaped."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, Integral):
+        return str(int(value))
+    if isinstance(value, Real):
+        return f"{float(value):.3f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """frame as a GitHub Markdown table (index left out), numeric columns right-aligned."""
+    header = [_cell(str(column)) for column in frame.columns]
+    align = ["---:" if pd.api.types.is_numeric_dtype(frame[c]) else ":---" for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(value) for value in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe version of a model name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+
+
+def _unique_slugs(records: list[dict]) -> list[str]:
+    """One distinct file stem per record (a repeated name gets -2, -3, ...)."""
+    seen: dict[str, int] = {}
+    stems = []
+    for record in records:
+        stem = _slug(str(record.get("name", "")))
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return stems
+
+
+def _comparison_figure(records: list[dict], table: pd.DataFrame, path: Path) -> Path | None:
+    """Test accuracy per model with CIs (validation accuracy when no run was tested)."""
+    metric = "Test Accuracy" if table["Test Accuracy"].notna().any() else "Validation Accuracy"
+    if not table[metric].notna().any():
+        log.warning("No accuracy to compare: comparison figure skipped.")
+        return None
+    ci = {}
+    if metric == "Test Accuracy":
+        for record in records:
+            interval = ((record.get("test") or {}).get("ci") or {}).get("accuracy")
+            if interval:
+                ci[str(record["name"])] = tuple(interval)
+    n_classes = {len(record["dataset"]["classes"]) for record in records if "dataset" in record}
+    chance = 1 / n_classes.pop() if len(n_classes) == 1 else None
+    plots.plot_comparison(table, metric=metric, ci=ci or None, chance=chance, save=path)
+    return path
+
+
+def _run_figures(record: dict, stem: str, figures: Path) -> list[Path]:
+    """Training curves, confusion matrix and (two classes) ROC of one run."""
+    written: list[Path] = []
+    name = str(record.get("name", stem))
+    history = (record.get("training") or {}).get("history") or {}
+    if history:
+        written.append(plots.save_figure(plots.plot_history(history, title=name),
+                                         figures / f"{stem}_curves.png"))
+    test = record.get("test") or {}
+    classes = test.get("classes") or (record.get("dataset") or {}).get("classes")
+    if test.get("confusion_matrix") and classes:
+        figure = plots.plot_confusion(test["confusion_matrix"], classes, title=f"{name}: test set")
+        written.append(plots.save_figure(figure, figures / f"{stem}_confusion.png"))
+    if test.get("roc") and classes and len(classes) == 2:
+        auc = ((test.get("per_class") or {}).get(classes[1]) or {}).get("auc")
+        curves = {classes[1]: {"fpr": test["roc"]["fpr"], "tpr": test["roc"]["tpr"], "auc": auc}}
+        figure = plots.plot_roc(curves, operating_point=test.get("operating_point"),
+                                title=f"{name}: test ROC")
+        written.append(plots.save_figure(figure, figures / f"{stem}_roc.png"))
+    return written
+
+
+def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
+                 ) -> dict[str, Path]:
+    """Table and figures of every run under runs_dir, written to out_dir (default runs_dir).
+
+    Returns every path written, keyed by its path relative to out_dir ("table.md",
+    "figures/comparison.png", ...). Raises FileNotFoundError when there is no valid record.
+    """
+    records = find_records(runs_dir)
+    if not records:
+        raise FileNotFoundError(f"No valid run records (record.json) under {runs_dir}: "
+                                "train a model first, or check the directory.")
+    out = Path(out_dir) if out_dir is not None else Path(runs_dir)
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    table = comparison_table(records)
+    paths = [out / "table.md", out / "table.csv"]
+    paths[0].write_text(markdown_table(table), encoding="utf-8")
+    table.to_csv(paths[1], index=False)
+    comparison = _comparison_figure(records, table, figures / "comparison.png")
+    if comparison is not None:
+        paths.append(comparison)
+    for record, stem in zip(records, _unique_slugs(records)):
+        paths += _run_figures(record, stem, figures)
+    log.info("Report of %d runs written to %s.", len(records), out)
+    return {path.relative_to(out).as_posix(): path for path in paths}

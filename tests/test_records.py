@@ -1,0 +1,159 @@
+"""Run records: validation, atomic writes, round trips, discovery of every run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrlib import records
+from cxrlib.records import (REQUIRED, SCHEMA, environment_info, find_records, read_record,
+                            validate_record, write_json_atomic, write_record)
+
+
+def make_record(name: str = "DN-V2", created: str = "2024-05-01T12:00:00+00:00",
+                epochs: int = 3) -> dict:
+    """A small valid record."""
+    return {
+        "schema": SCHEMA, "name": name, "created": created,
+        "dataset": {"root": "/data/covid", "layout": "kaggle-v4", "split_file": "split.csv",
+                    "classes": ["COVID", "Normal", "Viral Pneumonia"],
+                    "n_train": 100, "n_val": 20, "n_test": 30},
+        "model": {"backbone": "densenet121", "variant": "V2", "weights": "imagenet",
+                  "image_size": 224, "channels": 3, "trainable_params": 1000,
+                  "total_params": 7_000_000},
+        "prep": {"crop": False, "equalize": None},
+        "hyperparameters": {"epochs": epochs, "batch_size": 32, "optimizer": "adam",
+                            "learning_rate": 1e-3, "seed": 0, "augment": True},
+        "environment": {"python": "3.11", "tensorflow": "2.21", "keras": "3.15",
+                        "cxrlib": "0.1.0", "numpy": "2.0", "device": "CPU", "platform": "Linux"},
+        "training": {"epochs_run": epochs, "wall_time_s": 12.5, "resumed": False,
+                     "history": {"loss": [1.0, 0.7, 0.5][:epochs],
+                                 "accuracy": [0.5, 0.7, 0.8][:epochs],
+                                 "val_loss": [1.1, 0.8, 0.6][:epochs],
+                                 "val_accuracy": [0.4, 0.6, 0.75][:epochs]}},
+        "final": {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.75},
+        "test": None,
+        "skipped": [{"path": "bad.png", "error": "truncated"}],
+        "artifacts": {"model": "model.keras", "history": "history.csv"},
+    }
+
+
+def test_valid_record_round_trips(tmp_path: Path) -> None:
+    record = make_record()
+    assert validate_record(record) == []
+    path = write_record(tmp_path / "run", record)
+    assert path == tmp_path / "run" / "record.json"
+    assert read_record(path) == record
+    assert read_record(tmp_path / "run") == record  # a run directory works too
+
+
+def test_numpy_values_and_nan_become_plain_json(tmp_path: Path) -> None:
+    record = make_record()
+    record["training"]["epochs_run"] = np.int64(3)
+    record["training"]["history"]["loss"] = np.array([1.0, np.nan, 0.5], dtype=np.float32)
+    record["final"]["loss"] = float("nan")  # a diverged run must still be recorded
+    assert validate_record(record) == []
+    back = read_record(write_record(tmp_path, record))
+    assert back["training"]["epochs_run"] == 3
+    assert back["training"]["history"]["loss"] == [1.0, None, 0.5]
+    assert back["final"]["loss"] is None
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: r.pop("model"), "missing section 'model'"),
+    (lambda r: r["dataset"].pop("n_test"), "dataset: missing key 'n_test'"),
+    (lambda r: r.update(schema="cxrlib.run/0"), "schema is 'cxrlib.run/0'"),
+    (lambda r: r["training"]["history"]["val_loss"].pop(), "val_loss has 2 entries"),
+    (lambda r: r["training"].update(epochs_run=2), "epochs_run is 2"),
+    (lambda r: r["model"].update(image_size="224"), "model.image_size must be int"),
+    (lambda r: r["training"].update(resumed=1), "training.resumed must be bool"),
+    (lambda r: r.update(created="yesterday"), "not an ISO-8601 time"),
+    (lambda r: r.update(test=[]), "test must be object or null"),
+])
+def test_validation_names_the_problem(damage, message: str) -> None:
+    record = make_record()
+    damage(record)
+    problems = validate_record(record)
+    assert any(message in problem for problem in problems), problems
+
+
+def test_required_sections_are_documented() -> None:
+    assert {"dataset", "model", "hyperparameters", "environment", "training", "final",
+            "artifacts"} <= set(REQUIRED)
+    assert "epochs_run" in REQUIRED["training"]
+
+
+def test_write_record_refuses_an_invalid_record(tmp_path: Path) -> None:
+    record = make_record()
+    del record["final"]
+    with pytest.raises(ValueError, match="missing section 'final'"):
+        write_record(tmp_path, record)
+    assert not (tmp_path / "record.json").exists()
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "record.json"
+    write_json_atomic(target, {"version": 1})
+    before = target.read_bytes()
+
+    def broken_dump(obj, handle, **kwargs) -> None:
+        handle.write('{"version": 2, "half')  # a crash half-way through
+        raise OSError("disk full")
+
+    monkeypatch.setattr(records.json, "dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        write_json_atomic(target, {"version": 2})
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]  # no temp file left
+
+
+def test_atomic_write_converts_and_creates_folders(tmp_path: Path) -> None:
+    path = write_json_atomic(tmp_path / "a" / "b.json",
+                             {"x": np.float32(0.5), "n": np.int32(2), "bad": float("inf"),
+                              "arr": np.arange(3), "path": tmp_path, "t": (1, 2)})
+    assert json.loads(path.read_text()) == {"x": 0.5, "n": 2, "bad": None, "arr": [0, 1, 2],
+                                            "path": str(tmp_path), "t": [1, 2]}
+
+
+def test_read_record_names_the_broken_file(tmp_path: Path) -> None:
+    (tmp_path / "record.json").write_text("{not json")
+    with pytest.raises(ValueError, match="record.json is not valid JSON"):
+        read_record(tmp_path)
+    (tmp_path / "record.json").write_text(json.dumps({"schema": SCHEMA}))
+    with pytest.raises(ValueError, match="record.json is not a valid run record"):
+        read_record(tmp_path)
+
+
+def test_find_records_skips_a_corrupt_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_record(tmp_path / "late", make_record("late", "2024-05-03T00:00:00+00:00"))
+    write_record(tmp_path / "nested" / "early", make_record("early", "2024-05-01T00:00:00Z"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "record.json").write_text('{"schema": "cxrlib.run/1", "na')
+    with caplog.at_level(logging.WARNING, logger="cxrlib.records"):
+        found = find_records(tmp_path)
+    assert [r["name"] for r in found] == ["early", "late"]  # sorted by created
+    assert found[0]["_dir"] == str(tmp_path / "nested" / "early")
+    assert "broken" in caplog.text and "not valid JSON" in caplog.text
+    # "_dir" is bookkeeping, never written back
+    write_record(found[0]["_dir"], copy.deepcopy(found[0]))
+    assert "_dir" not in json.loads((tmp_path / "nested" / "early" / "record.json").read_text())
+    assert find_records(tmp_path / "missing") == []
+
+
+def test_environment_info_without_tensorflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "keras", None)
+    info = environment_info()
+    assert set(info) == set(REQUIRED["environment"])
+    assert info["tensorflow"] == info["keras"] == "not installed"
+    assert info["device"] == "CPU" and info["numpy"] == np.__version__
+    record = make_record()
+    record["environment"] = info
+    assert validate_record(record) == []
