@@ -105,6 +105,38 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("notebooks")
+def _notebooks(args: argparse.Namespace) -> int:
+    from cxrlib.runner import run_series
+
+    parameters = {name: _parse_value(value) for name, value in args.parameter or []}
+    run_series(args.out, only=args.only, smoke=args.smoke, parameters=parameters)
+    return 0
+
+
+def _parse_value(text: str):
+    """A papermill parameter from the command line: int, float, None/none, or string."""
+    if text.lower() in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@command("diagnose")
+def _diagnose(args: argparse.Namespace) -> int:
+    from cxrlib.diagnose import SUMMARY_FILE, diagnose_folder
+
+    summary = diagnose_folder(args.images_dir, args.model, args.out, stage2_path=args.stage2,
+                              method=args.method, progress=not args.quiet)
+    bad = int((summary["error"] != "").sum())
+    print(f"{len(summary) - bad} images diagnosed, {bad} unreadable → {Path(args.out) / SUMMARY_FILE}")
+    return 0
+
+
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     from cxrlib.synthetic import SYNTH_CLASSES
 
@@ -133,9 +165,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.backbones import BACKBONES
+    from cxrlib.backbones import BACKBONES, VARIANTS
     from cxrlib.datasets import LAYOUTS
-    from cxrlib.models import VARIANTS
 
     p = sub.add_parser("train", help="train one backbone x variant; writes RUN_DIR/record.json and model.keras")
     p.add_argument("--data", required=True, help="dataset directory (any supported layout)")
@@ -180,14 +211,36 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
 
 
+def _add_notebooks(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("notebooks", help="execute the notebook series headlessly with papermill")
+    p.add_argument("--out", default="outputs/notebooks", help="where executed copies go")
+    p.add_argument("--only", nargs="+", help="notebook numbers to run, e.g. 03 05")
+    p.add_argument("--smoke", action="store_true", help="CXR_SMOKE=1: about a minute each on a CPU")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="papermill parameter, e.g. -p DATA_DIR data/covid19-radiography")
+
+
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="comparison table and plots from the run records in RUNS_DIR")
     p.add_argument("runs_dir")
     p.add_argument("--out", help="where to write (default: RUNS_DIR)")
 
 
+def _add_diagnose(sub: argparse._SubParsersAction) -> None:
+    from cxrlib.diagnose import DIAGNOSE_METHODS
+
+    p = sub.add_parser("diagnose", help="classify every image in a folder; heat-map PNGs and OUT_DIR/summary.csv")
+    p.add_argument("images_dir", help="folder of radiographs (searched recursively)")
+    p.add_argument("--model", required=True, help="RUN_DIR/model.keras (its record.json sits beside it)")
+    p.add_argument("--stage2", help="second model for the images the first calls pneumonia (bacterial/viral)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", default="gradcam++", choices=DIAGNOSE_METHODS, help="heat-map method")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 PARSER_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_synth, _add_data, _add_train, _add_evaluate, _add_report]
+    _add_synth, _add_data, _add_train, _add_evaluate, _add_report, _add_notebooks]
+PARSER_BUILDERS.append(_add_diagnose)
 
 
 def build_parser() -> argparse.ArgumentParser:

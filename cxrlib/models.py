@@ -33,12 +33,11 @@ from typing import Sequence
 
 import keras
 
-from cxrlib.backbones import (SCRATCH, WeightsUnavailableError, application, default_size,
-                              get_backbone, missing_weights_message, resolve_weights)
+from cxrlib.backbones import (SCRATCH, VARIANTS, WeightsUnavailableError, application,
+                              default_size, get_backbone, missing_weights_message, resolve_weights)
 
 log = logging.getLogger(__name__)
 
-VARIANTS: tuple[str, ...] = ("v0", "v1", "v2", "v2reg", "v3", "frozen", "finetune", "scratch")
 FROZEN_VARIANTS = ("v0", "v1", "v2", "v2reg", "frozen")
 HEAD_PREFIX = "head_"
 SCRATCH_LAST_CONV = "scratch_conv5"
@@ -173,6 +172,9 @@ def set_trainable(model: keras.Model, variant: str, pretrained: bool = True) -> 
             layer.trainable = True
         elif isinstance(layer, keras.layers.BatchNormalization) and pretrained:
             layer.trainable = False        # inference mode, frozen or fine-tuned alike
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = variant not in FROZEN_VARIANTS
+            layer.momentum = 0.9           # from scratch: running statistics must catch up fast
         else:
             layer.trainable = variant not in FROZEN_VARIANTS
 

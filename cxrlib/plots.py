@@ -247,3 +247,41 @@ def plot_intensity_histograms(images_by_class: dict[str, list[np.ndarray]],
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     return _finish(figure, save)
+
+
+def plot_boxes(image: np.ndarray, boxes: Sequence[dict] | str | None, title: str = "",
+               save: str | os.PathLike | None = None, color: str = "orangered",
+               label: str = "opacity") -> Figure:
+    """An image with its bounding boxes drawn on it (SIIM's opacity boxes, say).
+
+    ``boxes`` is a list of ``{"x", "y", "width", "height"}`` dicts in the image's own pixel
+    coordinates, or that list as JSON (the manifest's ``boxes`` column); ``None`` or an
+    empty list draws the image alone. Each box is numbered, and the title says how many.
+    """
+    import json
+
+    from matplotlib.patches import Rectangle
+
+    if isinstance(boxes, str):
+        boxes = json.loads(boxes) if boxes.strip() else []
+    boxes = list(boxes or [])
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    height, width = image.shape[:2]
+    figure = _new_figure(4.2 * width / max(height, width) + 0.4, 4.2 * height / max(height, width) + 0.6)
+    ax = figure.subplots()
+    limits = {"vmin": 0, "vmax": 255} if image.dtype == np.uint8 else {}
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, **limits)
+    line = max(1.0, 2.0 * max(height, width) / 1000)
+    for number, box in enumerate(boxes, start=1):
+        ax.add_patch(Rectangle((box["x"], box["y"]), box["width"], box["height"], fill=False,
+                               edgecolor=color, linewidth=line))
+        ax.text(box["x"], box["y"], f" {label} {number}", color="white", fontsize="x-small",
+                va="bottom", bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.8})
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.axis("off")
+    count = f"{len(boxes)} box{'es' if len(boxes) != 1 else ''}"
+    ax.set_title(f"{title} ({count})" if title else count, fontsize="small")
+    return _finish(figure, save)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.backbones import SCRATCH, default_size
+from cxrlib.backbones import VARIANT_ALIASES, default_size
 from cxrlib.pipeline import NO_AUGMENT, Augment, Prep, make_dataset, with_crop_reference
 from cxrlib.splits import class_weights as balanced_weights
 from cxrlib.splits import save_split, subset
@@ -45,6 +45,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     "finetune": {"optimizer": "sgd", "learning_rate": 1e-3, "decay": 1e-6, "augment": True, "epochs": 10},
     "scratch": {"optimizer": "adam", "learning_rate": 1e-3, "decay": 0.0, "augment": True, "epochs": 30},
 }
+
+
+def run_dir(results_dir: str | Path, backbone: str, variant: str) -> Path:
+    """Where a run lives in a shared results directory: ``RESULTS/<backbone>-<variant>``.
+
+    Aliases share a directory (``frozen`` is ``v2reg``, ``finetune`` is ``v3``), so a
+    notebook that asks for DenseNet121 ``frozen`` finds the V2-reg run another one trained.
+    """
+    return Path(results_dir) / f"{backbone}-{VARIANT_ALIASES.get(variant, variant)}"
 
 
 def _epoch_bar(total: int, initial: int, desc: str):
@@ -171,7 +180,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
              "early_stopping": early_stopping, "mixed_precision": mixed_precision, "xla": xla,
              "strategy": str(strategy) if strategy is not None else None,
              "init_from": init_from, "weights": None if weights is None else str(weights)}
-    key = config_key({"backbone": backbone, "variant": variant, "classes": list(classes),
+    key = config_key({"backbone": backbone, "variant": VARIANT_ALIASES.get(variant, variant), "classes": list(classes),
                       "prep": prep.to_dict(), "hyper": hyper,
                       "data": sorted(zip(manifest["path"], manifest["split"]))})
     if reuse and (out / "record.json").is_file():

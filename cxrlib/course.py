@@ -1,0 +1,92 @@
+"""Helpers the notebooks call in their first cells, so that every notebook starts the same way.
+
+- :func:`smoke_mode`: ``CXR_SMOKE=1`` in the environment makes every notebook finish in about a
+  minute on a CPU (synthetic data, small images, one epoch, ``weights=None``). Reviewers and
+  the test suite run the series this way.
+- :func:`environment_report`: versions, devices, and whether mixed precision would pay off.
+- :func:`choose_data`: the real dataset when its path is given and present, else the synthetic
+  default, said plainly.
+- :func:`usable_weights`: ImageNet weights when they can be had; otherwise a clear message and
+  ``None``, so a classroom without internet can still run the notebook top to bottom.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+
+def smoke_mode() -> bool:
+    """True when ``CXR_SMOKE=1``: the quick, CPU-sized settings."""
+    return os.environ.get("CXR_SMOKE", "") not in ("", "0")
+
+
+def environment_report() -> dict:
+    """Library versions, visible devices, and what mixed precision and XLA would do here."""
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    import cxrlib
+
+    gpus = tf.config.list_physical_devices("GPU")
+    details = [tf.config.experimental.get_device_details(g) for g in gpus]
+    capability = max((d.get("compute_capability", (0, 0)) for d in details), default=(0, 0))
+    return {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": numpy.__version__,
+        "cxrlib": cxrlib.__version__, "cpus": os.cpu_count(),
+        "gpus": [d.get("device_name", "GPU") for d in details],
+        # float16 tensor cores arrived with compute capability 7.0 (Volta)
+        "mixed_precision_useful": bool(gpus) and tuple(capability) >= (7, 0),
+        "xla_available": tf.test.is_built_with_xla() if hasattr(tf.test, "is_built_with_xla") else True,
+        "smoke_mode": smoke_mode(),
+    }
+
+
+def choose_data(data_dir: str | None, results_dir: str | Path, per_class: int = 300,
+                size: int = 256, seed: int = 0,
+                classes: Sequence[str] = ("COVID", "Normal", "Viral Pneumonia")) -> tuple[Path, bool]:
+    """(dataset directory, is_real). Prints which one the notebook is using and why."""
+    from cxrlib.experiments import course_data
+
+    path, real = course_data(data_dir, Path(results_dir) / "synthetic", per_class=per_class,
+                             size=size, seed=seed, classes=classes)
+    if real:
+        print(f"Using the real dataset in {path}.")
+    else:
+        reason = f"{data_dir} was not found" if data_dir else "no DATA_DIR was given"
+        print(f"Using the SYNTHETIC default dataset in {path} ({reason}). The lessons run the same; "
+              "the numbers are about procedural images, not patients. See data/README.md to get "
+              "the real data.")
+    return path, real
+
+
+def usable_weights(weights: str | None, backbone: str) -> str | None:
+    """``weights`` if they can be loaded for ``backbone``; else print why and return ``None``."""
+    from cxrlib.backbones import SCRATCH, WeightsUnavailableError, get_backbone, resolve_weights
+
+    if weights is None or backbone == SCRATCH or str(weights).lower() == "none":
+        return None
+    try:
+        resolved = resolve_weights(backbone, weights)
+        if resolved == "imagenet":  # not on disk yet: try the download once, now
+            import keras
+
+            entry = get_backbone(backbone)
+            keras.utils.get_file(entry.weights_file, entry.weights_url + entry.weights_file,
+                                 cache_subdir="models")
+        return weights
+    except (WeightsUnavailableError, FileNotFoundError, Exception) as error:  # noqa: B014
+        from cxrlib.backbones import missing_weights_message
+
+        message = str(error) if isinstance(error, (WeightsUnavailableError, FileNotFoundError)) \
+            else missing_weights_message(backbone)
+        print(f"NOTE: {message}\n→ Continuing with weights=None: frozen-backbone results will sit "
+              "near chance, which is itself worth seeing.")
+        return None

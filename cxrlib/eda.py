@@ -1,0 +1,446 @@
+"""Exploratory data analysis: per-image statistics, outliers, burned-in text, and the figures of
+notebooks 00–02 that :mod:`cxrlib.plots` does not already draw.
+
+The central function is :func:`image_statistics`: it reads every image of a manifest once and
+returns one row per image (size, intensity, and how much *text-like* content sits in the
+border band compared with the centre). Everything else summarises or shows that table.
+
+**Burned-in text, measured.** A pixel is *text-like* when it is bright (≥ ``level``) and much
+brighter (≥ ``contrast`` grey levels) than its grey *opening* over a window about 3 % of the
+shorter image side: a thin bright stroke on a darker background, as letters, markers and
+dates are. Wide bright structures (the abdomen, the shoulders, overexposed films) survive the
+opening and are not counted, which a plain brightness threshold cannot tell apart. The score
+of an image is the share of text-like pixels in the border band (the outer ``band`` of every
+side, minus a thin rim where many files carry a frame line) minus that share in the central
+half. It is a crude detector: wires, ECG leads and thin rib ends near the edge count too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy import ndimage
+
+from cxrlib.images import ImageReadError, read_image
+from cxrlib.plots import _finish, _new_figure, image_grid
+
+log = logging.getLogger(__name__)
+
+TEXT_LEVEL = 200        # a text-like pixel is at least this bright (0–255) ...
+TEXT_CONTRAST = 80      # ... and this much brighter than its grey opening
+STROKE = 0.03           # opening window, as a fraction of the shorter side
+RIM = 0.02              # outermost fraction left out of the border band (frame lines)
+BRIGHT_LEVEL = 240      # "very bright" for the plain brightness shares
+DARK_LEVEL = 20         # "background" (outside the body, collimation) for the dark share
+TEXT_FLAG = 0.001       # an image "has border text" when its score exceeds 0.1 % of the band
+
+STAT_COLUMNS: tuple[str, ...] = (
+    "path", "label", "width", "height", "mean", "std", "dark_share",
+    "border_bright_share", "centre_bright_share", "border_text_share", "centre_text_share",
+    "text_score",
+)
+
+PREPROCESS_MODES: dict[str, str] = {
+    "densenet121": "torch: /255, minus the ImageNet mean, divided by its std (RGB)",
+    "resnet50": "caffe: RGB→BGR, minus the ImageNet mean on 0–255, not scaled",
+    "vgg16": "caffe: RGB→BGR, minus the ImageNet mean on 0–255, not scaled",
+    "inceptionv3": "tf: scaled to [-1, 1]",
+    "xception": "tf: scaled to [-1, 1]",
+    "efficientnetv2b0": "none: the model rescales inside",
+    "scratch": "/255 → [0, 1]",
+}
+
+
+# ------------------------------------------------------------------------------ one image
+
+
+def region_masks(shape: tuple[int, int], band: float = 0.1,
+                 rim: float = RIM) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean (border, centre) masks: the outer ``band`` of each side less a ``rim``, and the
+    central half (rows and columns from 1/4 to 3/4)."""
+    h, w = int(shape[0]), int(shape[1])
+    if not 0 < band < 0.5:
+        raise ValueError(f"band must be in (0, 0.5), not {band}")
+    bh, bw = max(1, round(h * band)), max(1, round(w * band))
+    low = 1 if rim > 0 else 0
+    rh, rw = min(bh - 1, max(low, round(h * rim))), min(bw - 1, max(low, round(w * rim)))
+    border = np.zeros((h, w), bool)
+    border[rh:h - rh, rw:w - rw] = True
+    border[bh:h - bh, bw:w - bw] = False
+    centre = np.zeros((h, w), bool)
+    centre[h // 4:h - h // 4, w // 4:w - w // 4] = True
+    return border, centre
+
+
+def text_like_pixels(image: np.ndarray, level: int = TEXT_LEVEL, contrast: int = TEXT_CONTRAST,
+                     stroke: float = STROKE) -> np.ndarray:
+    """Boolean mask of thin, bright strokes (letters, markers) in a uint8 grayscale image."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {image.shape}")
+    k = max(3, round(stroke * min(image.shape)))
+    opened = ndimage.grey_opening(image, size=(k, k))
+    return (image >= level) & (image.astype(np.int16) - opened >= contrast)
+
+
+def border_text_score(image: np.ndarray, band: float = 0.1, **options) -> float:
+    """Share of text-like pixels in the border band minus their share in the centre.
+
+    About 0 for a clean film; a letter or marker in a corner makes it positive. ``options``
+    go to :func:`text_like_pixels`.
+    """
+    text = text_like_pixels(image, **options)
+    border, centre = region_masks(text.shape, band)
+    return float(text[border].mean() - text[centre].mean())
+
+
+def image_features(image: np.ndarray, band: float = 0.1) -> dict[str, float | int]:
+    """The numbers :func:`image_statistics` records for one uint8 grayscale image."""
+    image = np.asarray(image)
+    border, centre = region_masks(image.shape, band)
+    bright = image >= BRIGHT_LEVEL
+    text = text_like_pixels(image)
+    return {
+        "width": int(image.shape[1]), "height": int(image.shape[0]),
+        "mean": float(image.mean()), "std": float(image.std()),
+        "dark_share": float((image <= DARK_LEVEL).mean()),
+        "border_bright_share": float(bright[border].mean()),
+        "centre_bright_share": float(bright[centre].mean()),
+        "border_text_share": float(text[border].mean()),
+        "centre_text_share": float(text[centre].mean()),
+        "text_score": float(text[border].mean() - text[centre].mean()),
+    }
+
+
+# ------------------------------------------------------------------------------- manifests
+
+
+def samples_by_class(manifest: pd.DataFrame, n: int, seed: int = 0,
+                     classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Up to ``n`` random rows per class, classes in order, for looking at (not for training).
+
+    Unlike :func:`cxrlib.splits.sample_per_class` it is quiet about small classes and keeps
+    the order of ``classes`` (default: sorted labels).
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, not {n}")
+    order = list(classes) if classes is not None else sorted(manifest["label"].unique())
+    parts = [manifest[manifest["label"] == label] for label in order]
+    parts = [p.sample(n=min(n, len(p)), random_state=seed) for p in parts if len(p)]
+    if not parts:
+        return manifest.iloc[0:0].copy()
+    return pd.concat(parts).reset_index(drop=True)
+
+
+def _read_or_none(path: str, skipped: list[dict]) -> np.ndarray | None:
+    """Decode one file; log and record it in ``skipped`` when it cannot be read."""
+    try:
+        return read_image(path)
+    except (ImageReadError, OSError, ValueError) as error:
+        log.warning("Skipping %s: %s", path, error)
+        skipped.append({"path": str(path), "error": str(error)})
+        return None
+
+
+def image_statistics(manifest: pd.DataFrame, sample: int | None = None, seed: int = 0,
+                     band: float = 0.1, progress: bool = True, workers: int | None = None
+                     ) -> pd.DataFrame:
+    """One row per image with the columns of :data:`STAT_COLUMNS` (plus ``source`` if known).
+
+    Every file is read once with :func:`cxrlib.images.read_image`; unreadable files are
+    skipped with a warning and listed in ``result.attrs["skipped"]``. ``sample`` limits the
+    work to that many random images per class (None: all). Shares are fractions (0–1).
+    """
+    rows = manifest if sample is None else samples_by_class(manifest, sample, seed)
+    paths = rows["path"].astype(str).tolist()
+    skipped: list[dict] = []
+
+    def measure(path: str) -> dict | None:
+        image = _read_or_none(path, skipped)
+        return None if image is None else image_features(image, band)
+
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(measure, paths)
+        if progress:
+            from tqdm.auto import tqdm
+
+            results = tqdm(results, total=len(paths), desc="measuring images", unit="img")
+        features = list(results)
+    records = []
+    for (_, row), feature in zip(rows.iterrows(), features):
+        if feature is not None:
+            extra = {"source": row["source"]} if "source" in rows else {}
+            records.append({"path": row["path"], "label": row["label"], **feature, **extra})
+    columns = list(STAT_COLUMNS) + (["source"] if "source" in rows else [])
+    stats = pd.DataFrame(records, columns=columns)
+    stats.attrs["skipped"] = skipped
+    return stats
+
+
+def class_summary(stats: pd.DataFrame) -> pd.DataFrame:
+    """Per class: image count, median size, mean intensity and contrast, shares (in %), and the
+    percentage of images whose border text score exceeds :data:`TEXT_FLAG`."""
+    grouped = stats.groupby("label")
+    table = pd.DataFrame({
+        "images": grouped.size(),
+        "median width": grouped["width"].median(),
+        "median height": grouped["height"].median(),
+        "mean intensity": grouped["mean"].mean(),
+        "contrast (std)": grouped["std"].mean(),
+        "dark %": 100 * grouped["dark_share"].mean(),
+        "border bright %": 100 * grouped["border_bright_share"].mean(),
+        "centre bright %": 100 * grouped["centre_bright_share"].mean(),
+        "border text %": 100 * grouped["border_text_share"].mean(),
+        "centre text %": 100 * grouped["centre_text_share"].mean(),
+        "with border text %": 100 * grouped["text_score"].apply(lambda s: (s > TEXT_FLAG).mean()),
+    })
+    return table.round(2)
+
+
+def brightness_outliers(stats: pd.DataFrame, z: float = 3.0, column: str = "mean") -> pd.DataFrame:
+    """Images whose ``column`` is more than ``z`` robust standard deviations from their class's.
+
+    The robust z-score is (x − class median) / (1.4826 · class MAD), so the outliers do not
+    hide themselves by inflating the spread; a class with MAD 0 falls back to its std.
+    Returns the outlying rows with a ``z`` column, the most extreme first.
+    """
+    def robust_z(values: pd.Series) -> pd.Series:
+        median = values.median()
+        spread = 1.4826 * (values - median).abs().median()
+        if not spread > 0:
+            spread = values.std(ddof=0)
+        return (values - median) / spread if spread > 0 else values * 0.0
+
+    scores = stats.groupby("label", group_keys=False)[column].apply(robust_z)
+    out = stats.assign(z=scores.reindex(stats.index))
+    out = out[out["z"].abs() > z]
+    return out.reindex(out["z"].abs().sort_values(ascending=False).index)
+
+
+def images_by_class(manifest: pd.DataFrame, n: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """Up to ``n`` decoded images per class (unreadable files skipped with a warning)."""
+    skipped: list[dict] = []
+    out: dict[str, list[np.ndarray]] = {}
+    for label, group in samples_by_class(manifest, n, seed).groupby("label", sort=False):
+        images = [_read_or_none(p, skipped) for p in group["path"]]
+        out[str(label)] = [image for image in images if image is not None]
+    return out
+
+
+DUPLICATE_SECTIONS: tuple[str, ...] = ("all", "cross_split_duplicates", "cross_label_duplicates")
+SIMILAR = 0.99          # thumbnail correlation above which a hash candidate is a real copy
+
+
+def duplicate_pairs(report: dict, section: str = "all") -> pd.DataFrame:
+    """Duplicate candidates of a :func:`cxrlib.quality.check_manifest` report, one row per pair:
+    ``kind`` (exact/near), ``distance`` (dHash bits; 0 if exact), ``a``, ``b``.
+
+    ``section="all"`` takes every exact group and near pair; ``"cross_split_duplicates"`` or
+    ``"cross_label_duplicates"`` only those that cross splits or labels. An exact group of
+    more than two files gives one pair per extra file.
+    """
+    if section not in DUPLICATE_SECTIONS:
+        raise ValueError(f"section must be one of {DUPLICATE_SECTIONS}, not {section!r}")
+    if section == "all":
+        entries = [{"kind": "exact", "paths": g} for g in report.get("exact_duplicates", [])]
+        entries += [{"kind": "near", "paths": [p["a"], p["b"]], "distance": p["distance"]}
+                    for p in report.get("near_duplicates", [])]
+    else:
+        entries = report.get(section, [])
+    rows = [{"kind": e["kind"], "distance": int(e.get("distance", 0)), "a": e["paths"][0],
+             "b": other} for e in entries for other in e["paths"][1:]]
+    return pd.DataFrame(rows, columns=["kind", "distance", "a", "b"])
+
+
+def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
+    """A standardised (zero mean, unit variance) ``size``×``size`` thumbnail, flattened."""
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX),
+                       np.float32).ravel()
+    return (small - small.mean()) / (small.std() + 1e-6)
+
+
+def thumbnail_similarity(a: np.ndarray, b: np.ndarray, size: int = 32) -> float:
+    """Pearson correlation of two images' ``size``×``size`` thumbnails: about 1 for a resized,
+    re-compressed or slightly re-exposed copy; well below for two different chest films."""
+    return float(_thumbnail(a, size) @ _thumbnail(b, size) / (size * size))
+
+
+def confirm_duplicates(pairs: pd.DataFrame, min_similarity: float = SIMILAR,
+                       size: int = 32) -> pd.DataFrame:
+    """``pairs`` (from :func:`duplicate_pairs`) with ``similarity`` and ``confirmed`` columns.
+
+    A 64-bit difference hash is a fast first filter, but every chest film looks alike at 9×8
+    pixels, so most near-hash pairs are different patients. A candidate is confirmed when its
+    thumbnails correlate at ``min_similarity`` or more (exact pixel copies always are). Each
+    file is read once; an unreadable one leaves its pairs unconfirmed (similarity NaN).
+    """
+    cache: dict[str, np.ndarray | None] = {}
+    skipped: list[dict] = []
+
+    def thumb(path: str) -> np.ndarray | None:
+        if path not in cache:
+            image = _read_or_none(path, skipped)
+            cache[path] = None if image is None else _thumbnail(image, size)
+        return cache[path]
+
+    similarity = []
+    for kind, a, b in zip(pairs["kind"], pairs["a"], pairs["b"]):
+        ta, tb = thumb(a), thumb(b)
+        if kind == "exact":
+            similarity.append(1.0)
+        else:
+            similarity.append(np.nan if ta is None or tb is None else float(ta @ tb / ta.size))
+    out = pairs.assign(similarity=np.round(similarity, 4) if len(pairs) else [])
+    out["confirmed"] = out["similarity"] >= min_similarity
+    return out.sort_values(["confirmed", "similarity"], ascending=False).reset_index(drop=True)
+
+
+def source_table(manifest: pd.DataFrame) -> pd.DataFrame | None:
+    """Images per class (rows) and source (columns: the web host of the source URL), or None
+    when the manifest names no sources (the v4 metadata sheets give them)."""
+    if "source" not in manifest or (manifest["source"].astype(str) == "").all():
+        return None
+    host = manifest["source"].astype(str).str.replace(r"^\w+://(www\.)?", "", regex=True)
+    host = host.str.split("/").str[0].replace("", "unknown")
+    return pd.crosstab(manifest["label"], host)
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 60, 0),
+                 alpha: float = 0.45) -> np.ndarray:
+    """An RGB uint8 copy of a grayscale image with ``mask`` (nonzero = on) tinted in ``color``."""
+    image = np.asarray(image)
+    if image.shape[:2] != np.asarray(mask).shape[:2]:
+        raise ValueError(f"image {image.shape} and mask {np.asarray(mask).shape} differ in size")
+    rgb = np.repeat(image[..., None], 3, axis=-1).astype(np.float32)
+    on = np.asarray(mask) > 0
+    rgb[on] = (1 - alpha) * rgb[on] + alpha * np.asarray(color, np.float32)
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def crop_box_overlay(image: np.ndarray, reference: tuple[int, int],
+                     color: tuple[int, int, int] = (255, 200, 0)) -> np.ndarray:
+    """An RGB copy of ``image`` with the rectangle that :func:`cxrlib.pipeline.border_crop`
+    keeps drawn on it."""
+    from cxrlib.pipeline import border_crop
+
+    h, w = image.shape[:2]
+    kh, kw = border_crop(image, reference).shape[:2]
+    top, left = (h - kh) // 2, (w - kw) // 2
+    line = max(1, round(0.008 * min(h, w)))
+    rgb = np.repeat(np.asarray(image)[..., None], 3, axis=-1).copy()
+    box = np.zeros((h, w), bool)
+    box[top:top + kh, left:left + kw] = True
+    box[top + line:top + kh - line, left + line:left + kw - line] = False
+    rgb[box] = color
+    return rgb
+
+
+# --------------------------------------------------------------------------------- figures
+
+
+def plot_statistic_by_class(frames: pd.DataFrame | dict[str, pd.DataFrame], column: str,
+                            title: str = "", log_scale: bool = False,
+                            save: str | os.PathLike | None = None) -> Figure:
+    """Box plots of one :func:`image_statistics` column per class; given a dict of frames
+    (e.g. ``{"default": a, "shortcut": b}``) the datasets sit side by side in each class."""
+    import seaborn as sns
+
+    frames = {"": frames} if isinstance(frames, pd.DataFrame) else frames
+    data = pd.concat([f[["label", column]].assign(dataset=name) for name, f in frames.items()])
+    figure = _new_figure(2 + 1.6 * data["label"].nunique(), 3.8)
+    ax = figure.subplots()
+    hue = "dataset" if len(frames) > 1 else None
+    sns.boxplot(data=data, x="label", y=column, hue=hue, ax=ax, fliersize=2, linewidth=1)
+    if log_scale:
+        ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_ylim(bottom=min(0.0, float(data[column].min())))
+    ax.set(xlabel="", title=title or column)
+    ax.grid(axis="y", alpha=0.3)
+    return _finish(figure, save)
+
+
+def equalization_figure(image: np.ndarray, methods: Sequence[str | None] = (None, "hist", "clahe"),
+                        save: str | os.PathLike | None = None) -> Figure:
+    """The same image under each equalisation method (top) with its pixel histogram (bottom)."""
+    from cxrlib.pipeline import equalize
+
+    figure = _new_figure(3.2 * len(methods), 5.6)
+    axes = figure.subplots(2, len(methods), squeeze=False, height_ratios=[3, 1.4])
+    for column, method in enumerate(methods):
+        out = equalize(image, method)
+        axes[0, column].imshow(out, cmap="gray", vmin=0, vmax=255)
+        axes[0, column].set_title(method or "original", fontsize="small")
+        axes[0, column].axis("off")
+        axes[1, column].hist(out.ravel(), bins=64, range=(0, 255), color="steelblue")
+        axes[1, column].set(xlabel="pixel value", yticks=[])
+    return _finish(figure, save)
+
+
+def value_ranges(manifest: pd.DataFrame, classes: Sequence[str], image_size: int,
+                 backbones: Sequence[str], n: int = 32, seed: int = 0) -> pd.DataFrame:
+    """What each backbone's ``preprocess_input`` makes of the same images: one row per
+    backbone with min, max, mean, std and the mean of each input channel, measured on up to
+    ``n`` images through :func:`cxrlib.pipeline.load_arrays` (``preprocess=True``)."""
+    from cxrlib.pipeline import Prep, load_arrays
+
+    rows = manifest.sample(n=min(n, len(manifest)), random_state=seed)
+    table = []
+    for backbone in backbones:
+        x, _ = load_arrays(rows, classes, Prep(image_size, backbone=backbone), preprocess=True)
+        channels = x.reshape(-1, x.shape[-1]).mean(axis=0)
+        table.append({"backbone": backbone, "preprocess_input": PREPROCESS_MODES.get(backbone, ""),
+                      "min": float(x.min()), "max": float(x.max()), "mean": float(x.mean()),
+                      "std": float(x.std()),
+                      "channel means": ", ".join(f"{c:.2f}" for c in channels)})
+    return pd.DataFrame(table).set_index("backbone").round(3)
+
+
+def duplicate_gallery(pairs: pd.DataFrame, n: int = 4,
+                      save: str | os.PathLike | None = None) -> Figure:
+    """The first ``n`` pairs of :func:`duplicate_pairs` (or :func:`confirm_duplicates`, whose
+    similarity then shows in the titles) side by side, two pairs per row."""
+    if pairs.empty:
+        raise ValueError("No duplicate pairs to show.")
+    shown = pairs.head(n)
+    images, titles = [], []
+    for row in shown.itertuples(index=False):
+        for side, path in (("a", row.a), ("b", row.b)):
+            images.append(read_image(path))
+            name = f"{Path(path).parent.name}/{Path(path).name}"
+            similarity = getattr(row, "similarity", None)
+            detail = f", r = {similarity:.3f}" if similarity is not None else ""
+            titles.append(f"{row.kind} ({row.distance} bits{detail}) {side}\n{name}")
+    return image_grid(images, titles=titles, ncols=4, save=save)
+
+
+def augmented_copies(image: np.ndarray, augment, n: int = 8, seed: int = 0) -> np.ndarray:
+    """``n`` random augmentations of one uint8 grayscale image, as the training pipeline makes
+    them (:func:`cxrlib.pipeline.augmentation_layers`, then the multiplicative brightness):
+    uint8 (n, H, W)."""
+    from cxrlib.pipeline import _brightness, augmentation_layers
+
+    batch = np.repeat(np.asarray(image, np.float32)[None, ..., None], 3, axis=-1)
+    batch = np.repeat(batch, n, axis=0)
+    layers = augmentation_layers(augment, seed)
+    x = layers(batch, training=True) if layers.layers else batch
+    if augment.brightness:
+        x = _brightness(x, augment.brightness, seed)
+    return np.clip(np.asarray(x)[..., 0] + 0.5, 0, 255).astype(np.uint8)
+
+
+def augmentation_gallery(image: np.ndarray, augment, n: int = 7, seed: int = 0, ncols: int = 4,
+                         save: str | os.PathLike | None = None) -> Figure:
+    """The original image followed by ``n`` augmented copies (see :func:`augmented_copies`)."""
+    copies = list(augmented_copies(image, augment, n, seed))
+    titles = ["original"] + [f"augmented {i + 1}" for i in range(n)]
+    return image_grid([np.asarray(image)] + copies, titles=titles, ncols=ncols, save=save)

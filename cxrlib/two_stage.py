@@ -1,0 +1,247 @@
+"""The two-stage pneumonia pipeline: normal → pneumonia, then bacterial or viral.
+
+Stage 1 is a screen: is there pneumonia at all? Only the images it calls sick go on to
+stage 2, which names the kind. Each stage is an ordinary run of :func:`cxrlib.training.train`
+(stage 1 on ``Normal`` vs ``Pneumonia``, stage 2 on the pneumonia images only), so each can
+be trained, tuned and reused on its own; this module only chains them.
+
+The combined prediction has the classes ``[normal] + stage-2 classes``:
+
+- the **label** follows the routing exactly: an image whose stage-1 disease probability is
+  below ``threshold`` is ``Normal`` and never reaches stage 2; every other image gets the
+  stage-2 class with the highest probability. Lowering ``threshold`` (the screening
+  operating point) sends more images to stage 2: fewer sick images are missed, more healthy
+  ones are flagged;
+- the **probabilities** follow the chain rule, ``P(Normal) = 1 - p`` and
+  ``P(subtype) = p · q(subtype)``, with ``p`` the stage-1 disease probability and ``q`` the
+  stage-2 probabilities. For an image stage 2 never saw, ``q`` is unknown and taken as
+  uniform. They rank images for ROC AUCs; they are **not** the decision: their ``argmax``
+  can differ from the routed label (``p = 0.6, q = (0.5, 0.5)`` gives ``[0.4, 0.3, 0.3]``),
+  so the confusion matrix and accuracy of :func:`evaluate_two_stage` come from the labels.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def class_probabilities(output: np.ndarray, n_classes: int) -> np.ndarray:
+    """A model's output as (N, K) probabilities: a sigmoid column (N, 1) becomes ``[1-p, p]``."""
+    out = np.asarray(output, dtype=np.float64)
+    if out.ndim == 1:
+        out = out[:, None]
+    if out.shape[1] == 1 and n_classes == 2:
+        out = np.concatenate([1.0 - out, out], axis=1)
+    if out.shape[1] != n_classes:
+        raise ValueError(f"The model gives {out.shape[1]} outputs for {n_classes} classes.")
+    return out
+
+
+def disease_probability(stage1_probs: np.ndarray, stage1_classes: Sequence[str],
+                        normal_class: str = "Normal") -> np.ndarray:
+    """P(not ``normal_class``) per image from stage-1 probabilities (N, 2) or a sigmoid (N, 1)."""
+    classes = list(stage1_classes)
+    if len(classes) != 2 or normal_class not in classes:
+        raise ValueError(f"Stage 1 must have two classes, one of them {normal_class!r}; got {classes}.")
+    probs = class_probabilities(stage1_probs, 2)
+    return 1.0 - probs[:, classes.index(normal_class)]
+
+
+def combine_stages(p_disease: np.ndarray, stage2_probs: np.ndarray, routed: np.ndarray,
+                   stage2_classes: Sequence[str], normal_class: str = "Normal"
+                   ) -> tuple[list[str], np.ndarray]:
+    """Final labels and (N, 1 + K2) chain-rule probabilities, columns ``[normal] + stage2_classes``.
+
+    ``stage2_probs`` (M, K2) belongs to the ``M = routed.sum()`` routed images, in order.
+    """
+    p = np.asarray(p_disease, dtype=np.float64).ravel()
+    routed = np.asarray(routed, dtype=bool).ravel()
+    k2 = len(stage2_classes)
+    q_routed = class_probabilities(stage2_probs, k2) if routed.any() else np.zeros((0, k2))
+    if len(q_routed) != int(routed.sum()):
+        raise ValueError(f"{int(routed.sum())} images were routed but stage 2 scored {len(q_routed)}.")
+    q = np.full((len(p), k2), 1.0 / k2)
+    q[routed] = q_routed
+    probs = np.concatenate([(1.0 - p)[:, None], p[:, None] * q], axis=1)
+    labels = [stage2_classes[int(np.argmax(q[i]))] if routed[i] else normal_class
+              for i in range(len(p))]
+    return labels, probs
+
+
+def _batches(images, batch_size: int) -> Iterable[np.ndarray]:
+    """Batches of model input from an array (N, S, S, C) or an iterable of batches.
+
+    An iterable (a ``tf.data.Dataset``, say) may yield ``x`` or ``(x, y)`` tuples.
+    """
+    if isinstance(images, np.ndarray):
+        for start in range(0, len(images), batch_size):
+            yield images[start:start + batch_size]
+        return
+    for batch in images:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def two_stage_predict(stage1_model, stage2_model, images, stage1_classes: Sequence[str],
+                      stage2_classes: Sequence[str], threshold: float = 0.5,
+                      normal_class: str = "Normal", batch_size: int = 32
+                      ) -> tuple[list[str], np.ndarray]:
+    """Route images through both models; return (final labels, chain-rule probabilities).
+
+    ``images`` is model input, prepared as both models expect (same size, channels and
+    normalisation): an array (N, S, S, C) or an iterable of batches (``x`` or ``(x, y)``).
+    An image goes to stage 2 when its stage-1 disease probability is ``>= threshold``;
+    stage 2 sees only those images. Probability columns are ``[normal_class] + stage2_classes``.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], not {threshold}")
+    p_all, q_all, routed_all = [], [], []
+    for x in _batches(images, batch_size):
+        p = disease_probability(np.asarray(stage1_model(x, training=False)), stage1_classes, normal_class)
+        routed = p >= threshold
+        if routed.any():
+            index = np.flatnonzero(routed)
+            x_routed = x[index] if isinstance(x, np.ndarray) else _take(x, index)
+            q_all.append(class_probabilities(np.asarray(stage2_model(x_routed, training=False)),
+                                             len(stage2_classes)))
+        p_all.append(p)
+        routed_all.append(routed)
+    if not p_all:
+        return [], np.zeros((0, 1 + len(stage2_classes)))
+    q = np.concatenate(q_all) if q_all else np.zeros((0, len(stage2_classes)))
+    return combine_stages(np.concatenate(p_all), q, np.concatenate(routed_all),
+                          list(stage2_classes), normal_class)
+
+
+def _take(x, index: np.ndarray):
+    """Rows ``index`` of a tensor batch."""
+    import tensorflow as tf
+
+    return tf.gather(x, index)
+
+
+def prep_from_record(record: dict):
+    """The :class:`cxrlib.pipeline.Prep` a run recorded (JSON turns its tuple into a list)."""
+    from cxrlib.pipeline import Prep
+
+    prep = dict(record["prep"])
+    if prep.get("crop_reference") is not None:
+        prep["crop_reference"] = tuple(prep["crop_reference"])
+    return Prep(**prep)
+
+
+_LOADED: dict[tuple[str, int], object] = {}  # (model path, mtime) -> model: load each file once
+
+
+def _load_stage(run_dir: str | Path):
+    """(model, record, prep) of a finished run; a model file already loaded is not read again."""
+    from cxrlib.models import load_model
+    from cxrlib.records import read_record
+
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    model_path = run_dir / record["artifacts"].get("model", "model.keras")
+    if not model_path.is_file():
+        raise FileNotFoundError(f"No model at {model_path}; train the stage first.")
+    key = (str(model_path.resolve()), model_path.stat().st_mtime_ns)
+    if key not in _LOADED:
+        for old in [k for k in _LOADED if k[0] == key[0]]:  # a retrained model replaces the old one
+            del _LOADED[old]
+        _LOADED[key] = load_model(str(model_path))
+    return _LOADED[key], record, prep_from_record(record)
+
+
+def _predict(model, manifest: pd.DataFrame, label_classes: Sequence[str], prep, n_out: int,
+             batch_size: int, skipped: list) -> np.ndarray:
+    """(N, n_out) probabilities over the readable images of a manifest, in order."""
+    from cxrlib.pipeline import make_dataset
+
+    ds = make_dataset(manifest, label_classes, prep, batch_size=batch_size, cache=False,
+                      label_mode="int", skip_log=skipped)
+    out = [class_probabilities(np.asarray(model(x, training=False)), n_out) for x, _ in ds]
+    return np.concatenate(out) if out else np.zeros((0, n_out))
+
+
+def evaluate_two_stage(stage1_run_dir: str | Path, stage2_run_dir: str | Path,
+                       manifest: pd.DataFrame, classes: Sequence[str] | None = None,
+                       threshold: float = 0.5, normal_class: str = "Normal",
+                       batch_size: int = 32, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Score the chained runs on a manifest labelled with the final classes.
+
+    Each stage reads the images with its own recorded preparation, in batches; stage 2 sees
+    only the images stage 1 routes to it. Returns a :func:`cxrlib.metrics.compute_metrics`
+    dict in which the confusion matrix, accuracy (with its bootstrap interval) and the
+    per-class precision/recall/specificity/F1 come from the routed labels, the AUCs from the
+    chain-rule probabilities; plus ``threshold``, ``routed`` (how many reached stage 2),
+    ``stage1`` (the screen's own sensitivity and specificity), ``paths``, ``predicted``,
+    ``probabilities`` and ``skipped``.
+    """
+    from cxrlib.metrics import bootstrap_ci, compute_metrics, confusion_matrix
+    from cxrlib.pipeline import label_indices
+
+    model1, record1, prep1 = _load_stage(stage1_run_dir)
+    model2, record2, prep2 = _load_stage(stage2_run_dir)
+    classes1 = list(record1["dataset"]["classes"])
+    classes2 = list(record2["dataset"]["classes"])
+    classes = list(classes) if classes is not None else [normal_class] + classes2
+    if sorted(classes) != sorted([normal_class] + classes2):
+        raise ValueError(f"classes {classes} must be {normal_class!r} plus stage 2's {classes2}.")
+    if manifest.empty:
+        raise ValueError("The manifest is empty: nothing to evaluate.")
+    label_indices(manifest["label"].tolist(), classes)  # a clear error for a foreign label
+
+    skipped: list = []
+    probs1 = _predict(model1, manifest, classes, prep1, 2, batch_size, skipped)
+    gone = {item["path"] for item in skipped}
+    readable = manifest[~manifest["path"].astype(str).isin(gone)].reset_index(drop=True)
+    p = disease_probability(probs1, classes1, normal_class)
+    routed = p >= threshold
+    probs2 = (_predict(model2, readable[routed], classes, prep2, len(classes2), batch_size, skipped)
+              if routed.any() else np.zeros((0, len(classes2))))
+    labels, chain = combine_stages(p, probs2, routed, classes2, normal_class)
+    order = [([normal_class] + classes2).index(c) for c in classes]
+    chain = chain[:, order]
+
+    y_true = label_indices(readable["label"].tolist(), classes)
+    y_pred = label_indices(labels, classes)
+    result = compute_metrics(y_true, chain, classes, bootstrap=bootstrap, seed=seed)
+    matrix = confusion_matrix(y_true, y_pred, len(classes))
+    decided = np.eye(len(classes))[y_pred]  # one-hot decisions: argmax is the routed label
+    result["accuracy"] = float(np.mean(y_pred == y_true))
+    result["confusion_matrix"] = matrix.tolist()
+    for i, name in enumerate(classes):
+        result["per_class"][name].update(_scores(matrix, i))
+    result["ci"]["accuracy"] = bootstrap_ci(y_true, decided, n_resamples=bootstrap, seed=seed)["accuracy"]
+    sick_true = y_true != classes.index(normal_class)
+    result.update({
+        "threshold": float(threshold),
+        "routed": int(routed.sum()),
+        "stage1": {"sensitivity": float(routed[sick_true].mean()) if sick_true.any() else None,
+                   "specificity": float((~routed[~sick_true]).mean()) if (~sick_true).any() else None},
+        "stage_runs": [str(stage1_run_dir), str(stage2_run_dir)],
+        "paths": readable["path"].astype(str).tolist(),
+        "predicted": labels,
+        "probabilities": chain.tolist(),
+        "skipped": skipped,
+    })
+    return result
+
+
+def _scores(matrix: np.ndarray, i: int) -> dict:
+    """Precision, recall, specificity and F1 of class i from a confusion matrix."""
+    tp = matrix[i, i]
+    fn, fp = matrix[i].sum() - tp, matrix[:, i].sum() - tp
+    tn = matrix.sum() - tp - fn - fp
+
+    def ratio(a, b):
+        return float(a / b) if b else 0.0
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {"precision": precision, "recall": recall, "specificity": ratio(tn, tn + fp),
+            "f1": ratio(2 * precision * recall, precision + recall), "support": int(tp + fn)}

@@ -1,0 +1,264 @@
+"""Models and training: every backbone × variant builds flat and trains; frozen really is
+frozen; V1 extracts features once; learning happens; interrupted runs resume; records are valid."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from cxrlib.backbones import COURSE_BACKBONES, VARIANTS
+from cxrlib.datasets import load_manifest
+from cxrlib.models import (build_model, compile_model, last_conv_layer, load_model,
+                           make_optimizer)
+from cxrlib.records import find_records, read_record, validate_record
+from cxrlib.report import comparison_table, write_report
+from cxrlib.splits import split_manifest
+from cxrlib.synthetic import generate_synthetic
+from cxrlib import training
+
+CLASSES_EASY = ["Bacterial Pneumonia", "COVID", "Normal"]
+
+
+@pytest.fixture(scope="session")
+def easy_data(tmp_path_factory) -> Path:
+    """An easy synthetic set: three classes, strong lesions, no markers, 64 px."""
+    out = tmp_path_factory.mktemp("easy")
+    return generate_synthetic(out, per_class=70, size=64, seed=1, classes=CLASSES_EASY,
+                              severity=(1.0, 1.3), marker_prob=0.0, vary_size=False, progress=False)
+
+
+@pytest.fixture(scope="session")
+def easy_split(easy_data):
+    return split_manifest(load_manifest(easy_data), val=0.2, test=0.2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_split(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    generate_synthetic(out, per_class=8, size=48, seed=2, classes=["COVID", "Normal"],
+                       vary_size=False, progress=False)
+    return split_manifest(load_manifest(out), val=0.25, test=0.25, seed=0)
+
+
+def _one_step(model, size: int, channels: int = 3) -> float:
+    compile_model(model, make_optimizer("adam", 1e-3, 0))
+    x = np.random.default_rng(0).uniform(-1, 1, (4, size, size, channels)).astype("float32")
+    y = keras.utils.to_categorical([0, 1, 2, 0], model.output_shape[-1])
+    return float(model.train_on_batch(x, y)[0])
+
+
+@pytest.mark.parametrize("backbone", COURSE_BACKBONES + ("efficientnetv2b0",))
+@pytest.mark.parametrize("variant", ["frozen", "finetune"])
+def test_every_backbone_builds_flat_and_trains_a_step(backbone, variant) -> None:
+    model = build_model(backbone, variant, 3, image_size=75, weights=None)
+    assert model.output_shape == (None, 3)
+    assert model.get_layer(last_conv_layer(model, backbone)) in model.layers  # flat: CAM-ready
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+    trainable = {w.path for w in model.trainable_weights}
+    head = {w.path for layer in model.layers if layer.name.startswith("head_") for w in layer.weights}
+    if variant == "frozen":
+        assert trainable == head
+    else:
+        assert trainable > head
+    assert np.isfinite(_one_step(model, 75))
+
+
+@pytest.mark.parametrize("variant", ["v0", "v1", "v2", "v2reg", "v3"])
+def test_densenet_progression_heads(variant) -> None:
+    model = build_model("densenet121", variant, 3, image_size=32, weights=None)
+    dense = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    dropout = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    expected = {"v0": 1, "v1": 1, "v2": 3, "v2reg": 3, "v3": 3}[variant]
+    assert len(dense) == expected
+    assert len(dropout) == (1 if variant in ("v2reg", "v3") else 0)
+    assert model.get_layer("head_pool").output.shape[-1] == 1024  # DenseNet121's features
+    assert np.isfinite(_one_step(model, 32))
+
+
+def test_scratch_binary_and_one_channel_models() -> None:
+    scratch = build_model("scratch", "scratch", 2, image_size=64, weights=None, binary=True)
+    assert scratch.output_shape == (None, 1)
+    assert scratch.get_layer(last_conv_layer(scratch, "scratch"))
+    gray = build_model("resnet50", "frozen", 3, image_size=64, weights=None, channels=1)
+    assert gray.input_shape == (None, 64, 64, 1)
+    assert gray.get_layer("adapter_conv").trainable
+    assert np.isfinite(_one_step(gray, 64, channels=1))
+    with pytest.raises(ValueError, match="75"):
+        build_model("inceptionv3", "frozen", 3, image_size=64, weights=None)
+    with pytest.raises(ValueError):
+        build_model("densenet121", "scratch", 3, weights=None)
+    assert set(VARIANTS) >= {"v0", "v1", "v2", "v2reg", "v3", "frozen", "finetune", "scratch"}
+
+
+@pytest.fixture(scope="module")
+def pretrained_file(tmp_path_factory) -> str:
+    """A local weights file standing in for ImageNet (which cannot be downloaded here)."""
+    base = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(32, 32, 3))
+    for layer in base.layers:  # non-trivial BatchNorm statistics, so "unchanged" means something
+        if isinstance(layer, keras.layers.BatchNormalization):
+            mean, var = layer.moving_mean, layer.moving_variance
+            mean.assign(np.full(mean.shape, 0.01, "float32"))
+            var.assign(np.full(var.shape, 1.1, "float32"))
+    path = tmp_path_factory.mktemp("weights") / "densenet121_local.weights.h5"
+    base.save_weights(path)
+    return str(path)
+
+
+def _backbone_state(model) -> dict[str, np.ndarray]:
+    return {w.path: w.numpy().copy() for layer in model.layers if not layer.name.startswith("head_")
+            and layer.name != "predictions" for w in layer.weights}
+
+
+@pytest.mark.parametrize("variant", ["v2reg", "v3"])
+def test_frozen_weights_and_batchnorm_statistics_stay_put(pretrained_file, variant) -> None:
+    model = build_model("densenet121", variant, 3, image_size=32, weights=pretrained_file)
+    before = _backbone_state(model)
+    bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and all(not layer.trainable for layer in bn)  # inference mode
+    np.testing.assert_allclose(np.array(bn[0].moving_mean), 0.01)  # the local file was loaded
+    compile_model(model, make_optimizer("sgd", 0.05, 0))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, (16, 32, 32, 3)).astype("float32")
+    y = keras.utils.to_categorical(rng.integers(0, 3, 16), 3)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    after = _backbone_state(model)
+    bn_names = {layer.name for layer in bn}
+    batchnorm = [p for p in before if p.split("/")[0] in bn_names]
+    kernels = [p for p in before if p.split("/")[0] not in bn_names]
+    assert any("moving_mean" in p for p in batchnorm) and kernels
+    assert all(np.array_equal(before[p], after[p]) for p in batchnorm)  # statistics and scales
+    changed = sum(not np.array_equal(before[p], after[p]) for p in kernels)
+    if variant == "v2reg":
+        assert changed == 0
+    else:  # fine-tuning moves (nearly) every convolution; a few may see vanishing gradients
+        assert changed >= 0.9 * len(kernels)
+
+
+def test_v1_extracts_features_once(tiny_split, tmp_path, monkeypatch) -> None:
+    calls = []
+    real = training.extract_features
+    monkeypatch.setattr(training, "extract_features",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    classes = ["COVID", "Normal"]
+    record = training.train(tiny_split, classes, "densenet121", "v1", tmp_path / "v1", weights=None,
+                            image_size=32, epochs=5, batch_size=8, progress=False, bootstrap=50)
+    assert len(calls) == 2  # train and validation, once each — not once per epoch
+    assert record["training"]["epochs_run"] == 5
+    assert (tmp_path / "v1" / "features.npz").is_file()
+    training.train(tiny_split, classes, "densenet121", "v1", tmp_path / "v1", weights=None,
+                   image_size=32, epochs=5, batch_size=8, progress=False, bootstrap=50, reuse=False)
+    assert len(calls) == 2  # a re-run reads the cached features
+    assert load_model(str(tmp_path / "v1" / "model.keras")).output_shape == (None, 2)
+
+
+def test_v0_is_untrained_and_recorded(tiny_split, tmp_path) -> None:
+    record = training.train(tiny_split, ["COVID", "Normal"], "densenet121", "v0", tmp_path / "v0",
+                            weights=None, image_size=32, batch_size=8, progress=False, bootstrap=50)
+    assert record["training"]["epochs_run"] == 0 and record["training"]["history"] == {}
+    assert 0.0 <= record["final"]["accuracy"] <= 1.0 and record["test"]["n"] > 0
+    assert validate_record(read_record(tmp_path / "v0")) == []
+
+
+@pytest.mark.slow
+def test_scratch_cnn_learns_the_easy_set(easy_split, tmp_path) -> None:
+    record = training.train(easy_split, CLASSES_EASY, "scratch", "scratch", tmp_path / "cnn",
+                            weights=None, image_size=64, epochs=15, batch_size=16, seed=0,
+                            progress=False, bootstrap=200)
+    assert record["test"]["accuracy"] >= 0.9
+    history = record["training"]["history"]
+    assert history["loss"][-1] < history["loss"][0]  # learning, not luck
+    assert record["test"]["ci"]["accuracy"][0] > 1 / 3
+
+
+@pytest.mark.slow
+def test_v3_finetuning_learns_the_easy_set(easy_split, tmp_path) -> None:
+    record = training.train(easy_split, CLASSES_EASY, "densenet121", "v3", tmp_path / "v3",
+                            weights=None, image_size=32, epochs=14, batch_size=16, seed=0,
+                            optimizer="adam", learning_rate=1e-3, decay=0, progress=False,
+                            bootstrap=200)
+    assert record["test"]["accuracy"] >= 0.9
+
+
+class _Crash(keras.callbacks.Callback):
+    def __init__(self, at_epoch: int):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise RuntimeError("simulated power cut")
+
+
+def test_interrupted_run_resumes_from_backup(tiny_split, tmp_path) -> None:
+    out = tmp_path / "run"
+    kwargs = dict(weights=None, image_size=32, epochs=4, batch_size=8, progress=False, bootstrap=50)
+    with pytest.raises(RuntimeError, match="power cut"):
+        training.train(tiny_split, ["COVID", "Normal"], "scratch", "scratch", out,
+                       callbacks=[_Crash(1)], **kwargs)
+    assert (out / "backup").is_dir() and not (out / "record.json").exists()
+    assert len(training.read_history(out / "history.csv")["loss"]) == 2
+    record = training.train(tiny_split, ["COVID", "Normal"], "scratch", "scratch", out, **kwargs)
+    assert record["training"]["resumed"] is True
+    assert record["training"]["epochs_run"] == 4
+    assert len(record["training"]["history"]["val_loss"]) == 4
+    assert not (out / "backup").exists()  # removed once the run finished
+
+
+def test_same_seed_same_split_and_initial_weights(tiny_split) -> None:
+    a = build_model("scratch", "scratch", 2, image_size=32, weights=None, seed=7)
+    b = build_model("scratch", "scratch", 2, image_size=32, weights=None, seed=7)
+    c = build_model("scratch", "scratch", 2, image_size=32, weights=None, seed=8)
+    assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+    assert not all(np.array_equal(x, y) for x, y in zip(a.get_weights(), c.get_weights()))
+    again = split_manifest(tiny_split.drop(columns="split").assign(split=""), val=0.25, test=0.25, seed=0)
+    assert again["split"].tolist() == tiny_split["split"].tolist()
+
+
+def test_finished_run_is_reused_and_report_built_from_records(tiny_split, tmp_path) -> None:
+    kwargs = dict(weights=None, image_size=32, epochs=1, batch_size=8, progress=False, bootstrap=50)
+    runs = tmp_path / "runs"
+    first = training.train(tiny_split, ["COVID", "Normal"], "scratch", "scratch",
+                           training.run_dir(runs, "scratch", "scratch"), **kwargs)
+    again = training.train(tiny_split, ["COVID", "Normal"], "scratch", "scratch",
+                           training.run_dir(runs, "scratch", "scratch"), **kwargs)
+    assert again["created"] == first["created"]  # loaded, not retrained
+    training.train(tiny_split, ["COVID", "Normal"], "densenet121", "v0",
+                   training.run_dir(runs, "densenet121", "v0"), **kwargs)
+    records = find_records(runs)
+    assert [validate_record(r) for r in records] == [[], []]
+    table = comparison_table(records)
+    assert table["Model"].tolist() == ["CNN-scratch", "DN-V0"]
+    assert table.loc[0, "Test Accuracy"] == pytest.approx(records[0]["test"]["accuracy"])
+    written = write_report(runs)
+    assert (runs / "table.md").read_text().count("CNN-scratch") == 1
+    assert all(Path(p).stat().st_size > 0 for p in written.values())
+
+
+def test_mirrored_strategy_on_two_logical_cpus(tiny_split, tmp_path) -> None:
+    split_file = tmp_path / "split.csv"
+    tiny_split.to_csv(split_file, index=False)
+    script = textwrap.dedent(f"""
+        import json, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from cxrlib.splits import load_split
+        from cxrlib.training import train
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        record = train(load_split({str(split_file)!r}), ["COVID", "Normal"], "scratch", "scratch",
+                       {str(tmp_path / "mirrored")!r}, weights=None, image_size=32, epochs=2,
+                       batch_size=8, strategy=strategy, progress=False, bootstrap=20)
+        print(json.dumps({{"replicas": strategy.num_replicas_in_sync,
+                           "epochs": record["training"]["epochs_run"],
+                           "loss": record["final"]["loss"]}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2 and result["epochs"] == 2 and np.isfinite(result["loss"])
