@@ -239,8 +239,7 @@ def _add_diagnose(sub: argparse._SubParsersAction) -> None:
 
 
 PARSER_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_synth, _add_data, _add_train, _add_evaluate, _add_report, _add_notebooks]
-PARSER_BUILDERS.append(_add_diagnose)
+    _add_synth, _add_data, _add_train, _add_evaluate, _add_report, _add_diagnose, _add_notebooks]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -236,13 +236,15 @@ def images_by_class(manifest: pd.DataFrame, n: int, seed: int = 0) -> dict[str, 
 
 
 DUPLICATE_SECTIONS: tuple[str, ...] = ("all", "cross_split_duplicates", "cross_label_duplicates")
-SIMILAR = 0.99          # thumbnail correlation above which a hash candidate is a real copy
 
 
 def duplicate_pairs(report: dict, section: str = "all") -> pd.DataFrame:
-    """Duplicate candidates of a :func:`cxrlib.quality.check_manifest` report, one row per pair:
-    ``kind`` (exact/near), ``distance`` (dHash bits; 0 if exact), ``a``, ``b``.
+    """Duplicates of a :func:`cxrlib.quality.check_manifest` report, one row per pair:
+    ``kind`` (exact/near), ``distance`` (dHash bits; 0 if exact), ``similarity`` (thumbnail
+    correlation; 1.0 if exact), ``a``, ``b``.
 
+    The report's near pairs are already confirmed by thumbnail correlation (the hash
+    candidates it rejected are only counted, in ``near_candidates_rejected``).
     ``section="all"`` takes every exact group and near pair; ``"cross_split_duplicates"`` or
     ``"cross_label_duplicates"`` only those that cross splits or labels. An exact group of
     more than two files gives one pair per extra file.
@@ -251,58 +253,20 @@ def duplicate_pairs(report: dict, section: str = "all") -> pd.DataFrame:
         raise ValueError(f"section must be one of {DUPLICATE_SECTIONS}, not {section!r}")
     if section == "all":
         entries = [{"kind": "exact", "paths": g} for g in report.get("exact_duplicates", [])]
-        entries += [{"kind": "near", "paths": [p["a"], p["b"]], "distance": p["distance"]}
+        entries += [{"kind": "near", "paths": [p["a"], p["b"]], "distance": p["distance"],
+                     "similarity": p.get("similarity")}
                     for p in report.get("near_duplicates", [])]
     else:
         entries = report.get(section, [])
-    rows = [{"kind": e["kind"], "distance": int(e.get("distance", 0)), "a": e["paths"][0],
-             "b": other} for e in entries for other in e["paths"][1:]]
-    return pd.DataFrame(rows, columns=["kind", "distance", "a", "b"])
+    rows = [{"kind": e["kind"], "distance": int(e.get("distance", 0)),
+             "similarity": 1.0 if e["kind"] == "exact" else _float_or_nan(e.get("similarity")),
+             "a": e["paths"][0], "b": other} for e in entries for other in e["paths"][1:]]
+    return pd.DataFrame(rows, columns=["kind", "distance", "similarity", "a", "b"])
 
 
-def _thumbnail(image: np.ndarray, size: int) -> np.ndarray:
-    """A standardised (zero mean, unit variance) ``size``×``size`` thumbnail, flattened."""
-    from PIL import Image
-
-    small = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX),
-                       np.float32).ravel()
-    return (small - small.mean()) / (small.std() + 1e-6)
-
-
-def thumbnail_similarity(a: np.ndarray, b: np.ndarray, size: int = 32) -> float:
-    """Pearson correlation of two images' ``size``×``size`` thumbnails: about 1 for a resized,
-    re-compressed or slightly re-exposed copy; well below for two different chest films."""
-    return float(_thumbnail(a, size) @ _thumbnail(b, size) / (size * size))
-
-
-def confirm_duplicates(pairs: pd.DataFrame, min_similarity: float = SIMILAR,
-                       size: int = 32) -> pd.DataFrame:
-    """``pairs`` (from :func:`duplicate_pairs`) with ``similarity`` and ``confirmed`` columns.
-
-    A 64-bit difference hash is a fast first filter, but every chest film looks alike at 9×8
-    pixels, so most near-hash pairs are different patients. A candidate is confirmed when its
-    thumbnails correlate at ``min_similarity`` or more (exact pixel copies always are). Each
-    file is read once; an unreadable one leaves its pairs unconfirmed (similarity NaN).
-    """
-    cache: dict[str, np.ndarray | None] = {}
-    skipped: list[dict] = []
-
-    def thumb(path: str) -> np.ndarray | None:
-        if path not in cache:
-            image = _read_or_none(path, skipped)
-            cache[path] = None if image is None else _thumbnail(image, size)
-        return cache[path]
-
-    similarity = []
-    for kind, a, b in zip(pairs["kind"], pairs["a"], pairs["b"]):
-        ta, tb = thumb(a), thumb(b)
-        if kind == "exact":
-            similarity.append(1.0)
-        else:
-            similarity.append(np.nan if ta is None or tb is None else float(ta @ tb / ta.size))
-    out = pairs.assign(similarity=np.round(similarity, 4) if len(pairs) else [])
-    out["confirmed"] = out["similarity"] >= min_similarity
-    return out.sort_values(["confirmed", "similarity"], ascending=False).reset_index(drop=True)
+def _float_or_nan(value: float | None) -> float:
+    """``value`` as float, NaN when absent."""
+    return float("nan") if value is None else float(value)
 
 
 def source_table(manifest: pd.DataFrame) -> pd.DataFrame | None:
@@ -407,8 +371,8 @@ def value_ranges(manifest: pd.DataFrame, classes: Sequence[str], image_size: int
 
 def duplicate_gallery(pairs: pd.DataFrame, n: int = 4,
                       save: str | os.PathLike | None = None) -> Figure:
-    """The first ``n`` pairs of :func:`duplicate_pairs` (or :func:`confirm_duplicates`, whose
-    similarity then shows in the titles) side by side, two pairs per row."""
+    """The first ``n`` pairs of :func:`duplicate_pairs` side by side, two pairs per row; the
+    titles give the kind, the hash distance and the thumbnail correlation r (when known)."""
     if pairs.empty:
         raise ValueError("No duplicate pairs to show.")
     shown = pairs.head(n)
@@ -418,7 +382,8 @@ def duplicate_gallery(pairs: pd.DataFrame, n: int = 4,
             images.append(read_image(path))
             name = f"{Path(path).parent.name}/{Path(path).name}"
             similarity = getattr(row, "similarity", None)
-            detail = f", r = {similarity:.3f}" if similarity is not None else ""
+            known = similarity is not None and not pd.isna(similarity)
+            detail = f", r = {similarity:.3f}" if known else ""
             titles.append(f"{row.kind} ({row.distance} bits{detail}) {side}\n{name}")
     return image_grid(images, titles=titles, ncols=4, save=save)
 

@@ -7,8 +7,13 @@ A *manifest* is a DataFrame with one row per image: columns ``path`` (absolute s
 - counts (rows, readable images, per class, per split and class), image sizes and modes;
 - unreadable files (with the reason), never raising for them;
 - exact duplicates: identical decoded pixels (so a PNG and a re-encoded copy match);
-- near duplicates: 64-bit difference hashes (dHash) within a Hamming distance;
-- duplicates that cross splits (data leakage) or carry different labels.
+- near duplicates, in two stages: 64-bit difference hashes (dHash) within a Hamming distance
+  give candidates, and a candidate counts only when the 32×32 thumbnails of the two images
+  correlate at ``min_similarity`` or more. At the 9×8 pixels a dHash sees, every chest film has
+  the same layout, so on radiographs most hash candidates are different patients (even at
+  distance 0); a real copy (resized, re-compressed, re-exposed) correlates at 0.995 or more,
+  two different films rarely above 0.97. The rejected candidates are counted, not listed;
+- duplicates that cross splits (data leakage) or carry different labels (confirmed ones only).
 
 The report is a plain JSON-serialisable dict; :func:`format_check_report` renders it.
 """
@@ -34,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 MAX_LISTED = 20
 TOP_SIZES = 10
+THUMBNAIL_SIZE = 32      # side of the thumbnails that confirm hash candidates
+MIN_SIMILARITY = 0.99    # thumbnail correlation from which a hash candidate is a real copy
+_SIMILARITY_CHUNK = 4096  # candidate pairs scored at once (bounds the temporary memory)
 _PAIR_CHUNK = 256
 _POPCOUNT_TABLE = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 _MISSING = "<missing>"
@@ -60,6 +68,29 @@ def perceptual_hash(image: np.ndarray, hash_size: int = 8) -> int:
     pixels = np.asarray(small, dtype=np.float32)
     bits = (pixels[:, :-1] > pixels[:, 1:]).ravel()
     return int("".join("1" if b else "0" for b in bits), 2) if bits.size else 0
+
+
+def thumbnail(image: np.ndarray, size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """A ``size``×``size`` box-filtered thumbnail, flattened, zero mean and unit norm (float32).
+
+    The dot product of two thumbnails is the Pearson correlation of the downsized images
+    (see :func:`thumbnail_similarity`). A constant image has no pattern and gives zeros, which
+    correlate 0 with anything.
+    """
+    arr = np.asarray(image)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"thumbnail expects a non-empty 2-D image, got shape {arr.shape}")
+    small = Image.fromarray(arr.astype(np.float32)).resize((size, size), Image.Resampling.BOX)
+    flat = np.asarray(small, dtype=np.float32).ravel()
+    flat = flat - flat.mean()
+    norm = float(np.linalg.norm(flat))
+    return flat / norm if norm > 1e-6 * flat.size else np.zeros_like(flat)
+
+
+def thumbnail_similarity(a: np.ndarray, b: np.ndarray, size: int = THUMBNAIL_SIZE) -> float:
+    """Pearson correlation (−1…1) of two images' ``size``×``size`` thumbnails: about 1 for a
+    resized, re-compressed or slightly re-exposed copy; well below for two different films."""
+    return float(thumbnail(a, size) @ thumbnail(b, size))
 
 
 def pixel_digest(image: np.ndarray) -> str:
@@ -100,23 +131,39 @@ def _popcount64(values: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------ check
 
 
-def check_manifest(manifest: pd.DataFrame, near_threshold: int = 4, progress: bool = True) -> dict:
+def check_manifest(
+    manifest: pd.DataFrame,
+    near_threshold: int = 4,
+    progress: bool = True,
+    min_similarity: float = MIN_SIMILARITY,
+) -> dict:
     """Integrity report (JSON-serialisable dict) of every image in ``manifest``.
 
     Keys: ``n_images``, ``n_readable``, ``classes``, ``splits``, ``sizes``,
     ``size_counts``, ``modes``, ``unreadable``, ``exact_duplicates``,
-    ``near_duplicates``, ``cross_split_duplicates``, ``cross_label_duplicates``.
-    Counts in ``classes`` and ``splits`` are over readable images. Each file is read
-    once; unreadable files are logged and listed, never raised.
+    ``near_threshold``, ``min_similarity``, ``near_duplicates`` (``a``, ``b``,
+    ``distance``, ``similarity``), ``near_candidates_rejected``,
+    ``cross_split_duplicates``, ``cross_label_duplicates``.
+
+    Near duplicates are dHash candidates (Hamming distance ≤ ``near_threshold``, pixels not
+    identical) whose thumbnails (:func:`thumbnail`) correlate at ``min_similarity`` or
+    more; ``near_candidates_rejected`` counts the other candidates. Cross-split and
+    cross-label entries come from exact groups and confirmed near pairs only. A ``split``
+    column that is empty (or missing) on every row counts as no split column. Counts in
+    ``classes`` and ``splits`` are over readable images. Each file is read once; unreadable
+    files are logged and listed, never raised.
     """
     missing = {"path", "label"} - set(manifest.columns)
     if missing:
         raise ValueError(f"manifest lacks required column(s): {sorted(missing)}")
+    if not -1.0 <= min_similarity <= 1.0:
+        raise ValueError(f"min_similarity is a correlation in [-1, 1], got {min_similarity}")
     rows = _manifest_rows(manifest)
-    records, unreadable = _scan(rows, progress)
+    has_split = any(r["split"] is not None for r in rows)
+    records, thumbs, unreadable = _scan(rows, progress)
     exact_groups = _exact_groups(records)
-    near_pairs = _near_pairs(records, near_threshold)
-    has_split = "split" in manifest.columns
+    candidates = _near_pairs(records, near_threshold)
+    near_pairs = _confirmed(candidates, thumbs, min_similarity)
     return {
         "n_images": int(len(manifest)),
         "n_readable": len(records),
@@ -127,10 +174,13 @@ def check_manifest(manifest: pd.DataFrame, near_threshold: int = 4, progress: bo
         "modes": dict(sorted(Counter(r["mode"] for r in records).items())),
         "unreadable": unreadable,
         "exact_duplicates": [[records[i]["path"] for i in group] for group in exact_groups],
+        "near_threshold": int(near_threshold),
+        "min_similarity": float(min_similarity),
         "near_duplicates": [
-            {"a": records[i]["path"], "b": records[j]["path"], "distance": d}
-            for i, j, d in near_pairs
+            {"a": records[i]["path"], "b": records[j]["path"], "distance": d, "similarity": r}
+            for i, j, d, r in near_pairs
         ],
+        "near_candidates_rejected": len(candidates) - len(near_pairs),
         "cross_split_duplicates": (
             _crossing(records, exact_groups, near_pairs, "split") if has_split else []
         ),
@@ -146,11 +196,16 @@ def _clean(value: Any) -> str:
 
 
 def _manifest_rows(manifest: pd.DataFrame) -> list[dict[str, str | None]]:
-    """The path/label/split of every manifest row, as plain strings (split None if no column)."""
+    """The path/label/split of every manifest row, as plain strings.
+
+    The split is None on every row when there is no ``split`` column or when it is empty or
+    missing on every row (as in every manifest of :func:`cxrlib.datasets.load_manifest`).
+    """
+    splits: list[str | None] = [None] * len(manifest)
     if "split" in manifest.columns:
-        splits = [_clean(s) for s in manifest["split"]]
-    else:
-        splits = [None] * len(manifest)
+        cleaned = [_clean(s) for s in manifest["split"]]
+        if any(s not in ("", _MISSING) for s in cleaned):
+            splits = list(cleaned)
     return [
         {"path": _clean(p), "label": _clean(lab), "split": s}
         for p, lab, s in zip(manifest["path"], manifest["label"], splits)
@@ -159,11 +214,16 @@ def _manifest_rows(manifest: pd.DataFrame) -> list[dict[str, str | None]]:
 
 def _scan(
     rows: list[dict[str, str | None]], progress: bool
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Decode every row once; return (records of readable rows, unreadable entries)."""
+) -> tuple[list[dict[str, Any]], np.ndarray, list[dict[str, str]]]:
+    """Decode every row once.
+
+    Returns the records of readable rows, their thumbnails (float32, one row per record,
+    4 KB each) and the unreadable entries.
+    """
     records: list[dict[str, Any]] = []
+    thumbs: list[np.ndarray] = []
     unreadable: list[dict[str, str]] = []
-    cache: dict[str, dict[str, Any] | str] = {}  # a path listed twice is read once
+    cache: dict[str, tuple[dict[str, Any], np.ndarray] | str] = {}  # a path twice: read once
     bar = tqdm(rows, total=len(rows), desc="checking images", unit="img", disable=not progress)
     with logging_redirect_tqdm(tqdm_class=tqdm) if progress else contextlib.nullcontext():
         for row in bar:
@@ -174,12 +234,16 @@ def _scan(
             if isinstance(result, str):
                 unreadable.append({"path": path, "error": result})
             else:
-                records.append({**row, **result})
-    return records, unreadable
+                info, thumb = result
+                records.append({**row, **info})
+                thumbs.append(thumb)
+    size = THUMBNAIL_SIZE * THUMBNAIL_SIZE
+    stacked = np.stack(thumbs) if thumbs else np.zeros((0, size), dtype=np.float32)
+    return records, stacked, unreadable
 
 
-def _analyse(path: str) -> dict[str, Any] | str:
-    """Header info and hashes of one file, or the reason it cannot be read."""
+def _analyse(path: str) -> tuple[dict[str, Any], np.ndarray] | str:
+    """Header info and hashes of one file with its thumbnail, or the reason it cannot be read."""
     if path == _MISSING:
         logger.warning("manifest row without a path")
         return "no path in manifest"
@@ -188,13 +252,14 @@ def _analyse(path: str) -> dict[str, Any] | str:
     except ImageReadError as exc:
         logger.warning("unreadable image %s: %s", path, exc.reason)
         return exc.reason
-    return {
+    record = {
         "width": int(image.shape[1]),
         "height": int(image.shape[0]),
         "mode": str(info.get("mode", "unknown")),
         "digest": pixel_digest(image),
         "dhash": perceptual_hash(image),
     }
+    return record, thumbnail(image)
 
 
 def _class_counts(records: list[dict[str, Any]]) -> dict[str, int]:
@@ -256,20 +321,42 @@ def _near_pairs(records: list[dict[str, Any]], threshold: int) -> list[tuple[int
     return sorted(ordered, key=lambda t: (t[2], records[t[0]]["path"], records[t[1]]["path"]))
 
 
+def _confirmed(
+    candidates: list[tuple[int, int, int]], thumbs: np.ndarray, min_similarity: float
+) -> list[tuple[int, int, int, float]]:
+    """The candidates whose thumbnails correlate at ``min_similarity`` or more, as
+    ``(i, j, distance, similarity)`` (similarity rounded to 4 decimals), order kept.
+
+    Scored in chunks, so a million candidates need only a few MB at a time.
+    """
+    kept: list[tuple[int, int, int, float]] = []
+    for start in range(0, len(candidates), _SIMILARITY_CHUNK):
+        chunk = candidates[start : start + _SIMILARITY_CHUNK]
+        i = np.fromiter((c[0] for c in chunk), dtype=np.intp, count=len(chunk))
+        j = np.fromiter((c[1] for c in chunk), dtype=np.intp, count=len(chunk))
+        similarity = np.einsum("ij,ij->i", thumbs[i], thumbs[j])
+        for (a, b, d), r in zip(chunk, similarity.tolist()):
+            if r >= min_similarity:
+                kept.append((a, b, d, round(min(r, 1.0), 4)))
+    return kept
+
+
 def _crossing(
     records: list[dict[str, Any]],
     exact_groups: Iterable[list[int]],
-    near_pairs: Iterable[tuple[int, int, int]],
+    near_pairs: Iterable[tuple[int, int, int, float]],
     field: str,
 ) -> list[dict[str, Any]]:
-    """Exact groups and near pairs whose members differ in ``field`` ('split' or 'label')."""
+    """Exact groups and confirmed near pairs whose members differ in ``field`` ('split' or
+    'label')."""
     out: list[dict[str, Any]] = []
     for group in exact_groups:
         if len({records[i][field] for i in group}) > 1:
             out.append(_duplicate_entry(records, group, "exact"))
-    for i, j, d in near_pairs:
+    for i, j, d, r in near_pairs:
         if records[i][field] != records[j][field]:
-            out.append({**_duplicate_entry(records, [i, j], "near"), "distance": d})
+            entry = _duplicate_entry(records, [i, j], "near")
+            out.append({**entry, "distance": d, "similarity": r})
     return out
 
 
@@ -296,7 +383,7 @@ def format_check_report(report: dict) -> str:
         _format_sizes(report),
         _format_unreadable(report.get("unreadable", [])),
         _format_exact(report.get("exact_duplicates", [])),
-        _format_near(report.get("near_duplicates", [])),
+        _format_near(report),
         _format_crossing(
             "Cross-split duplicates (data leakage)", report.get("cross_split_duplicates", [])
         ),
@@ -350,7 +437,8 @@ def _format_splits(splits: dict) -> str:
         return ""
     labels = sorted({lab for counts in splits.values() for lab in counts})
     rows = [
-        [s, *(splits[s].get(lab, 0) for lab in labels), sum(splits[s].values())] for s in splits
+        [s or "(none)", *(splits[s].get(lab, 0) for lab in labels), sum(splits[s].values())]
+        for s in splits
     ]
     return "\n".join(["Splits (readable images):"] + _table(["split", *labels, "total"], rows))
 
@@ -384,12 +472,25 @@ def _format_exact(groups: list[list[str]]) -> str:
     return _listing("Exact duplicate groups", groups, lambda g: "  " + "  ==  ".join(g))
 
 
-def _format_near(pairs: list[dict]) -> str:
-    """Near duplicate pairs with their distances."""
-    def render(pair: dict) -> str:
-        return f"  {pair['a']}  ~  {pair['b']}  (distance {pair['distance']})"
+def _format_near(report: dict) -> str:
+    """Confirmed near duplicate pairs (distance, similarity) and the rejected-candidate count."""
 
-    return _listing("Near duplicate pairs", pairs, render)
+    def render(pair: dict) -> str:
+        r = pair.get("similarity")
+        detail = "" if r is None else f", r = {r:.4f}"
+        return f"  {pair['a']}  ~  {pair['b']}  (distance {pair['distance']}{detail})"
+
+    threshold, similarity = report.get("near_threshold"), report.get("min_similarity")
+    title = "Near duplicate pairs"
+    if threshold is not None and similarity is not None:
+        title += f" (dHash within {threshold} bits, thumbnail r >= {similarity:g})"
+    text = _listing(title, report.get("near_duplicates", []), render)
+    if "near_candidates_rejected" in report:
+        text += (
+            f"\n  hash candidates rejected (thumbnail r below the threshold): "
+            f"{report['near_candidates_rejected']}"
+        )
+    return text
 
 
 def _format_crossing(title: str, entries: list[dict]) -> str:
@@ -400,6 +501,11 @@ def _format_crossing(title: str, entries: list[dict]) -> str:
             f"{path} [{label}{'' if split is None else ', ' + split}]"
             for path, label, split in zip(entry["paths"], entry["labels"], entry["splits"])
         ]
-        return f"  {entry['kind']}: " + "  /  ".join(members)
+        detail = ""
+        if "distance" in entry:
+            r = entry.get("similarity")
+            detail = f"  (distance {entry['distance']}" + ("" if r is None else f", r = {r:.4f}")
+            detail += ")"
+        return f"  {entry['kind']}: " + "  /  ".join(members) + detail
 
     return _listing(title, entries, render)

@@ -1,0 +1,190 @@
+"""The notebook-05 helpers of cxrlib.heatmap_lessons: tables, charts, grids and sentences.
+
+Untrained tiny scratch CNNs on a tiny synthetic set check shapes and bookkeeping (what a
+trained model finds is tested in test_explain.py); one tiny shortcut experiment checks the
+figures built from its folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+pytest.importorskip("tf_keras_vis")
+pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
+
+from cxrlib import explain  # noqa: E402
+from cxrlib import heatmap_lessons as hl  # noqa: E402
+from cxrlib.pipeline import Prep  # noqa: E402
+
+CLASSES = ["COVID", "Normal"]
+FAST = hl.method_options(max_n=3, smooth_samples=2, patch=12, stride=16)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny synthetic set with lesion masks (COVID has lesions, Normal empty masks), split."""
+    from cxrlib.datasets import load_manifest
+    from cxrlib.splits import split_manifest
+    from cxrlib.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("hl_data")
+    generate_synthetic(root, per_class=8, size=48, seed=0, classes=CLASSES, marker_prob=0.0,
+                       vary_size=False, progress=False)
+    return split_manifest(load_manifest(root), val=0.25, test=0.5, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from cxrlib.models import build_model
+
+    return build_model("scratch", "scratch", 2, 32, None, seed=1)
+
+
+PREP = Prep(image_size=32, backbone="scratch")
+
+
+def test_method_options_have_no_batch_size():
+    options = hl.method_options(max_n=7, smooth_samples=5)
+    assert options["fastscorecam"] == {"max_N": 7}
+    assert options["smoothgrad"] == {"smooth_samples": 5}
+    assert options["occlusion"] == {"patch": 15, "stride": 10}
+    assert not any("batch_size" in o for o in options.values())
+
+
+def test_pick_examples_alternates_classes(data):
+    rows = hl.pick_examples(data, CLASSES, 3, seed=1)
+    assert list(rows["label"]) == ["COVID", "Normal", "COVID"]
+    assert (rows["split"] == "test").all() and rows["path"].is_unique
+    many = hl.pick_examples(data, CLASSES, 100)
+    assert len(many) == (data["split"] == "test").sum()
+
+
+def test_lesion_rows_keep_only_real_lesions(data):
+    rows = hl.lesion_rows(data, CLASSES)
+    assert len(rows) > 0 and set(rows["label"]) == {"COVID"}  # Normal masks are empty
+    assert (rows["split"] == "test").all()
+    assert len(hl.lesion_rows(data, CLASSES, max_images=1)) == 1
+    real = data.assign(mask_kind="lung")
+    assert hl.lesion_rows(real, CLASSES).empty
+    assert hl.lesion_rows(data.drop(columns=["mask_kind"]), CLASSES).empty
+
+
+def test_explain_methods_and_overlay_grid(model, data, tmp_path):
+    rows = hl.pick_examples(data, CLASSES, 2)
+    images, _ = explain.load_images(rows["path"].tolist(), PREP)
+    x = explain.model_inputs(np.stack(images), PREP)
+    methods = ["gradcam", "fastscorecam", "smoothgrad", "occlusion"]
+    maps, seconds = hl.explain_methods(model, x, methods, options=FAST)
+    assert list(maps) == methods and set(seconds) == set(methods)
+    for heat in maps.values():
+        assert heat.shape == (2, 32, 32) and heat.min() >= 0 and heat.max() <= 1
+    assert all(s >= 0 for s in seconds.values())
+    figure = hl.overlay_grid(images, maps, row_labels=["a", "b"], title="t", save=tmp_path / "g.png")
+    assert isinstance(figure, Figure) and (tmp_path / "g.png").is_file()
+    assert len(figure.axes) == 2 * (len(methods) + 1)
+    assert figure.axes[1].get_title() == "gradcam"
+
+
+def test_lesion_table_and_chart(model, data, tmp_path):
+    rows = hl.lesion_rows(data, CLASSES)
+    table = hl.lesion_table(model, rows, CLASSES, PREP, ["gradcam", "random"], FAST)
+    assert list(table.index) == ["gradcam", "random"]
+    assert (table["n"] == len(rows)).all()
+    # every method is scored against the same random maps
+    assert table["random_energy_inside"].nunique() == 1
+    assert table[["energy_inside", "pointing_rate", "mask_share"]].apply(lambda c: c.between(0, 1)).all().all()
+    figure = hl.plot_method_scores(table, title="lesions", save=tmp_path / "m.png")
+    assert isinstance(figure, Figure) and (tmp_path / "m.png").is_file()
+
+
+def test_region_scores_tables_and_charts(model, data, tmp_path):
+    test = data[data["split"] == "test"]
+    scores = hl.region_scores(model, test, CLASSES, PREP, "gradcam")
+    assert len(scores) == len(test)
+    assert set(scores["lung_region"]) == {"central region"}  # lesion masks are not lung masks
+    assert scores[["border_share", "lung_share", "random_border_share"]].apply(
+        lambda c: c.between(0, 1)).all().all()
+    per_class = hl.class_regions(scores, CLASSES)
+    assert list(per_class.index) == [*CLASSES, "random map"]
+    assert per_class.loc["random map", "n"] == len(scores)
+    assert per_class.loc[CLASSES, "n"].sum() == len(scores)
+    table = hl.region_table(model, test, CLASSES, PREP, ["gradcam", "saliency"], FAST)
+    assert list(table.columns) == ["n", "border_share", "random_border_share", "lung_share",
+                                   "random_lung_share", "seconds"]
+    assert isinstance(hl.plot_method_scores(table, save=tmp_path / "r.png"), Figure)
+    assert isinstance(hl.plot_class_regions(per_class, title="c", save=tmp_path / "c.png"), Figure)
+    assert (tmp_path / "r.png").is_file() and (tmp_path / "c.png").is_file()
+    notes = hl.heatmap_notes(table, per_class)
+    assert any("No lesion masks" in n for n in notes) and any("border band" in n for n in notes)
+
+
+def test_region_scores_use_lung_masks(model, data):
+    """Rows with ``mask_kind == "lung"`` are scored against their mask, not the centre."""
+    test = data[(data["split"] == "test") & (data["label"] == "COVID")].assign(mask_kind="lung")
+    scores = hl.region_scores(model, test, CLASSES, PREP, "random")
+    assert set(scores["lung_region"]) == {"lung mask"}
+
+
+def fake_result(drop: float = 0.45) -> dict:
+    return {"settings": {"classes": ["COVID", "Normal"], "per_class": 60, "epochs": 12,
+                         "method": "gradcam", "shortcut_class": "COVID"},
+            "shortcut": {"accuracy_marked": 0.95, "accuracy_marker_free": 0.95 - drop, "n_marked": 27,
+                         "border_share_marked": 0.5, "border_share_marker_free": 0.41,
+                         "lung_share_marked": 0.42, "lung_share_marker_free": 0.55,
+                         "marker_share_marked": 0.23, "marker_area_share": 0.05,
+                         "marker_pixels_in_view": 1.0},
+            "cropped": {"accuracy_marked": 0.9, "accuracy_marker_free": 0.9, "n_marked": 27,
+                        "border_share_marked": 0.5, "border_share_marker_free": 0.5,
+                        "lung_share_marked": 0.47, "lung_share_marker_free": 0.47,
+                        "marker_share_marked": 0.0, "marker_area_share": 0.0,
+                        "marker_pixels_in_view": 0.0},
+            "border_band_area_share": 0.4375}
+
+
+def test_shortcut_table_chart_and_notes(tmp_path):
+    result = fake_result()
+    table = hl.shortcut_table(result)
+    assert list(table.index) == ["shortcut", "cropped"]
+    assert table.loc["shortcut", "accuracy, marker-free films"] == pytest.approx(0.5)
+    assert table.loc["cropped", "marker in view"] == 0.0
+    assert isinstance(hl.plot_shortcut(result, save=tmp_path / "s.png"), Figure)
+    assert (tmp_path / "s.png").is_file()
+    notes = hl.heatmap_notes(shortcut=result)
+    assert any("cost the shortcut model 0.45" in n for n in notes)
+    quiet = hl.heatmap_notes(shortcut=fake_result(drop=0.0))
+    assert any("did not show" in n for n in quiet)
+
+
+def test_notes_on_lesion_tables():
+    table = pd.DataFrame({"n": [30, 30], "energy_inside": [0.4, 0.2], "random_energy_inside": [0.2, 0.2],
+                          "mask_share": [0.2, 0.2], "energy_ratio": [2.0, 1.0],
+                          "pointing_rate": [0.6, 0.1], "random_pointing_rate": [0.2, 0.2],
+                          "border_share": [0.1, 0.4], "seconds": [1.0, 9.0]},
+                         index=pd.Index(["gradcam", "saliency"], name="method"))
+    notes = hl.heatmap_notes(table)
+    assert "gradcam puts the most" in notes[0]
+    assert "gradcam; not: saliency" in notes[1]
+    assert any("Pointing game: gradcam" in n for n in notes)
+    assert any("saliency took 9.0 s" in n for n in notes)
+    assert any("With 30 images" in n for n in notes)
+    assert hl.heatmap_notes() == []
+
+
+@pytest.mark.slow
+def test_shortcut_figures_from_a_tiny_experiment(tmp_path):
+    result = explain.shortcut_experiment(tmp_path / "sc", size=48, per_class=6, epochs=1,
+                                         test_per_class=4, film_size=96)
+    json.dumps(result)
+    pairs = hl.shortcut_pairs(tmp_path / "sc", n=2)
+    assert len(pairs) == 2
+    for marked, clean in pairs:
+        assert Path(marked).name == Path(clean).name and "marker_free" in clean
+    figure = hl.shortcut_heatmaps(tmp_path / "sc", "COVID", "gradcam", n=2, save=tmp_path / "h.png")
+    assert isinstance(figure, Figure) and (tmp_path / "h.png").is_file()
+    assert sum(1 for ax in figure.axes if ax.images) == 8
