@@ -72,8 +72,13 @@ def explain_methods(model, x: np.ndarray, methods: Sequence[str],
 
 def overlay_grid(images: Sequence[np.ndarray], maps_by_method: dict[str, np.ndarray],
                  row_labels: Sequence[str] | None = None, title: str = "", alpha: float = 0.45,
+                 outlines: Sequence[np.ndarray] | None = None,
                  save: str | os.PathLike | None = None) -> Figure:
-    """One row per image: the radiograph, then each method's heat map over it (one column each)."""
+    """One row per image: the radiograph, then each method's heat map over it (one column each).
+
+    ``outlines`` (one bool mask per image, e.g. the lesion from
+    :func:`cxrlib.explain.prepare_mask`) are drawn as a white contour on every tile.
+    """
     from cxrlib.plots import _finish, _new_figure
 
     methods = list(maps_by_method)
@@ -88,6 +93,9 @@ def overlay_grid(images: Sequence[np.ndarray], maps_by_method: dict[str, np.ndar
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
+            if outlines is not None and np.asarray(outlines[row]).any():
+                ax.contour(np.asarray(outlines[row], dtype=float), levels=[0.5], colors="white",
+                           linewidths=0.8)
         if row_labels is not None:
             axes[row, 0].set_ylabel(row_labels[row], fontsize="x-small")
     for col, name in enumerate(["radiograph", *methods]):

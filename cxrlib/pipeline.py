@@ -191,6 +191,21 @@ def _brightness(images, factors: tuple[float, float], seed: int):
     return tf.clip_by_value(images * scale, 0.0, 255.0)
 
 
+def normalise(x, prep: Prep):
+    """The backbone's ``preprocess_input`` on 0–255 images (numpy or tensors).
+
+    ImageNet normalisations are per RGB channel; a 1-channel input (for the grayscale adapter)
+    is normalised as its RGB copy would be, then averaged back to one channel.
+    """
+    function = preprocess_function(prep.backbone)
+    if prep.channels == 3:
+        return function(x)
+    import tensorflow as tf
+
+    rgb = tf.image.grayscale_to_rgb(tf.convert_to_tensor(x, tf.float32))
+    return tf.reduce_mean(function(rgb), axis=-1, keepdims=True)
+
+
 def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, batch_size: int = 32,
                  training: bool = False, augment: Augment | None = None, cache: bool | str = True,
                  seed: int = 0, label_mode: str = "categorical", skip_log: list | None = None,
@@ -262,10 +277,8 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
 
         ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
     if preprocess:
-        normalise = preprocess_function(prep.backbone)
-
         def preprocessed(x, y):
-            return normalise(x), y
+            return normalise(x, prep), y
 
         ds = ds.map(preprocessed, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -306,5 +319,5 @@ def load_arrays(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, prep
     if prep.channels == 3:
         x = np.repeat(x, 3, axis=-1)
     if preprocess:
-        x = np.asarray(preprocess_function(prep.backbone)(x.astype(np.float32)), dtype=np.float32)
+        x = np.asarray(normalise(x.astype(np.float32), prep), dtype=np.float32)
     return x, labels[keep]

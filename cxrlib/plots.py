@@ -155,7 +155,7 @@ def plot_comparison(table: pd.DataFrame, metric: str = "Test Accuracy",
             interval = ci.get(model)
             if interval is not None and None not in interval:
                 low, high = interval
-                ax.errorbar(value, position, xerr=[[value - low], [high - value]],
+                ax.errorbar(value, position, xerr=[[max(value - low, 0.0)], [max(high - value, 0.0)]],
                             fmt="none", ecolor="black", capsize=3, lw=1)
     for position, (model, value) in enumerate(zip(frame["Model"], values)):
         interval = (ci or {}).get(model)

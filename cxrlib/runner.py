@@ -36,6 +36,7 @@ def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict | None 
     path = Path(path).resolve()
     out = Path(out_dir).resolve() / path.name
     out.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernel inherits it: quiet TF start-up
     previous = os.environ.get("CXR_SMOKE")
     if smoke:
         os.environ["CXR_SMOKE"] = "1"

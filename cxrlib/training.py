@@ -84,6 +84,22 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return {c: [float(v) for v in frame[c]] for c in frame.columns if c not in ("epoch",)}
 
 
+def data_fingerprint(manifest: pd.DataFrame) -> list:
+    """(path, split, size, mtime) per image: a regenerated file changes the run's key."""
+    def stat(path: str) -> tuple[int, int]:
+        try:
+            info = Path(path).stat()
+            return info.st_size, info.st_mtime_ns
+        except OSError:
+            return -1, -1
+    return sorted((p, s, *stat(p)) for p, s in zip(manifest["path"], manifest["split"]))
+
+
+def _fingerprint_file(path: str | None) -> list | None:
+    """Size and mtime of a file (``init_from``): a retrained source model changes the key."""
+    return None if not path else data_fingerprint(pd.DataFrame({"path": [path], "split": [""]}))
+
+
 def config_key(config: dict) -> str:
     """A short stable hash of a run's configuration (to reuse a finished identical run)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -190,9 +206,15 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
             existing = {}
         if existing.get("config_key") == key and (out / "model.keras").is_file():
             log.info("Reusing the finished run in %s (same configuration).", out)
+            if name and existing.get("name") != name:
+                existing["name"] = name
+                records.write_record(out, existing)
             return existing
 
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / "backup").is_dir():  # a fresh run, not a resumed one: no stale history
+        for stale in ("history.csv", "record.json"):
+            (out / stale).unlink(missing_ok=True)
     split_file = save_split(manifest, out / "split.csv")
     keras.utils.set_random_seed(seed)
     if mixed_precision:
@@ -311,18 +333,23 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, ba
     """V1: extract the frozen features once (cached in ``features.npz``), train the softmax on them."""
     import keras
 
-    from cxrlib.models import classifier_head
+    from cxrlib.models import classifier_head, feature_extractor
 
     cache = out / "features.npz"
-    if cache.is_file():
-        data = dict(np.load(cache))
-    else:
+    backbone_bytes = hashlib.sha256()
+    for weight in feature_extractor(model).weights:
+        backbone_bytes.update(np.asarray(weight).tobytes())
+    key = config_key({"prep": prep.to_dict(), "data": data_fingerprint(pd.concat([train_df, val_df])),
+                      "classes": list(classes), "label_mode": label_mode,
+                      "backbone": backbone_bytes.hexdigest()})
+    data = dict(np.load(cache)) if cache.is_file() else {}
+    if data.get("key") is None or str(data["key"]) != key:
         xt, yt = extract_features(model, train_df, classes, prep, batch_size, label_mode, skipped)
         data = {"x_train": xt, "y_train": yt}
         if not val_df.empty:
             data["x_val"], data["y_val"] = extract_features(model, val_df, classes, prep, batch_size,
                                                             label_mode, skipped)
-        np.savez(cache, **data)
+        np.savez(cache, key=np.array(key), **data)
     head = classifier_head(model)
     head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
     validation = (data["x_val"], data["y_val"]) if "x_val" in data else None

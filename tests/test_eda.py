@@ -14,11 +14,11 @@ from PIL import Image
 from cxrlib.datasets import MANIFEST_COLUMNS
 from cxrlib.eda import (STAT_COLUMNS, TEXT_FLAG, augmentation_gallery, augmented_copies,
                         border_text_score, brightness_outliers, class_summary,
-                        confirm_duplicates, crop_box_overlay, duplicate_gallery, duplicate_pairs,
+                        crop_box_overlay, duplicate_gallery, duplicate_pairs,
                         equalization_figure, image_features, image_statistics, images_by_class,
                         mask_overlay, plot_statistic_by_class, region_masks, samples_by_class,
-                        source_table, text_like_pixels, thumbnail_similarity, value_ranges)
-from cxrlib.quality import check_manifest
+                        source_table, text_like_pixels, value_ranges)
+from cxrlib.quality import check_manifest, thumbnail_similarity
 from cxrlib.pipeline import NO_AUGMENT, Augment
 
 
@@ -153,16 +153,17 @@ def test_images_by_class(tmp_path) -> None:
 
 def test_duplicate_pairs_from_a_report() -> None:
     report = {"exact_duplicates": [["a", "b", "c"]],
-              "near_duplicates": [{"a": "d", "b": "e", "distance": 3}],
+              "near_duplicates": [{"a": "d", "b": "e", "distance": 3, "similarity": 0.995}],
               "cross_split_duplicates": [{"kind": "near", "paths": ["d", "e"], "distance": 3,
-                                          "labels": ["X", "X"], "splits": ["train", "test"]}]}
+                                          "similarity": 0.995, "labels": ["X", "X"],
+                                          "splits": ["train", "test"]}]}
     pairs = duplicate_pairs(report)
-    assert pairs.values.tolist() == [["exact", 0, "a", "b"], ["exact", 0, "a", "c"],
-                                     ["near", 3, "d", "e"]]
+    assert pairs.values.tolist() == [["exact", 0, 1.0, "a", "b"], ["exact", 0, 1.0, "a", "c"],
+                                     ["near", 3, 0.995, "d", "e"]]
     crossing = duplicate_pairs(report, "cross_split_duplicates")
-    assert crossing.values.tolist() == [["near", 3, "d", "e"]]
+    assert crossing.values.tolist() == [["near", 3, 0.995, "d", "e"]]
     empty = duplicate_pairs({})
-    assert empty.empty and list(empty.columns) == ["kind", "distance", "a", "b"]
+    assert empty.empty and list(empty.columns) == ["kind", "distance", "similarity", "a", "b"]
     with pytest.raises(ValueError, match="section"):
         duplicate_pairs(report, "near")
 
@@ -177,7 +178,7 @@ def test_thumbnail_similarity_tells_copies_from_look_alikes() -> None:
     assert thumbnail_similarity(film, other) < 0.95
 
 
-def test_confirm_duplicates_keeps_real_copies_only(tmp_path) -> None:
+def test_report_pairs_keep_real_copies_only(tmp_path) -> None:
     film = _film(5, size=96)
     film[30:60, 20:40] = 20
     look_alike = _film(6, size=96)
@@ -191,12 +192,13 @@ def test_confirm_duplicates_keeps_real_copies_only(tmp_path) -> None:
     manifest = pd.DataFrame({"path": list(paths.values()), "label": "A",
                              "split": ["train", "test", "test", "test"]})
     report = check_manifest(manifest, near_threshold=64, progress=False)   # every pair a candidate
-    confirmed = confirm_duplicates(duplicate_pairs(report, "cross_split_duplicates"))
-    found = {tuple(sorted(Path(p).name for p in pair))
-             for pair in confirmed.loc[confirmed["confirmed"], ["a", "b"]].values}
+    crossing = duplicate_pairs(report, "cross_split_duplicates")
+    found = {tuple(sorted(Path(p).name for p in pair)) for pair in crossing[["a", "b"]].values}
     assert found == {("a.png", "copy.png"), ("a.png", "copy.jpg")}
-    assert confirmed.loc[confirmed["kind"] == "exact", "similarity"].tolist() == [1.0]
-    assert confirm_duplicates(duplicate_pairs({})).empty
+    assert crossing.loc[crossing["kind"] == "exact", "similarity"].tolist() == [1.0]
+    assert (crossing["similarity"] >= 0.99).all()
+    assert len(duplicate_pairs(report)) == 3               # + copy.png ~ copy.jpg (both test)
+    assert report["near_candidates_rejected"] == 3         # the look-alike against each copy
 
 
 def test_source_table_reads_hosts() -> None:
@@ -237,7 +239,7 @@ def test_plots_return_figures_and_save(tmp_path) -> None:
                            "b": str(tmp_path / "b.png")}])
     figure = duplicate_gallery(pairs)
     assert isinstance(figure, Figure) and "exact (0 bits) a" in figure.axes[0].get_title()
-    figure = duplicate_gallery(confirm_duplicates(pairs))
+    figure = duplicate_gallery(duplicate_pairs({"exact_duplicates": [list(pairs.iloc[0, 2:])]}))
     assert "r = 1.000" in figure.axes[0].get_title()
     with pytest.raises(ValueError, match="No duplicate"):
         duplicate_gallery(pairs.iloc[0:0])

@@ -85,10 +85,13 @@ def test_explain_methods_and_overlay_grid(model, data, tmp_path):
     for heat in maps.values():
         assert heat.shape == (2, 32, 32) and heat.min() >= 0 and heat.max() <= 1
     assert all(s >= 0 for s in seconds.values())
-    figure = hl.overlay_grid(images, maps, row_labels=["a", "b"], title="t", save=tmp_path / "g.png")
+    outlines = [np.zeros((32, 32), bool), np.pad(np.ones((8, 8), bool), 12)]
+    figure = hl.overlay_grid(images, maps, row_labels=["a", "b"], title="t", outlines=outlines,
+                             save=tmp_path / "g.png")
     assert isinstance(figure, Figure) and (tmp_path / "g.png").is_file()
     assert len(figure.axes) == 2 * (len(methods) + 1)
     assert figure.axes[1].get_title() == "gradcam"
+    assert not figure.axes[0].collections and figure.axes[-1].collections  # contour on row 2 only
 
 
 def test_lesion_table_and_chart(model, data, tmp_path):

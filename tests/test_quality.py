@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 import cxrlib.quality as quality
-from cxrlib.quality import check_manifest, format_check_report, hamming_pairs, perceptual_hash
+from cxrlib.quality import (check_manifest, format_check_report, hamming_pairs, perceptual_hash,
+                            thumbnail, thumbnail_similarity)
 
 
 def _smooth(seed: int, size: int = 64) -> np.ndarray:
@@ -24,6 +25,14 @@ def _brighter_resized(image: np.ndarray, size: int = 80, delta: int = 8) -> np.n
     """A slightly brightened, resized copy (a near duplicate)."""
     bright = np.clip(image.astype(int) + delta, 0, 255).astype(np.uint8)
     return np.asarray(Image.fromarray(bright).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def _look_alike(rows: int, size: int = 64) -> np.ndarray:
+    """A smooth image falling from left to right (every dHash bit set, whatever ``rows``) with
+    a vertical profile of its own: ``rows`` picks the profile, so two differ a lot."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    profile = 60 * np.sin(2 * np.pi * rows * y)
+    return np.clip(150 - 40 * x + profile, 0, 255).astype(np.uint8)
 
 
 def _bits(x: int) -> int:
@@ -45,6 +54,21 @@ def test_perceptual_hash_is_robust_to_resize_and_brightness() -> None:
     assert perceptual_hash(image, hash_size=4) < 2**16
     with pytest.raises(ValueError):
         perceptual_hash(np.zeros((4, 4, 3), dtype=np.uint8))
+
+
+def test_thumbnail_is_normalised_and_tells_copies_from_look_alikes() -> None:
+    image = _smooth(1)
+    t = thumbnail(image)
+    assert t.shape == (32 * 32,) and t.dtype == np.float32
+    assert abs(float(t.mean())) < 1e-5 and abs(float(np.linalg.norm(t)) - 1) < 1e-4
+    assert thumbnail(image, size=8).shape == (64,)
+    assert not thumbnail(np.full((20, 30), 7, np.uint8)).any()        # no pattern: zeros
+    assert thumbnail_similarity(image, image) == pytest.approx(1.0, abs=1e-5)
+    assert thumbnail_similarity(image, _brighter_resized(image)) >= 0.99
+    assert perceptual_hash(_look_alike(1)) == perceptual_hash(_look_alike(2))  # same dHash ...
+    assert thumbnail_similarity(_look_alike(1), _look_alike(2)) < 0.5        # ... other image
+    with pytest.raises(ValueError):
+        thumbnail(np.zeros((4, 4, 3), dtype=np.uint8))
 
 
 def test_hamming_pairs_matches_brute_force() -> None:
@@ -150,6 +174,42 @@ def test_near_duplicates(report: dict, dataset: pd.DataFrame) -> None:
     expected = {_path(dataset, "normal_a.png"), _path(dataset, "normal_a_bright.png")}
     assert {pair["a"], pair["b"]} == expected
     assert 0 <= pair["distance"] <= 4
+    assert 0.99 <= pair["similarity"] <= 1.0
+    assert report["near_threshold"] == 4 and report["min_similarity"] == 0.99
+    assert report["near_candidates_rejected"] == 0
+
+
+def test_look_alikes_with_the_same_hash_are_rejected_and_counted(tmp_path: Path) -> None:
+    images = {"a.png": _look_alike(1), "a_copy.png": _brighter_resized(_look_alike(1)),
+              "other.png": _look_alike(2), "third.png": _look_alike(3)}
+    rows = []
+    for (name, image), label, split in zip(images.items(), "ABCD", ["train", "test"] * 2):
+        Image.fromarray(image).save(tmp_path / name)
+        rows.append({"path": str(tmp_path / name), "label": label, "split": split})
+    manifest = pd.DataFrame(rows)
+    hashes = [perceptual_hash(image) for image in images.values()]
+    assert max(_bits(hashes[0] ^ h) for h in hashes) <= 1       # all four are hash candidates
+
+    rep = check_manifest(manifest, progress=False)
+    assert [(Path(p["a"]).name, Path(p["b"]).name) for p in rep["near_duplicates"]] == [
+        ("a.png", "a_copy.png")
+    ]
+    assert rep["near_duplicates"][0]["similarity"] >= 0.99
+    assert rep["near_candidates_rejected"] == 5                 # 6 candidate pairs, 1 copy
+    for section in ("cross_split_duplicates", "cross_label_duplicates"):
+        assert [sorted(Path(p).name for p in e["paths"]) for e in rep[section]] == [
+            ["a.png", "a_copy.png"]
+        ]
+        assert rep[section][0]["similarity"] >= 0.99
+    text = format_check_report(rep)
+    assert "Near duplicate pairs (dHash within 4 bits, thumbnail r >= 0.99): 1" in text
+    assert "hash candidates rejected (thumbnail r below the threshold): 5" in text
+    assert "other.png" not in text and "r = 0.99" in text
+
+    everything = check_manifest(manifest, progress=False, min_similarity=-1.0)
+    assert len(everything["near_duplicates"]) == 6 and everything["near_candidates_rejected"] == 0
+    with pytest.raises(ValueError, match="min_similarity"):
+        check_manifest(manifest, progress=False, min_similarity=1.5)
 
 
 def test_cross_split_leakage(report: dict, dataset: pd.DataFrame) -> None:
@@ -196,6 +256,17 @@ def test_near_threshold_zero_and_no_split_column(dataset: pd.DataFrame) -> None:
     assert len(rep["cross_label_duplicates"]) == 1
     assert rep["cross_label_duplicates"][0]["splits"] == [None, None]
     json.dumps(rep)
+
+
+def test_all_empty_split_column_is_no_split(dataset: pd.DataFrame) -> None:
+    for empty in ("", None):
+        rep = check_manifest(dataset.assign(split=empty), progress=False)
+        assert rep["splits"] == {} and rep["cross_split_duplicates"] == []
+        assert rep["cross_label_duplicates"][0]["splits"] == [None, None]
+        assert "Splits" not in format_check_report(rep)
+    mixed = dataset.assign(split=["train"] + [""] * (len(dataset) - 1))
+    text = format_check_report(check_manifest(mixed, progress=False))
+    assert "Splits" in text and "(none)" in text
 
 
 def test_missing_columns_and_missing_paths(tmp_path: Path) -> None:
