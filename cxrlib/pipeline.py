@@ -26,7 +26,7 @@ import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -191,19 +191,23 @@ def _brightness(images, factors: tuple[float, float], seed: int):
     return tf.clip_by_value(images * scale, 0.0, 255.0)
 
 
-def normalise(x, prep: Prep):
-    """The backbone's ``preprocess_input`` on 0–255 images (numpy or tensors).
+def normaliser(prep: Prep) -> Callable:
+    """The backbone's ``preprocess_input`` for 0–255 images (numpy or tensors), resolved once.
 
     ImageNet normalisations are per RGB channel; a 1-channel input (for the grayscale adapter)
     is normalised as its RGB copy would be, then averaged back to one channel.
     """
     function = preprocess_function(prep.backbone)
     if prep.channels == 3:
-        return function(x)
-    import tensorflow as tf
+        return function
 
-    rgb = tf.image.grayscale_to_rgb(tf.convert_to_tensor(x, tf.float32))
-    return tf.reduce_mean(function(rgb), axis=-1, keepdims=True)
+    def one_channel(x):
+        import tensorflow as tf
+
+        rgb = tf.image.grayscale_to_rgb(tf.convert_to_tensor(x, tf.float32))
+        return tf.reduce_mean(function(rgb), axis=-1, keepdims=True)
+
+    return one_channel
 
 
 def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, batch_size: int = 32,
@@ -258,6 +262,7 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
     if training:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
 
+    normalise = normaliser(prep)
     layers = (augmentation_layers(augment, seed)
               if training and augment is not None and augment != NO_AUGMENT else None)
 
@@ -272,7 +277,7 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
             if augment.brightness:
                 x = _brightness(x, augment.brightness, seed)
         if preprocess:
-            x = normalise(x, prep)
+            x = normalise(x)
         return x, _encode(labels, len(classes), label_mode)
 
     ds = ds.batch(batch_size).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
@@ -314,5 +319,5 @@ def load_arrays(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, prep
     if prep.channels == 3:
         x = np.repeat(x, 3, axis=-1)
     if preprocess:
-        x = np.asarray(normalise(x.astype(np.float32), prep), dtype=np.float32)
+        x = np.asarray(normaliser(prep)(x.astype(np.float32)), dtype=np.float32)
     return x, labels[keep]
