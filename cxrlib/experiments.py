@@ -61,7 +61,7 @@ def evaluate_saved_model(model_path: str | Path, data: str | Path, split: str = 
     ``data`` whose class the model knows.
     """
     from cxrlib.models import load_model
-    from cxrlib.pipeline import Prep
+    from cxrlib.pipeline import prep_from_record
     from cxrlib.plots import plot_confusion
     from cxrlib.records import read_record, write_json_atomic
     from cxrlib.training import evaluate
@@ -71,8 +71,7 @@ def evaluate_saved_model(model_path: str | Path, data: str | Path, split: str = 
         raise FileNotFoundError(f"No model at {model_path}.")
     record = read_record(model_path.parent)
     classes = record["dataset"]["classes"]
-    prep = Prep(**{**record["prep"], "crop_reference": tuple(record["prep"]["crop_reference"])
-                   if record["prep"].get("crop_reference") else None})
+    prep = prep_from_record(record)
     if split == "test":
         split_path = model_path.parent / record["artifacts"].get("split", "split.csv")
         manifest = load_split(split_path)

@@ -70,7 +70,7 @@ from matplotlib.figure import Figure
 
 from cxrlib.backbones import SCRATCH, BACKBONES, preprocess_function
 from cxrlib.images import ImageReadError, read_image
-from cxrlib.pipeline import Prep, border_crop, prepare_image, resize
+from cxrlib.pipeline import Prep, border_crop, normaliser, prep_from_record, prepare_image, resize
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,6 @@ _READ_ERRORS = (ImageReadError, OSError, ValueError)
 # --------------------------------------------------------------------------- inputs
 
 
-def prep_from_record(record: dict) -> Prep:
-    """The :class:`~cxrlib.pipeline.Prep` a run recorded (JSON turns tuples into lists)."""
-    fields = dict(record["prep"])
-    if fields.get("crop_reference"):
-        fields["crop_reference"] = tuple(int(v) for v in fields["crop_reference"])
-    return Prep(**fields)
-
-
 def model_inputs(images: np.ndarray | Sequence[np.ndarray], prep: Prep) -> np.ndarray:
     """Prepared uint8 images (N, S, S) → the float32 model input (N, S, S, C), preprocessed."""
     x = np.asarray(images, dtype=np.float32)
@@ -105,7 +97,7 @@ def model_inputs(images: np.ndarray | Sequence[np.ndarray], prep: Prep) -> np.nd
     x = x[..., None]
     if prep.channels == 3:
         x = np.repeat(x, 3, axis=-1)
-    return np.asarray(preprocess_function(prep.backbone)(x), dtype=np.float32)
+    return np.asarray(normaliser(prep)(x), dtype=np.float32)
 
 
 def load_images(paths: Sequence[str], prep: Prep) -> tuple[list[np.ndarray | None], list[str]]:

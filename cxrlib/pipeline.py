@@ -73,6 +73,14 @@ class Prep:
         return asdict(self)
 
 
+def prep_from_record(record: dict) -> Prep:
+    """The :class:`Prep` a run recorded (JSON turns the crop reference tuple into a list)."""
+    fields = dict(record["prep"])
+    if fields.get("crop_reference") is not None:
+        fields["crop_reference"] = tuple(int(v) for v in fields["crop_reference"])
+    return Prep(**fields)
+
+
 def border_crop(image: np.ndarray, reference: tuple[int, int]) -> np.ndarray:
     """Proportional central crop from the pneumonia course.
 

@@ -29,6 +29,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from cxrlib.pipeline import prep_from_record
+
 log = logging.getLogger(__name__)
 
 
@@ -124,19 +126,6 @@ def _take(x, index: np.ndarray):
     import tensorflow as tf
 
     return tf.gather(x, index)
-
-
-def prep_from_record(record: dict):
-    """The :class:`cxrlib.pipeline.Prep` a run recorded (JSON turns its tuple into a list)."""
-    from cxrlib.pipeline import Prep
-
-    prep = dict(record["prep"])
-    if prep.get("crop_reference") is not None:
-        prep["crop_reference"] = tuple(prep["crop_reference"])
-    return Prep(**prep)
-
-
-_LOADED: dict[tuple[str, int], object] = {}  # (model path, mtime) -> model: load each file once
 
 
 def _load_stage(run_dir: str | Path):
