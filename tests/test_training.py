@@ -180,7 +180,7 @@ def test_scratch_cnn_learns_the_easy_set(easy_split, tmp_path) -> None:
 @pytest.mark.slow
 def test_v3_finetuning_learns_the_easy_set(easy_split, tmp_path) -> None:
     record = training.train(easy_split, CLASSES_EASY, "densenet121", "v3", tmp_path / "v3",
-                            weights=None, image_size=32, epochs=14, batch_size=16, seed=0,
+                            weights=None, image_size=32, epochs=16, batch_size=16, seed=0,
                             optimizer="adam", learning_rate=1e-3, decay=0, progress=False,
                             bootstrap=200)
     assert record["test"]["accuracy"] >= 0.9
