@@ -446,11 +446,12 @@ def _fmt(value: Any) -> str:
 
 
 def heatmap_notes(method_table: pd.DataFrame | None = None, per_class: pd.DataFrame | None = None,
-                  shortcut: dict | None = None, min_ratio: float = 1.2) -> list[str]:
+                  shortcut: dict | None = None, min_ratio: float = 1.2,
+                  subject: str = "the model") -> list[str]:
     """Sentences computed from this run's tables, so they hold whatever the numbers were.
 
-    ``method_table`` is a :func:`lesion_table` or a :func:`region_table`; ``per_class`` a
-    :func:`class_regions` table; ``shortcut`` the dict of
+    ``method_table`` is a :func:`lesion_table` or a :func:`region_table` and ``per_class`` a
+    :func:`class_regions` table, both of the model named ``subject``; ``shortcut`` the dict of
     :func:`cxrlib.explain.shortcut_experiment`. A method "beats" the random map when its
     lesion energy is at least ``min_ratio`` times the random map's.
     """
@@ -461,7 +462,7 @@ def heatmap_notes(method_table: pd.DataFrame | None = None, per_class: pd.DataFr
         if "energy_inside" in table:
             ranked = table.sort_values("energy_inside", ascending=False)
             best, top = ranked.index[0], ranked.iloc[0]
-            notes.append(f"Lesion energy ({n} test images with a lesion): {best} puts the most of its "
+            notes.append(f"Lesion energy of {subject} ({n} test images with a lesion): {best} puts the most of its "
                          f"map on the lesions, {_fmt(top['energy_inside'])}, against "
                          f"{_fmt(top['random_energy_inside'])} for a random map and a lesion area of "
                          f"{_fmt(top['mask_share'])}.")
@@ -479,7 +480,7 @@ def heatmap_notes(method_table: pd.DataFrame | None = None, per_class: pd.DataFr
                          f"{_fmt(pointing.iloc[0]['random_pointing_rate'])}).")
         else:
             notes.append(f"No lesion masks here, so no lesion score: border and lung shares only "
-                         f"({n} test images).")
+                         f"({subject}, {n} test images).")
             border = table.sort_values("border_share", ascending=False)
             notes.append(f"{border.index[0]} puts the most of its map in the border band, "
                          f"{_fmt(border.iloc[0]['border_share'])} (a random map "
@@ -497,7 +498,7 @@ def heatmap_notes(method_table: pd.DataFrame | None = None, per_class: pd.DataFr
         if len(rows):
             top = rows["border_share"].idxmax()
             baseline = per_class["border_share"].get("random map")
-            notes.append(f"Per class, {top} films have the most heat in the border band "
+            notes.append(f"Per class ({subject}), {top} films have the most heat in the border band "
                          f"({_fmt(rows.loc[top, 'border_share'])}; random map {_fmt(baseline)}). "
                          "A class whose evidence sits in the border deserves a look at its films: "
                          "markers, text, cables.")

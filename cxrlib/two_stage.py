@@ -128,6 +128,9 @@ def _take(x, index: np.ndarray):
     return tf.gather(x, index)
 
 
+_LOADED: dict[tuple[str, int], object] = {}  # (model path, mtime) -> model: load each file once
+
+
 def _load_stage(run_dir: str | Path):
     """(model, record, prep) of a finished run; a model file already loaded is not read again."""
     from cxrlib.models import load_model

@@ -170,8 +170,8 @@ def test_notes_on_lesion_tables():
                           "pointing_rate": [0.6, 0.1], "random_pointing_rate": [0.2, 0.2],
                           "border_share": [0.1, 0.4], "seconds": [1.0, 9.0]},
                          index=pd.Index(["gradcam", "saliency"], name="method"))
-    notes = hl.heatmap_notes(table)
-    assert "gradcam puts the most" in notes[0]
+    notes = hl.heatmap_notes(table, subject="the scratch CNN")
+    assert "of the scratch CNN" in notes[0] and "gradcam puts the most" in notes[0]
     assert "gradcam; not: saliency" in notes[1]
     assert any("Pointing game: gradcam" in n for n in notes)
     assert any("saliency took 9.0 s" in n for n in notes)
