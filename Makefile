@@ -10,8 +10,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
 # Demo settings: the whole series on the synthetic default in under 30 minutes on 2 CPU cores.
-DEMO_PARAMS := -p IMAGE_SIZE 96 -p SAMPLES_PER_CLASS 100 -p EPOCHS 3 -p WEIGHTS none \
-               -p RESULTS_DIR $(CURDIR)/$(OUT)/results -p FIGURES_DIR $(CURDIR)/figures
+# 00-05 share one synthetic set and split (same size and sample); 04 fine-tunes DenseNet121
+# only; 06-07 use the from-scratch CNN, which learns in a few CPU epochs.
+DEMO_DIRS := -p RESULTS_DIR $(CURDIR)/$(OUT)/results -p FIGURES_DIR $(CURDIR)/figures
+DEMO_DATA := -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 60 -p EPOCHS 3 -p WEIGHTS none
 
 .PHONY: install test test-fast demo notebooks notebooks-smoke bench clean
 
@@ -34,7 +36,13 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 demo: $(STAMP)
-	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks $(DEMO_PARAMS)
+	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 00 01 02 03 $(DEMO_DIRS) $(DEMO_DATA)
+	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 04 $(DEMO_DIRS) $(DEMO_DATA) \
+		-p FINETUNE_BACKBONES densenet121
+	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 05 $(DEMO_DIRS) $(DEMO_DATA)
+	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 06 07 $(DEMO_DIRS) \
+		-p BACKBONE scratch -p VARIANT scratch -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 \
+		-p EPOCHS 8 -p WEIGHTS none
 	$(BIN)/python -m cxrlib report $(OUT)/results --out $(OUT)/report
 
 notebooks: $(STAMP)
