@@ -300,7 +300,7 @@ def plot_tradeoff(table: pd.DataFrame, records: Sequence[dict],
         ax.set(xlabel=label, title=f"Test accuracy vs {label.split(' (')[0]}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy")
-    axes[0].legend(fontsize="small")
+    axes[0].legend(loc="lower right", fontsize="small")
     if save is not None:
         save_figure(figure, save)
     return figure
