@@ -53,6 +53,7 @@ notebooks-smoke: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_metrics.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache
