@@ -297,7 +297,7 @@ def _fit(model, train_df, val_df, classes, prep, out: Path, epochs: int, batch_s
     done = len(read_history(out / "history.csv").get("loss", []))
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
-        keras.callbacks.ModelCheckpoint(str(out / "model.keras"), monitor=monitor, save_best_only=True),
+        best_checkpoint(out / "model.keras", monitor, read_history(out / "history.csv")),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=done > 0),
         *extra_callbacks,
     ]
@@ -311,6 +311,21 @@ def _fit(model, train_df, val_df, classes, prep, out: Path, epochs: int, batch_s
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights_by_class,
               callbacks=callbacks, shuffle=False, verbose=0)
     return read_history(out / "history.csv")
+
+
+def best_checkpoint(path: Path, monitor: str, history: dict[str, list[float]]):
+    """A save-best-only ModelCheckpoint that remembers the best value of a resumed run.
+
+    Keras starts every checkpoint at +inf, so after a resume the first epoch would overwrite
+    a better model saved before the stop. Seeded with the best ``monitor`` value in the
+    history (when that model is on disk), only a better epoch replaces it.
+    """
+    import keras
+
+    earlier = [v for v in history.get(monitor, []) if np.isfinite(v)]
+    best = min(earlier) if earlier and path.is_file() else None
+    return keras.callbacks.ModelCheckpoint(str(path), monitor=monitor, save_best_only=True,
+                                           initial_value_threshold=best)
 
 
 def extract_features(model, manifest: pd.DataFrame, classes, prep: Prep, batch_size: int,
