@@ -55,15 +55,37 @@ def _value(record: dict, section: str, key: str) -> float:
     return float(value) if isinstance(value, Real) and not isinstance(value, bool) else math.nan
 
 
+def model_names(records: list[dict]) -> list[str]:
+    """The ``Model`` label of each record: its name, made unambiguous where names repeat.
+
+    Runs from different notebooks may share a name ("CNN-scratch" in 05 and 06); a repeated
+    name gets the run directory, relative to the runs' common parent, in brackets, so every
+    row of a table and every bar of a figure points at exactly one run.
+    """
+    names = [str(record.get("name", "")) for record in records]
+    repeated = {name for name in names if names.count(name) > 1}
+    dirs = [str(record.get("_dir", "")) for record in records]
+    known = [d for d, name in zip(dirs, names) if d and name in repeated]
+    root = os.path.commonpath(known) if len(known) > 1 else ""
+    labels = []
+    for index, (name, run) in enumerate(zip(names, dirs)):
+        if name not in repeated:
+            labels.append(name)
+            continue
+        where = os.path.relpath(run, root) if run and root else (Path(run).name if run else "")
+        labels.append(f"{name} [{where}]" if where and where != "." else f"{name} [#{index + 1}]")
+    return labels
+
+
 def comparison_table(records: list[dict]) -> pd.DataFrame:
     """One row per record, in the given order, with :data:`TABLE_COLUMNS`.
 
-    ``Model`` is the record's name; missing values are NaN (``<NA>`` in the integer
-    ``Epochs`` column).
+    ``Model`` comes from :func:`model_names`; missing values are NaN (``<NA>`` in the
+    integer ``Epochs`` column).
     """
-    rows = [{"Model": str(record.get("name", "")),
+    rows = [{"Model": label,
              **{column: _value(record, *source) for column, source in _SOURCES.items()}}
-            for record in records]
+            for label, record in zip(model_names(records), records)]
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table["Epochs"] = table["Epochs"].astype("Int64")
     return table
@@ -97,12 +119,12 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
 
 
-def _unique_slugs(records: list[dict]) -> list[str]:
-    """One distinct file stem per record (a repeated name gets -2, -3, ...)."""
+def _unique_slugs(names: list[str]) -> list[str]:
+    """One distinct file stem per name (a stem repeated after slugging gets -2, -3, ...)."""
     seen: dict[str, int] = {}
     stems = []
-    for record in records:
-        stem = _slug(str(record.get("name", "")))
+    for name in names:
+        stem = _slug(name)
         seen[stem] = seen.get(stem, 0) + 1
         stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
     return stems
@@ -116,20 +138,19 @@ def _comparison_figure(records: list[dict], table: pd.DataFrame, path: Path) -> 
         return None
     ci = {}
     if metric == "Test Accuracy":
-        for record in records:
+        for label, record in zip(table["Model"], records):
             interval = ((record.get("test") or {}).get("ci") or {}).get("accuracy")
             if interval:
-                ci[str(record["name"])] = tuple(interval)
+                ci[label] = tuple(interval)
     n_classes = {len(record["dataset"]["classes"]) for record in records if "dataset" in record}
     chance = 1 / n_classes.pop() if len(n_classes) == 1 else None
     plots.plot_comparison(table, metric=metric, ci=ci or None, chance=chance, save=path)
     return path
 
 
-def _run_figures(record: dict, stem: str, figures: Path) -> list[Path]:
-    """Training curves, confusion matrix and (two classes) ROC of one run."""
+def _run_figures(record: dict, name: str, stem: str, figures: Path) -> list[Path]:
+    """Training curves, confusion matrix and (two classes) ROC of one run, titled ``name``."""
     written: list[Path] = []
-    name = str(record.get("name", stem))
     history = (record.get("training") or {}).get("history") or {}
     if history:
         written.append(plots.save_figure(plots.plot_history(history, title=name),
@@ -169,7 +190,7 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     comparison = _comparison_figure(records, table, figures / "comparison.png")
     if comparison is not None:
         paths.append(comparison)
-    for record, stem in zip(records, _unique_slugs(records)):
-        paths += _run_figures(record, stem, figures)
+    for record, name, stem in zip(records, table["Model"], _unique_slugs(list(table["Model"]))):
+        paths += _run_figures(record, name, stem, figures)
     log.info("Report of %d runs written to %s.", len(records), out)
     return {path.relative_to(out).as_posix(): path for path in paths}

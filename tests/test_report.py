@@ -13,8 +13,9 @@ from matplotlib.figure import Figure
 
 from cxrlib import plots
 from cxrlib.metrics import compute_metrics, roc_curves
-from cxrlib.records import SCHEMA, write_record
-from cxrlib.report import TABLE_COLUMNS, comparison_table, markdown_table, write_report
+from cxrlib.records import SCHEMA, find_records, write_record
+from cxrlib.report import (TABLE_COLUMNS, comparison_table, markdown_table, model_names,
+                           write_report)
 
 CLASSES = ["normal", "pneumonia"]
 
@@ -79,6 +80,22 @@ def test_table_has_the_right_numbers_in_the_right_columns() -> None:
     assert math.isnan(table.loc[1, "Test Accuracy"]) and math.isnan(table.loc[1, "Test AUC"])
     assert table.loc[1, "Validation Accuracy"] == 0.9
     assert comparison_table([]).columns.tolist() == TABLE_COLUMNS
+
+
+def test_repeated_names_are_told_apart_by_their_run_directory(tmp_path: Path) -> None:
+    final = {"loss": 0.4, "accuracy": 0.9, "val_loss": 0.5, "val_accuracy": 0.85}
+    runs_dir = tmp_path / "results"
+    for folder, name, day in (("05/cnn", "CNN-scratch", 1), ("06/cnn", "CNN-scratch", 2),
+                              ("03/v1", "DN-V1", 3)):
+        write_record(runs_dir / folder, _record(name, f"2024-01-0{day}T00:00:00", final, 2, 1.0,
+                                                None))
+    records = find_records(runs_dir)
+    assert model_names(records) == ["CNN-scratch [05/cnn]", "CNN-scratch [06/cnn]", "DN-V1"]
+    written = write_report(runs_dir)
+    assert pd.read_csv(written["table.csv"])["Model"].tolist() == model_names(records)
+    assert {"figures/CNN-scratch_05_cnn_curves.png", "figures/CNN-scratch_06_cnn_curves.png"} <= set(written)
+    unsaved = [_record("A", "2024", final, 1, 1.0, None)] * 2  # records never read from disk
+    assert model_names(unsaved) == ["A [#1]", "A [#2]"]
 
 
 def test_markdown_table_formatting() -> None:
