@@ -269,7 +269,11 @@ def read_siim(root: Path, target: str = "study") -> pd.DataFrame:
 
     Image files are matched by image id anywhere under the root: the original DICOM tree
     (``train/<study>/<series>/<image>.dcm``) or a resized PNG/JPEG copy (``train/<image>.png``).
-    The image-level boxes are kept, as JSON, in a ``boxes`` column for drawing.
+    The image-level boxes are kept, as JSON, in a ``boxes`` column for drawing, in the pixel
+    frame of the file found: the competition lists them in the original DICOM's pixels, so for
+    a resized copy they are scaled by the copy's size over the original's, which such copies
+    give in a metadata CSV (``image_id, dim0, dim1``: original rows and columns, as in the
+    widely used resized Kaggle sets). A copy without one keeps the listed boxes, with a warning.
     """
     if target not in ("study", "opacity"):
         raise ValueError(f"target must be 'study' or 'opacity', not {target!r}")
@@ -280,7 +284,8 @@ def read_siim(root: Path, target: str = "study") -> pd.DataFrame:
     study["study_label"] = study[class_columns].idxmax(axis=1).map(_SIIM_STUDY_CLASSES)
     merged = image.merge(study[["StudyInstanceUID", "study_label"]], on="StudyInstanceUID", how="left")
     files = {p.stem: p for p in _images_in(root, recursive=True)}
-    rows, missing = [], 0
+    originals = _siim_original_sizes(root)
+    rows, missing, unscaled = [], 0, 0
     for record in merged.itertuples(index=False):
         image_id = str(record.id).replace("_image", "")
         path = files.get(image_id)
@@ -288,7 +293,12 @@ def read_siim(root: Path, target: str = "study") -> pd.DataFrame:
             missing += 1
             continue
         opacity = str(record.label).startswith("opacity")
-        boxes = record.boxes if isinstance(record.boxes, str) else "[]"
+        boxes = _parse_siim_boxes(record.boxes if isinstance(record.boxes, str) else "[]")
+        if boxes and path.suffix.lower() != ".dcm":
+            if image_id in originals:
+                boxes = _scale_boxes(boxes, path, originals[image_id])
+            elif not (root / "synthetic.json").is_file():  # cxrlib's own set is drawn at size
+                unscaled += 1
         rows.append({
             "path": str(path.resolve()),
             "label": ("Opacity" if opacity else "No Opacity") if target == "opacity"
@@ -296,12 +306,48 @@ def read_siim(root: Path, target: str = "study") -> pd.DataFrame:
             "patient_id": str(record.StudyInstanceUID),
             "source": "siim",
             "subtype": str(record.study_label),
-            "boxes": json.dumps(_parse_siim_boxes(boxes)),
+            "boxes": json.dumps(boxes),
         })
     if missing:
         log.warning("SIIM: %d of %d images listed in train_image_level.csv have no file under %s.",
                     missing, len(merged), root)
+    if unscaled:
+        log.warning("SIIM: %d resized images have boxes in the original DICOM's pixels and no "
+                    "metadata CSV (image_id, dim0, dim1) under %s to rescale them: drawn boxes "
+                    "will be misplaced.", unscaled, root)
     return _manifest(rows)
+
+
+def _siim_original_sizes(root: Path) -> dict[str, tuple[float, float]]:
+    """Original (rows, columns) per image id, from a resized copy's metadata CSV; {} if none."""
+    tables = [p for p in (*root.glob("*.csv"), *root.glob("*/*.csv"))
+              if p.name not in ("train_study_level.csv", "train_image_level.csv",
+                                "sample_submission.csv")]
+    sizes: dict[str, tuple[float, float]] = {}
+    for table in tables:
+        try:
+            frame = pd.read_csv(table)
+        except (OSError, ValueError, pd.errors.ParserError) as error:
+            log.warning("SIIM: could not read %s (%s); skipped.", table, error)
+            continue
+        if {"image_id", "dim0", "dim1"} <= set(frame.columns):
+            for image_id, rows, cols in zip(frame["image_id"], frame["dim0"], frame["dim1"]):
+                sizes[str(image_id).replace("_image", "")] = (float(rows), float(cols))
+    return sizes
+
+
+def _scale_boxes(boxes: list[dict], path: Path, original: tuple[float, float]) -> list[dict]:
+    """Boxes from the original image's pixels into those of the resized file at ``path``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size  # the header only; no decoding
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is loaded
+        return boxes
+    sy, sx = height / original[0], width / original[1]
+    return [{"x": b["x"] * sx, "y": b["y"] * sy, "width": b["width"] * sx,
+             "height": b["height"] * sy} for b in boxes]
 
 
 def _parse_siim_boxes(text: str) -> list[dict]:

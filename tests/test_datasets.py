@@ -115,6 +115,31 @@ def test_siim_layout_joins_study_labels_and_boxes(tmp_path: Path) -> None:
     assert set(opacity["patient_id"]) == {"s1", "s2"}
 
 
+def test_siim_boxes_follow_a_resized_copy(tmp_path: Path, caplog) -> None:
+    """Boxes are listed in the original DICOM's pixels; a half-size copy gets half-size boxes."""
+    pd.DataFrame({"id": ["s1_study"], "Negative for Pneumonia": [0], "Typical Appearance": [1],
+                  "Indeterminate Appearance": [0], "Atypical Appearance": [0]}
+                 ).to_csv(tmp_path / "train_study_level.csv", index=False)
+    pd.DataFrame({"id": ["a1_image", "a2_image"],
+                  "boxes": ["[{'x': 100, 'y': 40, 'width': 60, 'height': 80}]"] * 2,
+                  "label": ["opacity 1 100 40 160 120"] * 2, "StudyInstanceUID": ["s1", "s1"]}
+                 ).to_csv(tmp_path / "train_image_level.csv", index=False)
+    for name in ("a1", "a2"):
+        _png(tmp_path / "train" / f"{name}.png", size=(32, 64))  # 32 wide, 64 high
+    with caplog.at_level("WARNING"):
+        unscaled = load_manifest(tmp_path, layout="siim")
+    assert "2 resized images have boxes in the original DICOM's pixels" in caplog.text
+    assert json.loads(unscaled["boxes"].iloc[0]) == [{"x": 100.0, "y": 40.0, "width": 60.0,
+                                                      "height": 80.0}]
+    # a1's original was 128 rows x 64 columns (2x each way); a2 is not in the table
+    pd.DataFrame({"image_id": ["a1"], "dim0": [128], "dim1": [64], "split": ["train"]}
+                 ).to_csv(tmp_path / "meta.csv", index=False)
+    manifest = load_manifest(tmp_path, layout="siim")
+    boxes = {Path(p).stem: json.loads(b) for p, b in zip(manifest["path"], manifest["boxes"])}
+    assert boxes["a1"] == [{"x": 50.0, "y": 20.0, "width": 30.0, "height": 40.0}]
+    assert boxes["a2"] == [{"x": 100.0, "y": 40.0, "width": 60.0, "height": 80.0}]
+
+
 def test_plain_folders_and_relabel(tmp_path: Path) -> None:
     for cls in ["Normal", "BacterialPneumonia", "ViralPneumonia"]:
         for i in range(2):
