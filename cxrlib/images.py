@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 logger = logging.getLogger(__name__)
 
@@ -151,22 +151,39 @@ def _pil_info(img: Image.Image) -> dict[str, Any]:
     }
 
 
+_SWAPPED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that turn the picture by 90°
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright) of an opened image; 1 when absent or unreadable."""
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to drop the image
+        return 1
+
+
 def _probe_pil(path: Path) -> dict[str, Any]:
-    """Open the file lazily with PIL and return its header fields."""
+    """Open the file lazily with PIL and return its header fields (as displayed: EXIF-upright)."""
     try:
         with Image.open(path) as img:
-            return _pil_info(img)
+            info = _pil_info(img)
+            if _orientation(img) in _SWAPPED_ORIENTATIONS:
+                info["width"], info["height"] = info["height"], info["width"]
+            return info
     except Exception as exc:  # any decoder failure means "not readable"
         raise ImageReadError(path, _pil_reason(exc)) from exc
 
 
 def _read_pil(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Fully decode a file with PIL (first frame) and convert it to uint8 grayscale."""
+    """Fully decode a file with PIL (first frame), turn it upright (EXIF orientation, as a
+    viewer would show it; phone photos of films carry one) and convert it to uint8 grayscale."""
     try:
         with _strict_truncation(), Image.open(path) as img:
             img.load()
-            info = _pil_info(img)
-            gray = pil_to_gray(img)
+            upright = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
+            info = _pil_info(upright)
+            info["format"] = str(img.format or "unknown")
+            gray = pil_to_gray(upright)
     except ImageReadError:
         raise
     except Exception as exc:  # OSError, SyntaxError, ValueError, DecompressionBombError, ...
@@ -286,10 +303,29 @@ def dicom_to_gray(ds: Any, pixels: np.ndarray) -> np.ndarray:
         luma = _luminance(pixels.astype(np.float32))
         return _to_uint8(luma) if pixels.dtype == np.uint8 else scale_to_uint8(luma)
     values = _apply_modality_lut(ds, pixels)
+    padding = _padding_mask(ds, pixels)
+    if padding is not None:  # scale the picture only: padding would stretch the range
+        values = np.where(padding, values[~padding].min(), values)
     gray = _apply_voi(ds, pixels, values)
     if photometric == "MONOCHROME1":
         gray = 255 - gray
+    if padding is not None:
+        gray[padding] = 0  # shown as black background, as viewers do
     return gray
+
+
+def _padding_mask(ds: Any, pixels: np.ndarray) -> np.ndarray | None:
+    """Pixels outside the acquired image (PixelPaddingValue, up to PixelPaddingRangeLimit).
+
+    None when the file declares no padding, or when every pixel would be padding.
+    """
+    value = _first_float(ds.get("PixelPaddingValue"))
+    if value is None:
+        return None
+    limit = _first_float(ds.get("PixelPaddingRangeLimit"))
+    low, high = (value, value) if limit is None else sorted((value, limit))
+    mask = (pixels >= low) & (pixels <= high)
+    return mask if mask.any() and not mask.all() else None
 
 
 def _first_float(value: Any) -> float | None:

@@ -419,3 +419,46 @@ def test_probe_image_errors(tmp_path: Path) -> None:
     text.write_text("hello")
     with pytest.raises(ImageReadError, match="not a recognised image"):
         probe_image(text)
+
+
+def test_exif_orientation_is_applied_as_a_viewer_would(tmp_path: Path) -> None:
+    """A film photographed with a phone: stored on its side, EXIF orientation 6 (turn 90° CW)."""
+    stored = np.zeros((20, 40), np.uint8)
+    stored[:, 20:] = 255                      # left half dark, right half bright, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+    out, info = read_image_with_info(path)
+    assert out.shape == (40, 20)               # upright: taller than wide
+    assert out[:15].mean() < 40 and out[25:].mean() > 215  # left went to the top
+    assert (info["height"], info["width"]) == (40, 20) and info["format"] == "JPEG"
+    probed = probe_image(path)
+    assert (probed["height"], probed["width"]) == (40, 20)
+    plain = _save(Image.fromarray(stored), tmp_path / "plain.jpg", quality=95)
+    assert read_image(plain).shape == (20, 40)  # no tag: untouched
+
+
+def test_dicom_pixel_padding_is_background_and_left_out_of_the_scaling(tmp_path: Path) -> None:
+    """A film digitised into a larger frame: the frame is padding (value 0), not anatomy."""
+    stored = np.zeros((16, 16), np.uint16)
+    stored[4:12, 4:12] = np.linspace(1000, 2000, 64).reshape(8, 8).astype(np.uint16)
+    plain = read_image(_write_dicom(tmp_path / "plain.dcm", stored, slope=None, window=None))
+    assert plain[4:12, 4:12].min() > 100  # without padding: the frame takes half the range
+
+    def padded(name: str, photometric: str, **tags) -> np.ndarray:
+        path = _write_dicom(tmp_path / name, stored, photometric, slope=None, window=None)
+        ds = pydicom.dcmread(path)
+        tag_numbers = {"PixelPaddingValue": 0x00280120, "PixelPaddingRangeLimit": 0x00280121}
+        for tag, value in tags.items():
+            ds.add_new(tag_numbers[tag], "US", value)  # US or SS: unsigned pixels here
+        ds.save_as(path)
+        return read_image(path)
+
+    m2 = padded("m2.dcm", "MONOCHROME2", PixelPaddingValue=0)
+    assert m2[4:12, 4:12].min() == 0 and m2[4:12, 4:12].max() == 255  # the picture, full range
+    assert (np.delete(m2, np.s_[4:12], axis=0) == 0).all()              # padding: black
+    m1 = padded("m1.dcm", "MONOCHROME1", PixelPaddingValue=0)
+    assert m1[4:12, 4:12].max() == 255 and m1[0, 0] == 0                # inverted, padding black
+    ranged = padded("r.dcm", "MONOCHROME2", PixelPaddingValue=0, PixelPaddingRangeLimit=1000)
+    assert ranged[4, 4] == 0 and ranged[11, 11] == 255                  # 1000 is padding too
