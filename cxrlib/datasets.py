@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
-from cxrlib.images import IMAGE_SUFFIXES
+from cxrlib.images import IMAGE_SUFFIXES, ImageReadError, probe_image
 
 log = logging.getLogger(__name__)
 
@@ -338,14 +338,11 @@ def _siim_original_sizes(root: Path) -> dict[str, tuple[float, float]]:
 
 def _scale_boxes(boxes: list[dict], path: Path, original: tuple[float, float]) -> list[dict]:
     """Boxes from the original image's pixels into those of the resized file at ``path``."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as image:
-            width, height = image.size  # the header only; no decoding
-    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is loaded
+        header = probe_image(path)  # the header only; no decoding
+    except ImageReadError:  # an unreadable file is reported when it is loaded
         return boxes
-    sy, sx = height / original[0], width / original[1]
+    sy, sx = header["height"] / original[0], header["width"] / original[1]
     return [{"x": b["x"] * sx, "y": b["y"] * sy, "width": b["width"] * sx,
              "height": b["height"] * sy} for b in boxes]
 

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+from collections import Counter
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def model_names(records: list[dict]) -> list[str]:
     row of a table and every bar of a figure points at exactly one run.
     """
     names = [str(record.get("name", "")) for record in records]
-    repeated = {name for name in names if names.count(name) > 1}
+    repeated = {name for name, count in Counter(names).items() if count > 1}
     dirs = [str(record.get("_dir", "")) for record in records]
     known = [d for d, name in zip(dirs, names) if d and name in repeated]
     root = os.path.commonpath(known) if len(known) > 1 else ""

@@ -294,10 +294,11 @@ def _fit(model, train_df, val_df, classes, prep, out: Path, epochs: int, batch_s
     val_ds = (make_dataset(val_df, classes, prep, batch_size, label_mode=label_mode, skip_log=skipped)
               if not val_df.empty else None)
     monitor = "val_loss" if val_ds is not None else "loss"
-    done = len(read_history(out / "history.csv").get("loss", []))
+    earlier = read_history(out / "history.csv")  # epochs logged before a resume
+    done = len(earlier.get("loss", []))
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
-        best_checkpoint(out / "model.keras", monitor, read_history(out / "history.csv")),
+        best_checkpoint(out / "model.keras", monitor, earlier),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=done > 0),
         *extra_callbacks,
     ]
