@@ -1,6 +1,6 @@
 """Bootstrap speed, measured as a ratio within one run (never as an absolute time in tests).
 
-``bootstrap_speedup``: ``cxrlib.metrics.bootstrap_ci`` represents each resample by how often
+``bootstrap_speedup``: ``cxrlib.runs.metrics.bootstrap_ci`` represents each resample by how often
 every sample was drawn and computes all resamples' accuracy and macro AUC as weighted sums,
 without materialising a resample. The baseline is the textbook loop: draw indices, index the
 arrays, call scikit-learn's ``roc_auc_score`` per class, per resample. Both use 1000 resamples
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from cxrlib.metrics import bootstrap_ci
-from cxrlib.records import environment_info, write_json_atomic
+from cxrlib.runs.metrics import bootstrap_ci
+from cxrlib.runs.records import environment_info, write_json_atomic
 
 
 def predictions(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -28,12 +28,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cxrlib.datasets import load_manifest  # noqa: E402
-from cxrlib.models import build_model, classifier_head, compile_model, make_optimizer  # noqa: E402
-from cxrlib.pipeline import NO_AUGMENT, Prep, load_arrays, make_dataset  # noqa: E402
-from cxrlib.records import environment_info, write_json_atomic  # noqa: E402
-from cxrlib.synthetic import generate_synthetic  # noqa: E402
-from cxrlib.training import extract_features  # noqa: E402
+from cxrlib.data.datasets import load_manifest  # noqa: E402
+from cxrlib.models.build import build_model, classifier_head, compile_model, make_optimizer  # noqa: E402
+from cxrlib.data.pipeline import NO_AUGMENT, Prep, load_arrays, make_dataset  # noqa: E402
+from cxrlib.runs.records import environment_info, write_json_atomic  # noqa: E402
+from cxrlib.data.synthetic import generate_synthetic  # noqa: E402
+from cxrlib.runs.train import extract_features  # noqa: E402
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cxrlib.cli import main
-from cxrlib.records import read_record
+from cxrlib.apps.cli import main
+from cxrlib.runs.records import read_record
 
 
 def test_synth_then_data_check(tmp_path: Path, capsys) -> None:

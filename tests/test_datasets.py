@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib.datasets import (DatasetError, canonical_class, detect_layout, download,
+from cxrlib.data.datasets import (DatasetError, canonical_class, detect_layout, download,
                              kermany_patient_id, kermany_subtype, load_manifest, relabel)
 
 

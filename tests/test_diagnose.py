@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("tf_keras_vis")
 
-from cxrlib.cli import main  # noqa: E402
-from cxrlib.diagnose import find_images, is_pneumonia  # noqa: E402
+from cxrlib.apps.cli import main  # noqa: E402
+from cxrlib.apps.diagnose import find_images, is_pneumonia  # noqa: E402
 from test_explain import TRAIN_CLASSES, trained_run  # noqa: E402  (the session's shared model)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Your input ran out of data")]
@@ -28,10 +28,10 @@ def stage1(tmp_path_factory):
 @pytest.fixture(scope="session")
 def stage2(tmp_path_factory):
     """A second-stage model (Bacterial vs Viral Pneumonia) with its own prep: 48 px, 1 channel."""
-    from cxrlib.datasets import load_manifest
-    from cxrlib.splits import split_manifest
-    from cxrlib.synthetic import generate_synthetic
-    from cxrlib.training import train
+    from cxrlib.data.datasets import load_manifest
+    from cxrlib.data.splits import split_manifest
+    from cxrlib.data.synthetic import generate_synthetic
+    from cxrlib.runs.train import train
 
     base = tmp_path_factory.mktemp("stage2")
     classes = ["Bacterial Pneumonia", "Viral Pneumonia"]
@@ -101,7 +101,7 @@ def test_diagnose_folder_with_bad_files(folder, stage1, tmp_path, capsys):
 
 
 def test_diagnose_stage2_only_on_pneumonia(folder, stage1, stage2, tmp_path):
-    from cxrlib.diagnose import diagnose_folder
+    from cxrlib.apps.diagnose import diagnose_folder
 
     root, good = folder
     model, _ = stage1

@@ -1,4 +1,4 @@
-"""cxrlib.eda: per-image statistics, the burned-in text score, outliers and the EDA figures."""
+"""cxrlib.course.eda: per-image statistics, the burned-in text score, outliers and the EDA figures."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cxrlib.datasets import MANIFEST_COLUMNS
-from cxrlib.eda import (STAT_COLUMNS, TEXT_FLAG, augmentation_gallery, augmented_copies,
+from cxrlib.data.datasets import MANIFEST_COLUMNS
+from cxrlib.course.eda import (STAT_COLUMNS, TEXT_FLAG, augmentation_gallery, augmented_copies,
                         border_text_score, brightness_outliers, class_summary,
                         crop_box_overlay, duplicate_gallery, duplicate_pairs,
                         equalization_figure, image_features, image_statistics, images_by_class,
                         mask_overlay, plot_statistic_by_class, region_masks, samples_by_class,
                         source_table, text_like_pixels, value_ranges)
-from cxrlib.quality import check_manifest, thumbnail_similarity
-from cxrlib.pipeline import NO_AUGMENT, Augment
+from cxrlib.data.quality import check_manifest, thumbnail_similarity
+from cxrlib.data.pipeline import NO_AUGMENT, Augment
 
 
 def _film(seed: int = 0, size: int = 128, level: float = 100.0) -> np.ndarray:

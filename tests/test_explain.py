@@ -1,4 +1,4 @@
-"""Heat maps, activation maps and the measured explanations of cxrlib.explain.
+"""Heat maps, activation maps and the measured explanations of cxrlib.explain.maps.
 
 Untrained tiny models check shapes, scaling and bookkeeping; one scratch CNN trained on an
 easy synthetic set (shared by the whole session, and by test_diagnose.py through
@@ -21,8 +21,9 @@ pytest.importorskip("tf_keras_vis")
 # pytest resets warning filters per test; training on a filtered dataset warns harmlessly
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
-from cxrlib import explain  # noqa: E402
-from cxrlib.pipeline import Prep, prepare_image  # noqa: E402
+from cxrlib.explain import maps as explain  # noqa: E402
+from cxrlib.course import shortcut  # noqa: E402
+from cxrlib.data.pipeline import Prep, prepare_image  # noqa: E402
 
 TRAIN_CLASSES = ["COVID", "Normal", "Bacterial Pneumonia"]
 FAST = {"smooth_samples": 3, "max_N": 4, "stride": 8, "patch": 12}
@@ -39,10 +40,10 @@ def trained_run(base: Path) -> tuple[Path, "object"]:
     ``getbasetemp()``): the data are generated once and ``train`` reuses the finished run of
     identical configuration, so the model is trained once per session.
     """
-    from cxrlib.datasets import load_manifest
-    from cxrlib.splits import split_manifest
-    from cxrlib.synthetic import generate_synthetic
-    from cxrlib.training import train
+    from cxrlib.data.datasets import load_manifest
+    from cxrlib.data.splits import split_manifest
+    from cxrlib.data.synthetic import generate_synthetic
+    from cxrlib.runs.train import train
 
     data = base / "data"
     if not (data / "markers.csv").is_file():
@@ -59,8 +60,8 @@ def trained_run(base: Path) -> tuple[Path, "object"]:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """(model, record, prep, split manifest) of the shared trained scratch CNN."""
-    from cxrlib.models import load_model
-    from cxrlib.records import read_record
+    from cxrlib.models.build import load_model
+    from cxrlib.runs.records import read_record
 
     run, manifest = trained_run(tmp_path_factory.getbasetemp() / "cxr_trained_scratch")
     record = read_record(run)
@@ -70,7 +71,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny():
     """Untrained scratch CNNs at 32 px: a 3-class softmax and a 1-unit sigmoid model."""
-    from cxrlib.models import build_model
+    from cxrlib.models.build import build_model
 
     return {"softmax": build_model("scratch", "scratch", 3, 32, None, seed=1),
             "sigmoid": build_model("scratch", "scratch", 2, 32, None, binary=True, seed=2)}
@@ -141,7 +142,7 @@ def test_normalise_maps_handles_constant_and_nan():
 
 
 def test_default_layer_is_fine_enough(tiny):
-    from cxrlib.models import build_model, last_conv_layer
+    from cxrlib.models.build import build_model, last_conv_layer
 
     big = build_model("scratch", "scratch", 3, 128, None)
     assert explain.default_layer(big) == last_conv_layer(big, "scratch") == "scratch_conv5"
@@ -336,7 +337,7 @@ def test_gallery_of_right_and_wrong(trained, tmp_path):
 @pytest.mark.slow
 def test_shortcut_experiment(tmp_path):
     """The shortcut model cheats with the marker; the heat maps show it; the crop stops it."""
-    result = explain.shortcut_experiment(tmp_path, size=64, per_class=60, epochs=12, seed=0)
+    result = shortcut.shortcut_experiment(tmp_path, size=64, per_class=60, epochs=12, seed=0)
     json.dumps(result)  # JSON-serialisable
     shortcut, cropped = result["shortcut"], result["cropped"]
     assert shortcut["accuracy_marked"] >= 0.85

@@ -1,4 +1,4 @@
-"""The notebook-05 helpers of cxrlib.heatmap_lessons: tables, charts, grids and sentences.
+"""The notebook-05 helpers of cxrlib.course.heatmaps: tables, charts, grids and sentences.
 
 Untrained tiny scratch CNNs on a tiny synthetic set check shapes and bookkeeping (what a
 trained model finds is tested in test_explain.py); one tiny shortcut experiment checks the
@@ -18,9 +18,10 @@ from matplotlib.figure import Figure
 pytest.importorskip("tf_keras_vis")
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
-from cxrlib import explain  # noqa: E402
-from cxrlib import heatmap_lessons as hl  # noqa: E402
-from cxrlib.pipeline import Prep  # noqa: E402
+from cxrlib.explain import maps as explain  # noqa: E402
+from cxrlib.course import shortcut  # noqa: E402
+from cxrlib.course import heatmaps as hl  # noqa: E402
+from cxrlib.data.pipeline import Prep  # noqa: E402
 
 CLASSES = ["COVID", "Normal"]
 FAST = hl.method_options(max_n=3, smooth_samples=2, patch=12, stride=16)
@@ -29,9 +30,9 @@ FAST = hl.method_options(max_n=3, smooth_samples=2, patch=12, stride=16)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A tiny synthetic set with lesion masks (COVID has lesions, Normal empty masks), split."""
-    from cxrlib.datasets import load_manifest
-    from cxrlib.splits import split_manifest
-    from cxrlib.synthetic import generate_synthetic
+    from cxrlib.data.datasets import load_manifest
+    from cxrlib.data.splits import split_manifest
+    from cxrlib.data.synthetic import generate_synthetic
 
     root = tmp_path_factory.mktemp("hl_data")
     generate_synthetic(root, per_class=8, size=48, seed=0, classes=CLASSES, marker_prob=0.0,
@@ -41,7 +42,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    from cxrlib.models import build_model
+    from cxrlib.models.build import build_model
 
     return build_model("scratch", "scratch", 2, 32, None, seed=1)
 
@@ -181,7 +182,7 @@ def test_notes_on_lesion_tables():
 
 @pytest.mark.slow
 def test_shortcut_figures_from_a_tiny_experiment(tmp_path):
-    result = explain.shortcut_experiment(tmp_path / "sc", size=48, per_class=6, epochs=1,
+    result = shortcut.shortcut_experiment(tmp_path / "sc", size=48, per_class=6, epochs=1,
                                          test_per_class=4, film_size=96)
     json.dumps(result)
     pairs = hl.shortcut_pairs(tmp_path / "sc", n=2)

@@ -1,4 +1,4 @@
-"""Tests for cxrlib.images: every kind decodes to 2-D uint8; failures raise ImageReadError."""
+"""Tests for cxrlib.data.images: every kind decodes to 2-D uint8; failures raise ImageReadError."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image, ImageFile
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from cxrlib.images import (
+from cxrlib.data.images import (
     IMAGE_SUFFIXES,
     ImageReadError,
     is_image_path,

@@ -13,10 +13,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cxrlib.backbones import COURSE_BACKBONES
-from cxrlib.records import find_records, validate_record
-from cxrlib.runner import NOTEBOOK_DIR, list_notebooks, run_notebook
-from cxrlib.training import run_dir
+from cxrlib.models.backbones import COURSE_BACKBONES
+from cxrlib.runs.records import find_records, validate_record
+from cxrlib.course.runner import NOTEBOOK_DIR, list_notebooks, run_notebook
+from cxrlib.runs.train import run_dir
 
 NOTEBOOKS = list_notebooks(NOTEBOOK_DIR)
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib.datasets import MANIFEST_COLUMNS, load_manifest
-from cxrlib.pipeline import (NO_AUGMENT, Augment, Prep, border_crop, crop_reference_of, equalize,
+from cxrlib.data.datasets import MANIFEST_COLUMNS, load_manifest
+from cxrlib.data.pipeline import (NO_AUGMENT, Augment, Prep, border_crop, crop_reference_of, equalize,
                              load_arrays, make_dataset, prepare_image)
 
 CLASSES = ["A", "B"]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from cxrlib import progression
-from cxrlib.records import SCHEMA, read_record, write_record
-from cxrlib.splits import save_split
-from cxrlib.synthetic import generate_synthetic
+from cxrlib.course import progression
+from cxrlib.runs.records import SCHEMA, read_record, write_record
+from cxrlib.data.splits import save_split
+from cxrlib.data.synthetic import generate_synthetic
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 

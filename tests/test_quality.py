@@ -1,4 +1,4 @@
-"""Tests for cxrlib.quality: the integrity report behind ``cxr data check``."""
+"""Tests for cxrlib.data.quality: the integrity report behind ``cxr data check``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import cxrlib.quality as quality
-from cxrlib.quality import (check_manifest, format_check_report, hamming_pairs, perceptual_hash,
+import cxrlib.data.quality as quality
+from cxrlib.data.quality import (check_manifest, format_check_report, hamming_pairs, perceptual_hash,
                             thumbnail, thumbnail_similarity)
 
 

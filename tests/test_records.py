@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrlib import records
-from cxrlib.records import (REQUIRED, SCHEMA, environment_info, find_records, read_record,
+from cxrlib.runs import records
+from cxrlib.runs.records import (REQUIRED, SCHEMA, environment_info, find_records, read_record,
                             validate_record, write_json_atomic, write_record)
 
 
@@ -136,7 +136,7 @@ def test_find_records_skips_a_corrupt_one(tmp_path: Path, caplog: pytest.LogCapt
     write_record(tmp_path / "nested" / "early", make_record("early", "2024-05-01T00:00:00Z"))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "record.json").write_text('{"schema": "cxrlib.run/1", "na')
-    with caplog.at_level(logging.WARNING, logger="cxrlib.records"):
+    with caplog.at_level(logging.WARNING, logger="cxrlib.runs.records"):
         found = find_records(tmp_path)
     assert [r["name"] for r in found] == ["early", "late"]  # sorted by created
     assert found[0]["_dir"] == str(tmp_path / "nested" / "early")

@@ -12,9 +12,9 @@ import pytest
 from matplotlib.figure import Figure
 
 from cxrlib import plots
-from cxrlib.metrics import compute_metrics, roc_curves
-from cxrlib.records import SCHEMA, find_records, write_record
-from cxrlib.report import (TABLE_COLUMNS, comparison_table, markdown_table, model_names,
+from cxrlib.runs.metrics import compute_metrics, roc_curves
+from cxrlib.runs.records import SCHEMA, find_records, write_record
+from cxrlib.runs.report import (TABLE_COLUMNS, comparison_table, markdown_table, model_names,
                            write_report)
 
 CLASSES = ["normal", "pneumonia"]

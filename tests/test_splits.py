@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib.datasets import MANIFEST_COLUMNS, load_manifest
-from cxrlib.splits import (class_weights, load_split, patients_in_several_splits, sample_per_class,
+from cxrlib.data.datasets import MANIFEST_COLUMNS, load_manifest
+from cxrlib.data.splits import (class_weights, load_split, patients_in_several_splits, sample_per_class,
                            save_split, split_manifest, split_summary, subset)
 
 

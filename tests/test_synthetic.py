@@ -1,4 +1,4 @@
-"""Tests for cxrlib.synthetic: layout, determinism, lesion masks, class signal, shortcut markers."""
+"""Tests for cxrlib.data.synthetic: layout, determinism, lesion masks, class signal, shortcut markers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 from scipy.ndimage import binary_dilation
 
 import cxrlib
-from cxrlib.synthetic import (
+from cxrlib.data.synthetic import (
     SHORTCUT_MARKER,
     SYNTH_CLASSES,
     generate_synthetic,

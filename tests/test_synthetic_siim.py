@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib.datasets import detect_layout, load_manifest
-from cxrlib.synthetic import (SIIM_STUDY_COLUMNS, SIIM_SYNTHETIC_CLASSES, _siim_counts,
+from cxrlib.data.datasets import detect_layout, load_manifest
+from cxrlib.data.synthetic import (SIIM_STUDY_COLUMNS, SIIM_SYNTHETIC_CLASSES, _siim_counts,
                               generate_siim_like, lesion_boxes, render_radiograph,
                               siim_label_string)
 
@@ -146,7 +146,7 @@ def test_label_string() -> None:
 def test_plot_boxes_draws_every_box(siim: Path, tmp_path: Path) -> None:
     from matplotlib.patches import Rectangle
 
-    from cxrlib.images import read_image
+    from cxrlib.data.images import read_image
     from cxrlib.plots import plot_boxes
 
     manifest = load_manifest(siim, layout="siim", target="opacity")

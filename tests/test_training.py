@@ -13,15 +13,15 @@ import keras
 import numpy as np
 import pytest
 
-from cxrlib.backbones import COURSE_BACKBONES, VARIANTS
-from cxrlib.datasets import load_manifest
-from cxrlib.models import (build_model, compile_model, last_conv_layer, load_model,
+from cxrlib.models.backbones import COURSE_BACKBONES, VARIANTS
+from cxrlib.data.datasets import load_manifest
+from cxrlib.models.build import (build_model, compile_model, last_conv_layer, load_model,
                            make_optimizer)
-from cxrlib.records import find_records, read_record, validate_record
-from cxrlib.report import comparison_table, write_report
-from cxrlib.splits import split_manifest
-from cxrlib.synthetic import generate_synthetic
-from cxrlib import training
+from cxrlib.runs.records import find_records, read_record, validate_record
+from cxrlib.runs.report import comparison_table, write_report
+from cxrlib.data.splits import split_manifest
+from cxrlib.data.synthetic import generate_synthetic
+from cxrlib.runs import train as training
 
 CLASSES_EASY = ["Bacterial Pneumonia", "COVID", "Normal"]
 
@@ -271,8 +271,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_split, tmp_path) -> None:
         import json, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from cxrlib.splits import load_split
-        from cxrlib.training import train
+        from cxrlib.data.splits import load_split
+        from cxrlib.runs.train import train
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         record = train(load_split({str(split_file)!r}), ["COVID", "Normal"], "scratch", "scratch",
                        {str(tmp_path / "mirrored")!r}, weights=None, image_size=32, epochs=2,

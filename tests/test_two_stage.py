@@ -1,4 +1,4 @@
-"""Tests for cxrlib.two_stage: routing, threshold, chain-rule probabilities, evaluation."""
+"""Tests for cxrlib.apps.two_stage: routing, threshold, chain-rule probabilities, evaluation."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib import two_stage
-from cxrlib.pipeline import Prep
-from cxrlib.two_stage import (class_probabilities, combine_stages, disease_probability,
+from cxrlib.apps import two_stage
+from cxrlib.data.pipeline import Prep
+from cxrlib.apps.two_stage import (class_probabilities, combine_stages, disease_probability,
                               evaluate_two_stage, prep_from_record, two_stage_predict)
 
 S1 = ["Normal", "Pneumonia"]
@@ -199,8 +199,8 @@ def test_evaluate_two_stage_skips_unreadable_files(tmp_path: Path, monkeypatch) 
 @pytest.mark.slow
 def test_evaluate_two_stage_with_real_runs(tmp_path: Path) -> None:
     """Two untrained scratch CNNs saved by train(): records, preps and models load and chain."""
-    from cxrlib.datasets import relabel
-    from cxrlib.training import train
+    from cxrlib.data.datasets import relabel
+    from cxrlib.runs.train import train
 
     rows = [(label, 0.5, 0.5) for label in FINAL for _ in range(4)]
     manifest = _write_images(tmp_path / "imgs", rows)

@@ -1,6 +1,6 @@
 """The steps of notebook ``05`` (heat maps) that are longer than a notebook cell.
 
-:mod:`cxrlib.explain` computes heat maps and scores them; this module runs those pieces the
+:mod:`cxrlib.explain.maps` computes heat maps and scores them; this module runs those pieces the
 way the lesson needs them:
 
 - :func:`method_options`, :func:`explain_methods`, :func:`overlay_grid`: every method on the
@@ -13,7 +13,7 @@ way the lesson needs them:
   them, else the central region);
 - :func:`plot_method_scores`, :func:`plot_class_regions`: those tables as bar charts;
 - :func:`shortcut_table`, :func:`plot_shortcut`, :func:`shortcut_heatmaps`: the result of
-  :func:`cxrlib.explain.shortcut_experiment` as a table, a chart and heat maps;
+  :func:`cxrlib.course.shortcut.shortcut_experiment` as a table, a chart and heat maps;
 - :func:`heatmap_notes`: conclusions as sentences computed from those results.
 """
 
@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxrlib import explain
-from cxrlib.images import read_image
-from cxrlib.pipeline import Prep
+from cxrlib.explain import maps as explain
+from cxrlib.data.images import read_image
+from cxrlib.data.pipeline import Prep
 
 # --------------------------------------------------------------------------- methods side by side
 
@@ -40,7 +40,7 @@ def method_options(max_n: int = 10, smooth_samples: int = 20, patch: int = 15,
     """The options of each heat-map method, in the form :func:`explain_methods`,
     :func:`lesion_table` and :func:`region_table` take.
 
-    No ``batch_size``: :func:`cxrlib.explain.lesion_scores` would take it as its own (images
+    No ``batch_size``: :func:`cxrlib.explain.maps.lesion_scores` would take it as its own (images
     per batch) instead of passing it on to occlusion; occlusion keeps its default (64).
     """
     return {"fastscorecam": {"max_N": int(max_n)},
@@ -77,7 +77,7 @@ def overlay_grid(images: Sequence[np.ndarray], maps_by_method: dict[str, np.ndar
     """One row per image: the radiograph, then each method's heat map over it (one column each).
 
     ``outlines`` (one bool mask per image, e.g. the lesion from
-    :func:`cxrlib.explain.prepare_mask`) are drawn as a white contour on every tile.
+    :func:`cxrlib.explain.maps.prepare_mask`) are drawn as a white contour on every tile.
     """
     from cxrlib.plots import _finish, _new_figure
 
@@ -155,7 +155,7 @@ def lesion_rows(manifest: pd.DataFrame, classes: Sequence[str], max_images: int 
 def lesion_table(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
                  methods: Sequence[str], options: dict[str, dict[str, Any]] | None = None,
                  layer: str | None = None, explain_class: str = "label", seed: int = 0) -> pd.DataFrame:
-    """Per method, the means of :func:`cxrlib.explain.lesion_scores` and its wall time.
+    """Per method, the means of :func:`cxrlib.explain.maps.lesion_scores` and its wall time.
 
     Index: method. Columns: ``n``, ``energy_inside`` (share of the map on the lesion),
     ``random_energy_inside`` (a smooth random map's), ``mask_share`` (the lesion's area),
@@ -192,7 +192,7 @@ def region_scores(model, manifest: pd.DataFrame, classes: Sequence[str], prep: P
     """Per image: the share of the predicted class's heat map in the border band and on the lungs.
 
     The lungs are the row's lung mask (``mask_kind == "lung"``, the real data) or else the
-    central region (:func:`cxrlib.explain.central_mask`). A smooth random map gets the same
+    central region (:func:`cxrlib.explain.maps.central_mask`). A smooth random map gets the same
     two scores (``random_border_share``, ``random_lung_share``): the baseline. Unreadable
     images are skipped. Columns: path, label, predicted, border_share, lung_share,
     random_border_share, random_lung_share, lung_region.
@@ -338,7 +338,7 @@ SHORTCUT_COLUMNS = {
 
 
 def shortcut_table(result: dict) -> pd.DataFrame:
-    """The numbers of :func:`cxrlib.explain.shortcut_experiment`, one row per model
+    """The numbers of :func:`cxrlib.course.shortcut.shortcut_experiment`, one row per model
     (``shortcut``, ``cropped``), with readable column names."""
     rows = {name: {label: result[name].get(key) for key, label in SHORTCUT_COLUMNS.items()}
             for name in ("shortcut", "cropped") if name in result}
@@ -387,7 +387,7 @@ def plot_shortcut(result: dict, save: str | os.PathLike | None = None) -> Figure
 
 def shortcut_pairs(work_dir: str | os.PathLike, n: int = 2) -> list[tuple[str, str]]:
     """(marked film, the same film without the marker) for the first ``n`` test films that
-    carry the shortcut marker, from a :func:`cxrlib.explain.shortcut_experiment` folder."""
+    carry the shortcut marker, from a :func:`cxrlib.course.shortcut.shortcut_experiment` folder."""
     work = Path(work_dir)
     markers = pd.read_csv(work / "data_test_marked" / "markers.csv", keep_default_na=False)
     marked = markers[markers["shortcut"].astype(str).str.lower() == "true"]["file"].tolist()[:n]
@@ -403,9 +403,9 @@ def shortcut_heatmaps(work_dir: str | os.PathLike, shortcut_class: str = "COVID"
     cropped model on both (it sees the centre of the film only). Each tile explains
     ``shortcut_class`` and gives its probability.
     """
-    from cxrlib.models import load_model
+    from cxrlib.models.build import load_model
     from cxrlib.plots import _finish, _new_figure
-    from cxrlib.records import read_record
+    from cxrlib.runs.records import read_record
 
     work = Path(work_dir)
     pairs = shortcut_pairs(work, n)
@@ -452,7 +452,7 @@ def heatmap_notes(method_table: pd.DataFrame | None = None, per_class: pd.DataFr
 
     ``method_table`` is a :func:`lesion_table` or a :func:`region_table` and ``per_class`` a
     :func:`class_regions` table, both of the model named ``subject``; ``shortcut`` the dict of
-    :func:`cxrlib.explain.shortcut_experiment`. A method "beats" the random map when its
+    :func:`cxrlib.course.shortcut.shortcut_experiment`. A method "beats" the random map when its
     lesion energy is at least ``min_ratio`` times the random map's.
     """
     notes: list[str] = []

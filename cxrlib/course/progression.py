@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxrlib.backbones import VARIANT_ALIASES, default_size, get_backbone
+from cxrlib.models.backbones import VARIANT_ALIASES, default_size, get_backbone
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,12 @@ def course_split(data: str | os.PathLike, results: str | os.PathLike,
 
     A saved split (from notebook ``02`` or an earlier run) is loaded when it holds images of
     ``data`` only and ``samples_per_class`` per class (all of a smaller class); otherwise a
-    new balanced split is made with :func:`cxrlib.experiments.prepare_split` and saved over
+    new balanced split is made with :func:`cxrlib.runs.evaluate.prepare_split` and saved over
     it. ``loaded`` says which happened.
     """
-    from cxrlib.datasets import class_names, load_manifest
-    from cxrlib.experiments import prepare_split
-    from cxrlib.splits import load_split, save_split
+    from cxrlib.data.datasets import class_names, load_manifest
+    from cxrlib.runs.evaluate import prepare_split
+    from cxrlib.data.splits import load_split, save_split
 
     path = Path(results) / SPLIT_FILE
     if path.is_file():
@@ -119,8 +119,8 @@ def train_or_reuse(manifest: pd.DataFrame, classes: Sequence[str], backbone: str
     ``train`` returns a finished run with the same configuration as it is; the run's
     ``created`` time, unchanged by the call, is how the reuse shows.
     """
-    from cxrlib.records import read_record
-    from cxrlib.training import train
+    from cxrlib.runs.records import read_record
+    from cxrlib.runs.train import train
 
     before = None
     if (Path(out_dir) / "record.json").is_file():
@@ -169,12 +169,12 @@ def accuracy_ci(records: Sequence[dict], names: Sequence[str] | None = None
 
 
 def labelled_table(records: Sequence[dict], names: Sequence[str]) -> pd.DataFrame:
-    """:func:`cxrlib.report.comparison_table` with ``Model`` set to ``names``.
+    """:func:`cxrlib.runs.report.comparison_table` with ``Model`` set to ``names``.
 
     A reused run keeps the name its first notebook gave it (``DN-V2-reg`` is ``DN-frozen``);
     this puts every row of a comparison under the name of the comparison.
     """
-    from cxrlib.report import comparison_table
+    from cxrlib.runs.report import comparison_table
 
     if len(names) != len(records):
         raise ValueError(f"{len(names)} names for {len(records)} records.")
@@ -278,7 +278,7 @@ def plot_tradeoff(table: pd.DataFrame, records: Sequence[dict],
                   save: str | os.PathLike | None = None) -> Figure:
     """Test accuracy against wall time and against parameter count, one labelled point per run.
 
-    ``table`` is :func:`cxrlib.report.comparison_table` of ``records`` (same order).
+    ``table`` is :func:`cxrlib.runs.report.comparison_table` of ``records`` (same order).
     """
     from cxrlib.plots import save_figure
 

@@ -3,8 +3,6 @@
 - :func:`prepare_split`: dataset directory → manifest → balanced sample → saved split.
 - :func:`evaluate_saved_model`: a saved run's model on its own test split or on a folder it
   never saw, with the folder's class names matched to the model's.
-- :func:`course_data`: the dataset a notebook uses: the real one when its path is given and
-  present, otherwise the synthetic default (generated once, said plainly).
 """
 
 from __future__ import annotations
@@ -15,8 +13,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from cxrlib.datasets import canonical_class, class_names, load_manifest
-from cxrlib.splits import load_split, sample_per_class, split_manifest
+from cxrlib.data.datasets import canonical_class, class_names, load_manifest
+from cxrlib.data.splits import load_split, sample_per_class, split_manifest
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +58,11 @@ def evaluate_saved_model(model_path: str | Path, data: str | Path, split: str = 
     ``split="test"`` uses the run's saved test split; ``split="all"`` scores every image of
     ``data`` whose class the model knows.
     """
-    from cxrlib.models import load_model
-    from cxrlib.pipeline import prep_from_record
+    from cxrlib.models.build import load_model
+    from cxrlib.data.pipeline import prep_from_record
     from cxrlib.plots import plot_confusion
-    from cxrlib.records import read_record, write_json_atomic
-    from cxrlib.training import evaluate
+    from cxrlib.runs.records import read_record, write_json_atomic
+    from cxrlib.runs.train import evaluate
 
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -90,30 +88,3 @@ def evaluate_saved_model(model_path: str | Path, data: str | Path, split: str = 
         plot_confusion(metrics["confusion_matrix"], classes, title=f"{record['name']} on {split}",
                        save=out / "confusion.png")
     return metrics
-
-
-def course_data(path: str | Path | None, synthetic_dir: str | Path, per_class: int = 300,
-                size: int = 256, seed: int = 0,
-                classes: Sequence[str] = ("COVID", "Normal", "Viral Pneumonia")) -> tuple[Path, bool]:
-    """The dataset directory a notebook should use, and whether it is the real one.
-
-    A given path that exists wins. Otherwise the synthetic default is generated into
-    ``synthetic_dir`` (once: an existing one with the same parameters is reused).
-    """
-    import json
-
-    from cxrlib.synthetic import generate_synthetic
-
-    if path and Path(path).expanduser().is_dir():
-        return Path(path).expanduser(), True
-    if path:
-        log.warning("Dataset path %s not found: using the synthetic default instead.", path)
-    synthetic_dir = Path(synthetic_dir)
-    meta = synthetic_dir / "synthetic.json"
-    wanted = {"per_class": per_class, "size": size, "seed": seed, "classes": list(classes)}
-    if meta.is_file():
-        existing = json.loads(meta.read_text())
-        if all(existing.get(k) == v for k, v in wanted.items()):
-            return synthetic_dir, False
-    generate_synthetic(synthetic_dir, per_class=per_class, size=size, seed=seed, classes=classes)
-    return synthetic_dir, False

@@ -4,7 +4,7 @@ A run directory holds ``record.json`` (this module), ``model.keras``, ``history.
 perhaps ``metrics.json``. The record says *what* was trained (data, split, backbone,
 preprocessing, hyperparameters), *where* (library versions, device), *how it went* (the
 full history, wall time) and *how good it is* (the test metrics of
-:func:`cxrlib.metrics.compute_metrics`). Every table and figure of the report is built from
+:func:`cxrlib.runs.metrics.compute_metrics`). Every table and figure of the report is built from
 records only, never from numbers copied by hand: a number in a table can always be traced
 back to the run that produced it.
 

@@ -39,7 +39,7 @@ softmax to the output, which over one unit is always 1: every channel would weig
 
 Every heat map is an (N, S, S) float32 array scaled to [0, 1] per image, at the input's size,
 so it can be laid over the radiograph the model actually saw (images are prepared by
-:func:`cxrlib.pipeline.prepare_image`, masks by :func:`prepare_mask` with the same geometry).
+:func:`cxrlib.data.pipeline.prepare_image`, masks by :func:`prepare_mask` with the same geometry).
 
 **Measure, don't eyeball.** A heat map over a radiograph is persuasive, and people see what
 they expect in it: a blob "on the lungs" convinces whether it covers 80 % of the map's
@@ -47,7 +47,7 @@ energy or 30 %. So the course measures: :func:`energy_inside` (the share of a ma
 inside a ground-truth lesion mask), :func:`pointing_game` (is the map's peak on the lesion),
 :func:`border_share` (how much sits in the border band where text markers live) and
 :func:`lung_share`, each compared with a random map's score. :func:`lesion_scores` does it
-per image over a data set, and :func:`shortcut_experiment` shows the numbers catching a
+per image over a data set; the shortcut experiment of notebook 05 (:mod:`cxrlib.course.shortcut`) shows the numbers catching a
 model that learnt a marker instead of the disease, and the border crop taking that shortcut
 away.
 """
@@ -68,9 +68,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxrlib.backbones import SCRATCH, BACKBONES, preprocess_function
-from cxrlib.images import ImageReadError, read_image
-from cxrlib.pipeline import Prep, border_crop, normaliser, prep_from_record, prepare_image, resize
+from cxrlib.models.backbones import SCRATCH, BACKBONES, preprocess_function
+from cxrlib.data.images import ImageReadError, read_image
+from cxrlib.data.pipeline import Prep, border_crop, normaliser, prep_from_record, prepare_image, resize
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ def _resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def default_layer(model, min_side: int = 7) -> str:
     """The layer heat maps read when none is named: the backbone's last convolutional block.
 
-    That is the name :func:`cxrlib.models.last_conv_layer` gives (``scratch_conv5`` for the
+    That is the name :func:`cxrlib.models.build.last_conv_layer` gives (``scratch_conv5`` for the
     scratch CNN, the registry's ``last_conv`` for an ImageNet backbone), found from the
     model's own layers; a model without one uses its last layer with a spatial output.
 
@@ -287,7 +287,7 @@ def default_layer(model, min_side: int = 7) -> str:
     least ``min_side`` per side is used (``scratch_relu4``, 8×8, at 64 px). Every backbone at
     its course size keeps its last block (7×7 to 14×14).
     """
-    from cxrlib.models import SCRATCH_LAST_CONV
+    from cxrlib.models.build import SCRATCH_LAST_CONV
 
     layers = model.layers
     names = [layer.name for layer in layers]
@@ -681,7 +681,7 @@ def prepare_mask(mask_path: str | os.PathLike, prep: Prep,
 
     mask = read_image(mask_path)
     if image_path is not None:
-        from cxrlib.images import probe_image
+        from cxrlib.data.images import probe_image
 
         info = probe_image(image_path)
         size = (int(info["height"]), int(info["width"]))
@@ -779,7 +779,7 @@ def lesion_scores(model, manifest: pd.DataFrame, classes: Sequence[str], prep: P
         raise ValueError(f"explain must be 'label' or 'predicted', not {explain!r}")
     lookup = {name: i for i, name in enumerate(classes)}
     if "mask_kind" not in manifest or "mask_path" not in manifest:
-        raise ValueError("The manifest has no mask_path/mask_kind columns (see cxrlib.datasets).")
+        raise ValueError("The manifest has no mask_path/mask_kind columns (see cxrlib.data.datasets).")
     rows = manifest[(manifest["mask_kind"] == "lesion") & (manifest["mask_path"] != "")
                     & manifest["label"].isin(list(classes))]
     found = []
@@ -829,169 +829,3 @@ def summarise_scores(scores: pd.DataFrame) -> dict[str, float]:
     out["energy_ratio"] = (out["energy_inside"] / out["random_energy_inside"]
                            if out["random_energy_inside"] > 0 else float("nan"))
     return out
-
-
-# --------------------------------------------------------------------------- shortcut experiment
-
-
-def _generate(out: Path, classes: Sequence[str], per_class: int, film_size: int, seed: int,
-              severity: tuple[float, float], shortcut_class: str, shortcut_prob: float) -> pd.DataFrame:
-    """A synthetic set without random markers, with the shortcut marker at ``shortcut_prob``.
-
-    Always named ``shortcut_class``: the random-marker pool (and so every patient's random
-    draws) then stays the same, and ``shortcut_prob=0`` gives the *same films* with no marker.
-    """
-    from cxrlib.datasets import load_manifest
-    from cxrlib.synthetic import generate_synthetic
-
-    generate_synthetic(out, per_class=per_class, size=film_size, seed=seed, classes=list(classes),
-                       severity=severity, marker_prob=0.0, shortcut_class=shortcut_class,
-                       shortcut_prob=shortcut_prob, vary_size=False, progress=False)
-    manifest = load_manifest(out)
-    markers = pd.read_csv(out / "markers.csv", keep_default_na=False)
-    shortcut = {str((out / f).resolve()): bool(s) for f, s in zip(markers["file"], markers["shortcut"])}
-    manifest["marker"] = [shortcut.get(p, False) for p in manifest["path"]]
-    return manifest
-
-
-def _marker_masks(marked: pd.DataFrame, clean: pd.DataFrame, prep: Prep) -> dict[str, np.ndarray]:
-    """File name → where the marker is, as the model sees the film (bool (S, S)).
-
-    The two test sets hold the same films with and without the marker, so the marker is
-    exactly where a marked film differs from its twin; that difference goes through the
-    model's geometry (crop, resize). An all-False mask means the marker is out of view.
-    """
-    twins = {Path(p).name: p for p in clean["path"]}
-    masks = {}
-    for path in marked.loc[marked["marker"], "path"]:
-        name = Path(path).name
-        if name not in twins:
-            continue
-        diff = np.abs(read_image(path).astype(np.int16) - read_image(twins[name]).astype(np.int16)) > 20
-        if prep.crop:
-            diff = border_crop(diff, prep.crop_reference)
-        masks[name] = resize(diff.astype(np.uint8) * 255, prep.image_size, "nearest") > 127
-    return masks
-
-
-def _films(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep
-           ) -> tuple[float, dict[str, np.ndarray]]:
-    """Accuracy over a manifest, and its model inputs by file name."""
-    from cxrlib.pipeline import label_indices
-
-    images, _ = load_images(manifest["path"].tolist(), prep)
-    keep = [i for i, image in enumerate(images) if image is not None]
-    x = model_inputs(np.stack([images[i] for i in keep]), prep)
-    labels = label_indices(manifest["label"].iloc[keep].tolist(), classes)
-    accuracy = float(np.mean(predict_proba(model, x).argmax(axis=1) == labels))
-    return accuracy, {Path(manifest["path"].iloc[i]).name: x[k] for k, i in enumerate(keep)}
-
-
-def _mean(values: list[float]) -> float | None:
-    values = [v for v in values if v == v]  # drop NaN
-    return float(np.mean(values)) if values else None
-
-
-def _shortcut_scores(model, marked: pd.DataFrame, clean: pd.DataFrame, classes: Sequence[str],
-                     prep: Prep, method: str, explain_class: int,
-                     layer: str | None) -> dict[str, Any]:
-    """One model's numbers for :func:`shortcut_experiment`."""
-    accuracy_marked, x_marked = _films(model, marked, classes, prep)
-    accuracy_clean, x_clean = _films(model, clean, classes, prep)
-    masks = _marker_masks(marked, clean, prep)
-    names = [n for n in masks if n in x_marked and n in x_clean]
-    out: dict[str, Any] = {"accuracy_marked": accuracy_marked, "accuracy_marker_free": accuracy_clean,
-                           "n_marked": len(names)}
-    if names:
-        on_marked = heatmap(model, np.stack([x_marked[n] for n in names]), method, explain_class, layer)
-        on_clean = heatmap(model, np.stack([x_clean[n] for n in names]), method, explain_class, layer)
-        near = [_dilate(masks[n], 2) for n in names]
-        out.update({
-            "border_share_marked": _mean([border_share(h) for h in on_marked]),
-            "border_share_marker_free": _mean([border_share(h) for h in on_clean]),
-            "lung_share_marked": _mean([lung_share(h) for h in on_marked]),
-            "lung_share_marker_free": _mean([lung_share(h) for h in on_clean]),
-            "marker_share_marked": _mean([energy_inside(h, m) if m.any() else 0.0
-                                          for h, m in zip(on_marked, near)]),
-            "marker_area_share": _mean([float(m.mean()) for m in near]),
-            "marker_pixels_in_view": float(np.mean([masks[n].any() for n in names])),
-        })
-    return out
-
-
-def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    from scipy.ndimage import binary_dilation
-
-    return binary_dilation(mask, np.ones((3, 3), bool), iterations=pixels) if mask.any() else mask
-
-
-def shortcut_experiment(work_dir: str | os.PathLike, size: int = 64, per_class: int = 60,
-                        epochs: int = 12, seed: int = 0, method: str = "gradcam",
-                        classes: Sequence[str] = ("COVID", "Normal"), shortcut_class: str = "COVID",
-                        shortcut_prob: float = 0.95, severity: tuple[float, float] = (0.6, 1.0),
-                        film_size: int | None = None, test_per_class: int | None = None,
-                        layer: str | None = None, batch_size: int = 16, augment: bool = False,
-                        progress: bool = False) -> dict[str, Any]:
-    """Train a model that can cheat, catch it with numbers, and take the cheat away.
-
-    1. A training set where ``shortcut_class`` carries a "PORTABLE" marker in the top-left
-       corner on ``shortcut_prob`` of its films (no other film has one), with lesions faint
-       enough (``severity``) that the marker is the easier cue.
-    2. Two test sets from another seed: one made the same way (*marked*), and the very same
-       films without any marker (*marker-free*), so that the marker is the only difference.
-    3. The scratch CNN trained on it (``shortcut``), then again with the border crop
-       (``cropped``), which cuts the marker band away before the model ever sees it.
-
-    Per model: accuracy on both test sets, and on the films that carry the marker the heat
-    maps (``method`` for ``shortcut_class``, read at ``layer``, default :func:`default_layer`)
-    with and without it: border share, lung share, and the share on the marker itself
-    (``marker_share_marked``, against the marker's area share). The shortcut model is right
-    on marked films, falls to about chance without the marker, and its evidence sits on the
-    marker; the cropped model never sees the marker and must learn the lungs.
-
-    Border shares of the two models are not directly comparable: the cropped model's frame
-    is the central part of the film, whose border band is lung. Compare each model with
-    itself (marked vs marker-free films) and the accuracies across models.
-
-    The films are ``film_size`` px (default ``max(96, size)``), all the same size
-    (``vary_size=False``): the marker is at least 7 px tall, and on smaller films, or on
-    films smaller than the largest one (which the crop takes less from), it reaches below
-    the band the crop removes. ``marker_pixels_in_view`` (share of marked films with any
-    marker pixel left) checks it: 0 for the cropped model. Augmentation is off by default
-    (a flip would move the marker, and it makes the run slower). Returns a JSON-serialisable
-    dict.
-    """
-    from cxrlib.models import load_model
-    from cxrlib.splits import split_manifest
-    from cxrlib.training import train
-
-    work = Path(work_dir)
-    classes = list(classes)
-    film_size = film_size or max(96, size)
-    test_per_class = test_per_class or max(20, per_class // 2)
-    train_set = _generate(work / "data_train", classes, per_class, film_size, seed, severity,
-                          shortcut_class, shortcut_prob)
-    marked = _generate(work / "data_test_marked", classes, test_per_class, film_size, seed + 1,
-                       severity, shortcut_class, shortcut_prob)
-    clean = _generate(work / "data_test_marker_free", classes, test_per_class, film_size, seed + 1,
-                      severity, shortcut_class, 0.0)
-    train_set = split_manifest(train_set, val=0.15, test=0.0, seed=seed)
-    explain_class = classes.index(shortcut_class)
-    result: dict[str, Any] = {
-        "settings": {"size": size, "film_size": film_size, "per_class": per_class,
-                     "test_per_class": test_per_class, "epochs": epochs, "seed": seed,
-                     "method": method, "classes": classes, "shortcut_class": shortcut_class,
-                     "shortcut_prob": shortcut_prob, "severity": list(severity),
-                     "augment": augment},
-    }
-    for name, crop in (("shortcut", False), ("cropped", True)):
-        record = train(train_set, classes, SCRATCH, "scratch", work / name, weights=None,
-                       image_size=size, epochs=epochs, batch_size=batch_size, optimizer="adam",
-                       learning_rate=1e-3, seed=seed, crop=crop, augment=augment,
-                       progress=progress, bootstrap=0)
-        model = load_model(str(work / name / "model.keras"))
-        scores = _shortcut_scores(model, marked, clean, classes, prep_from_record(record), method,
-                                  explain_class, layer)
-        result[name] = {"layer": layer or default_layer(model), **scores}
-    result["border_band_area_share"] = float(border_mask((size, size)).mean())
-    return result

@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from cxrlib.records import jsonable
+from cxrlib.runs.records import jsonable
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.pipeline import prep_from_record
+from cxrlib.data.pipeline import prep_from_record
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ _LOADED: dict[tuple[str, int], object] = {}  # (model path, mtime) -> model: loa
 
 def _load_stage(run_dir: str | Path):
     """(model, record, prep) of a finished run; a model file already loaded is not read again."""
-    from cxrlib.models import load_model
-    from cxrlib.records import read_record
+    from cxrlib.models.build import load_model
+    from cxrlib.runs.records import read_record
 
     run_dir = Path(run_dir)
     record = read_record(run_dir)
@@ -152,7 +152,7 @@ def _load_stage(run_dir: str | Path):
 def _predict(model, manifest: pd.DataFrame, label_classes: Sequence[str], prep, n_out: int,
              batch_size: int, skipped: list) -> np.ndarray:
     """(N, n_out) probabilities over the readable images of a manifest, in order."""
-    from cxrlib.pipeline import make_dataset
+    from cxrlib.data.pipeline import make_dataset
 
     ds = make_dataset(manifest, label_classes, prep, batch_size=batch_size, cache=False,
                       label_mode="int", skip_log=skipped)
@@ -167,15 +167,15 @@ def evaluate_two_stage(stage1_run_dir: str | Path, stage2_run_dir: str | Path,
     """Score the chained runs on a manifest labelled with the final classes.
 
     Each stage reads the images with its own recorded preparation, in batches; stage 2 sees
-    only the images stage 1 routes to it. Returns a :func:`cxrlib.metrics.compute_metrics`
+    only the images stage 1 routes to it. Returns a :func:`cxrlib.runs.metrics.compute_metrics`
     dict in which the confusion matrix, accuracy (with its bootstrap interval) and the
     per-class precision/recall/specificity/F1 come from the routed labels, the AUCs from the
     chain-rule probabilities; plus ``threshold``, ``routed`` (how many reached stage 2),
     ``stage1`` (the screen's own sensitivity and specificity), ``paths``, ``predicted``,
     ``probabilities`` and ``skipped``.
     """
-    from cxrlib.metrics import bootstrap_ci, compute_metrics, confusion_matrix
-    from cxrlib.pipeline import label_indices
+    from cxrlib.runs.metrics import bootstrap_ci, compute_metrics, confusion_matrix
+    from cxrlib.data.pipeline import label_indices
 
     model1, record1, prep1 = _load_stage(stage1_run_dir)
     model2, record2, prep2 = _load_stage(stage2_run_dir)

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
-from cxrlib.images import IMAGE_SUFFIXES, ImageReadError, probe_image
+from cxrlib.data.images import IMAGE_SUFFIXES, ImageReadError, probe_image
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib import explain
-from cxrlib.images import is_image_path
-from cxrlib.pipeline import Prep
+from cxrlib.explain import maps as explain
+from cxrlib.data.images import is_image_path
+from cxrlib.data.pipeline import Prep
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ def load_run(model_path: str | os.PathLike) -> tuple[Any, list[str], Prep, dict]
 
     Raises FileNotFoundError when the model file or the record beside it is missing.
     """
-    from cxrlib.models import load_model
-    from cxrlib.records import RECORD_FILE, read_record
+    from cxrlib.models.build import load_model
+    from cxrlib.runs.records import RECORD_FILE, read_record
 
     path = Path(model_path)
     if not path.is_file():

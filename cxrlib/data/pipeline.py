@@ -2,7 +2,7 @@
 
 The order of the steps matters, and each has a reason:
 
-1. **decode** every file in parallel with :func:`cxrlib.images.read_image` (any format, 8/16
+1. **decode** every file in parallel with :func:`cxrlib.data.images.read_image` (any format, 8/16
    bit, DICOM); a file that cannot be read is skipped with a warning and listed in a skip
    log, never a crash mid-epoch;
 2. **prepare** (optional proportional border crop, optional histogram equalisation or CLAHE,
@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxrlib.backbones import preprocess_function
-from cxrlib.images import ImageReadError, read_image
+from cxrlib.models.backbones import preprocess_function
+from cxrlib.data.images import ImageReadError, read_image
 
 log = logging.getLogger(__name__)
 # Filtering out unreadable files leaves a dataset of unknown length, and Keras then warns at
@@ -134,7 +134,7 @@ def prepare_image(path: str, prep: Prep) -> np.ndarray:
 
 def crop_reference_of(manifest: pd.DataFrame) -> tuple[int, int]:
     """(w_max, h_max) over a manifest's images, read from the file headers only."""
-    from cxrlib.images import probe_image
+    from cxrlib.data.images import probe_image
 
     widths, heights = [0], [0]
     for path in manifest["path"]:

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.datasets import MANIFEST_COLUMNS
+from cxrlib.data.datasets import MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 

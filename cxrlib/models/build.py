@@ -33,7 +33,7 @@ from typing import Sequence
 
 import keras
 
-from cxrlib.backbones import (SCRATCH, VARIANTS, WeightsUnavailableError, application,
+from cxrlib.models.backbones import (SCRATCH, VARIANTS, WeightsUnavailableError, application,
                               default_size, get_backbone, missing_weights_message, resolve_weights)
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-from cxrlib.images import ImageReadError, read_image
+from cxrlib.data.images import ImageReadError, read_image
 from cxrlib.plots import _finish, _new_figure, image_grid
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def samples_by_class(manifest: pd.DataFrame, n: int, seed: int = 0,
                      classes: Sequence[str] | None = None) -> pd.DataFrame:
     """Up to ``n`` random rows per class, classes in order, for looking at (not for training).
 
-    Unlike :func:`cxrlib.splits.sample_per_class` it is quiet about small classes and keeps
+    Unlike :func:`cxrlib.data.splits.sample_per_class` it is quiet about small classes and keeps
     the order of ``classes`` (default: sorted labels).
     """
     if n < 1:
@@ -154,7 +154,7 @@ def image_statistics(manifest: pd.DataFrame, sample: int | None = None, seed: in
                      ) -> pd.DataFrame:
     """One row per image with the columns of :data:`STAT_COLUMNS` (plus ``source`` if known).
 
-    Every file is read once with :func:`cxrlib.images.read_image`; unreadable files are
+    Every file is read once with :func:`cxrlib.data.images.read_image`; unreadable files are
     skipped with a warning and listed in ``result.attrs["skipped"]``. ``sample`` limits the
     work to that many random images per class (None: all). Shares are fractions (0–1).
     """
@@ -239,7 +239,7 @@ DUPLICATE_SECTIONS: tuple[str, ...] = ("all", "cross_split_duplicates", "cross_l
 
 
 def duplicate_pairs(report: dict, section: str = "all") -> pd.DataFrame:
-    """Duplicates of a :func:`cxrlib.quality.check_manifest` report, one row per pair:
+    """Duplicates of a :func:`cxrlib.data.quality.check_manifest` report, one row per pair:
     ``kind`` (exact/near), ``distance`` (dHash bits; 0 if exact), ``similarity`` (thumbnail
     correlation; 1.0 if exact), ``a``, ``b``.
 
@@ -293,9 +293,9 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int
 
 def crop_box_overlay(image: np.ndarray, reference: tuple[int, int],
                      color: tuple[int, int, int] = (255, 200, 0)) -> np.ndarray:
-    """An RGB copy of ``image`` with the rectangle that :func:`cxrlib.pipeline.border_crop`
+    """An RGB copy of ``image`` with the rectangle that :func:`cxrlib.data.pipeline.border_crop`
     keeps drawn on it."""
-    from cxrlib.pipeline import border_crop
+    from cxrlib.data.pipeline import border_crop
 
     h, w = image.shape[:2]
     kh, kw = border_crop(image, reference).shape[:2]
@@ -336,7 +336,7 @@ def plot_statistic_by_class(frames: pd.DataFrame | dict[str, pd.DataFrame], colu
 def equalization_figure(image: np.ndarray, methods: Sequence[str | None] = (None, "hist", "clahe"),
                         save: str | os.PathLike | None = None) -> Figure:
     """The same image under each equalisation method (top) with its pixel histogram (bottom)."""
-    from cxrlib.pipeline import equalize
+    from cxrlib.data.pipeline import equalize
 
     figure = _new_figure(3.2 * len(methods), 5.6)
     axes = figure.subplots(2, len(methods), squeeze=False, height_ratios=[3, 1.4])
@@ -354,8 +354,8 @@ def value_ranges(manifest: pd.DataFrame, classes: Sequence[str], image_size: int
                  backbones: Sequence[str], n: int = 32, seed: int = 0) -> pd.DataFrame:
     """What each backbone's ``preprocess_input`` makes of the same images: one row per
     backbone with min, max, mean, std and the mean of each input channel, measured on up to
-    ``n`` images through :func:`cxrlib.pipeline.load_arrays` (``preprocess=True``)."""
-    from cxrlib.pipeline import Prep, load_arrays
+    ``n`` images through :func:`cxrlib.data.pipeline.load_arrays` (``preprocess=True``)."""
+    from cxrlib.data.pipeline import Prep, load_arrays
 
     rows = manifest.sample(n=min(n, len(manifest)), random_state=seed)
     table = []
@@ -390,9 +390,9 @@ def duplicate_gallery(pairs: pd.DataFrame, n: int = 4,
 
 def augmented_copies(image: np.ndarray, augment, n: int = 8, seed: int = 0) -> np.ndarray:
     """``n`` random augmentations of one uint8 grayscale image, as the training pipeline makes
-    them (:func:`cxrlib.pipeline.augmentation_layers`, then the multiplicative brightness):
+    them (:func:`cxrlib.data.pipeline.augmentation_layers`, then the multiplicative brightness):
     uint8 (n, H, W)."""
-    from cxrlib.pipeline import _brightness, augmentation_layers
+    from cxrlib.data.pipeline import _brightness, augmentation_layers
 
     batch = np.repeat(np.asarray(image, np.float32)[None, ..., None], 3, axis=-1)
     batch = np.repeat(batch, n, axis=0)

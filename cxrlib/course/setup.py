@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -53,8 +54,6 @@ def choose_data(data_dir: str | None, results_dir: str | Path, per_class: int = 
                 size: int = 256, seed: int = 0,
                 classes: Sequence[str] = ("COVID", "Normal", "Viral Pneumonia")) -> tuple[Path, bool]:
     """(dataset directory, is_real). Prints which one the notebook is using and why."""
-    from cxrlib.experiments import course_data
-
     path, real = course_data(data_dir, Path(results_dir) / "synthetic", per_class=per_class,
                              size=size, seed=seed, classes=classes)
     if real:
@@ -69,7 +68,7 @@ def choose_data(data_dir: str | None, results_dir: str | Path, per_class: int = 
 
 def usable_weights(weights: str | None, backbone: str) -> str | None:
     """``weights`` if they can be loaded for ``backbone``; else print why and return ``None``."""
-    from cxrlib.backbones import SCRATCH, WeightsUnavailableError, get_backbone, resolve_weights
+    from cxrlib.models.backbones import SCRATCH, WeightsUnavailableError, get_backbone, resolve_weights
 
     if weights is None or backbone == SCRATCH or str(weights).lower() == "none":
         return None
@@ -83,10 +82,35 @@ def usable_weights(weights: str | None, backbone: str) -> str | None:
                                  cache_subdir="models")
         return weights
     except (WeightsUnavailableError, FileNotFoundError, Exception) as error:  # noqa: B014
-        from cxrlib.backbones import missing_weights_message
+        from cxrlib.models.backbones import missing_weights_message
 
         message = str(error) if isinstance(error, (WeightsUnavailableError, FileNotFoundError)) \
             else missing_weights_message(backbone)
         print(f"NOTE: {message}\n→ Continuing with weights=None: frozen-backbone results will sit "
               "near chance, which is itself worth seeing.")
         return None
+
+
+def course_data(path: str | Path | None, synthetic_dir: str | Path, per_class: int = 300,
+                size: int = 256, seed: int = 0,
+                classes: Sequence[str] = ("COVID", "Normal", "Viral Pneumonia")) -> tuple[Path, bool]:
+    """The dataset directory a notebook should use, and whether it is the real one.
+
+    A given path that exists wins. Otherwise the synthetic default is generated into
+    ``synthetic_dir`` (once: an existing one with the same parameters is reused).
+    """
+    from cxrlib.data.synthetic import generate_synthetic
+
+    if path and Path(path).expanduser().is_dir():
+        return Path(path).expanduser(), True
+    if path:
+        log.warning("Dataset path %s not found: using the synthetic default instead.", path)
+    synthetic_dir = Path(synthetic_dir)
+    meta = synthetic_dir / "synthetic.json"
+    wanted = {"per_class": per_class, "size": size, "seed": seed, "classes": list(classes)}
+    if meta.is_file():
+        existing = json.loads(meta.read_text())
+        if all(existing.get(k) == v for k, v in wanted.items()):
+            return synthetic_dir, False
+    generate_synthetic(synthetic_dir, per_class=per_class, size=size, seed=seed, classes=classes)
+    return synthetic_dir, False

@@ -29,7 +29,7 @@ def command(name: str) -> Callable:
 
 @command("synth")
 def _synth(args: argparse.Namespace) -> int:
-    from cxrlib.synthetic import generate_synthetic
+    from cxrlib.data.synthetic import generate_synthetic
 
     out = generate_synthetic(args.out, per_class=args.per_class, size=args.size, seed=args.seed,
                              classes=args.classes or None, shortcut_class=args.shortcut_class,
@@ -40,8 +40,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 @command("data check")
 def _data_check(args: argparse.Namespace) -> int:
-    from cxrlib.datasets import load_manifest
-    from cxrlib.quality import check_manifest, format_check_report
+    from cxrlib.data.datasets import load_manifest
+    from cxrlib.data.quality import check_manifest, format_check_report
 
     manifest = load_manifest(args.dir, layout=args.layout)
     report = check_manifest(manifest, progress=not args.json)
@@ -53,7 +53,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
 @command("data download")
 def _data_download(args: argparse.Namespace) -> int:
-    from cxrlib.datasets import download
+    from cxrlib.data.datasets import download
 
     print(f"Downloaded to {download(args.name, args.dest)}")
     return 0
@@ -61,8 +61,8 @@ def _data_download(args: argparse.Namespace) -> int:
 
 @command("train")
 def _train(args: argparse.Namespace) -> int:
-    from cxrlib.experiments import prepare_split
-    from cxrlib.training import train
+    from cxrlib.runs.evaluate import prepare_split
+    from cxrlib.runs.train import train
 
     manifest, classes = prepare_split(args.data, layout=args.layout, classes=args.classes,
                                       samples_per_class=args.samples_per_class, val=args.val,
@@ -85,7 +85,7 @@ def _train(args: argparse.Namespace) -> int:
 
 @command("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
-    from cxrlib.experiments import evaluate_saved_model
+    from cxrlib.runs.evaluate import evaluate_saved_model
 
     metrics = evaluate_saved_model(args.model, args.data, split=args.split, out_dir=args.out,
                                    layout=args.layout)
@@ -96,8 +96,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 @command("report")
 def _report(args: argparse.Namespace) -> int:
-    from cxrlib.records import find_records
-    from cxrlib.report import comparison_table, markdown_table, write_report
+    from cxrlib.runs.records import find_records
+    from cxrlib.runs.report import comparison_table, markdown_table, write_report
 
     written = write_report(args.runs_dir, args.out)
     print(markdown_table(comparison_table(find_records(args.runs_dir))))
@@ -107,7 +107,7 @@ def _report(args: argparse.Namespace) -> int:
 
 @command("notebooks")
 def _notebooks(args: argparse.Namespace) -> int:
-    from cxrlib.runner import run_series
+    from cxrlib.course.runner import run_series
 
     parameters = {name: _parse_value(value) for name, value in args.parameter or []}
     run_series(args.out, only=args.only, smoke=args.smoke, parameters=parameters)
@@ -128,7 +128,7 @@ def _parse_value(text: str):
 
 @command("diagnose")
 def _diagnose(args: argparse.Namespace) -> int:
-    from cxrlib.diagnose import SUMMARY_FILE, diagnose_folder
+    from cxrlib.apps.diagnose import SUMMARY_FILE, diagnose_folder
 
     summary = diagnose_folder(args.images_dir, args.model, args.out, stage2_path=args.stage2,
                               method=args.method, progress=not args.quiet)
@@ -138,7 +138,7 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.synthetic import SYNTH_CLASSES
+    from cxrlib.data.synthetic import SYNTH_CLASSES
 
     p = sub.add_parser("synth", help="write the synthetic default dataset (COVID-19 Radiography v4 layout)")
     p.add_argument("out", help="output directory")
@@ -152,7 +152,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.datasets import KAGGLE_SOURCES, LAYOUTS
+    from cxrlib.data.datasets import KAGGLE_SOURCES, LAYOUTS
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     check = data.add_parser("check", help="counts, sizes, modes, unreadable files and duplicates")
@@ -165,8 +165,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.backbones import BACKBONES, VARIANTS
-    from cxrlib.datasets import LAYOUTS
+    from cxrlib.models.backbones import BACKBONES, VARIANTS
+    from cxrlib.data.datasets import LAYOUTS
 
     p = sub.add_parser("train", help="train one backbone x variant; writes RUN_DIR/record.json and model.keras")
     p.add_argument("--data", required=True, help="dataset directory (any supported layout)")
@@ -200,7 +200,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.datasets import LAYOUTS
+    from cxrlib.data.datasets import LAYOUTS
 
     p = sub.add_parser("evaluate", help="score a saved model; writes OUT_DIR/metrics.json")
     p.add_argument("--model", required=True, help="RUN_DIR/model.keras (its record.json sits beside it)")
@@ -227,7 +227,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_diagnose(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.diagnose import DIAGNOSE_METHODS
+    from cxrlib.apps.diagnose import DIAGNOSE_METHODS
 
     p = sub.add_parser("diagnose", help="classify every image in a folder; heat-map PNGs and OUT_DIR/summary.csv")
     p.add_argument("images_dir", help="folder of radiographs (searched recursively)")
@@ -264,8 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from cxrlib.backbones import WeightsUnavailableError
-    from cxrlib.datasets import DatasetError
+    from cxrlib.models.backbones import WeightsUnavailableError
+    from cxrlib.data.datasets import DatasetError
 
     try:
         return _handler(args)(args)

@@ -520,7 +520,7 @@ def generate_synthetic(out_dir: str | Path, per_class: int = 300, size: int = 25
             previous = []
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "generator": "cxrlib.synthetic.generate_synthetic",
+        "generator": "cxrlib.data.synthetic.generate_synthetic",
         "cxrlib_version": _version(),
         "seed": seed, "per_class": per_class, "size": size, "classes": classes,
         "vary_size": vary_size, "size_range": [0.85, 1.25] if vary_size else [1.0, 1.0],
@@ -692,7 +692,7 @@ def generate_siim_like(out_dir: str | Path, n_studies: int = 600, size: int = 25
         raise ValueError(f"marker_prob must be in [0, 1], got {marker_prob}")
     out = Path(out_dir)
     meta_path = out / "synthetic.json"
-    meta = {"generator": "cxrlib.synthetic.generate_siim_like", "cxrlib_version": _version(),
+    meta = {"generator": "cxrlib.data.synthetic.generate_siim_like", "cxrlib_version": _version(),
             "seed": seed, "n_studies": int(n_studies), "size": int(size), "shares": shares,
             "vary_size": vary_size, "severity": [lo, hi], "marker_prob": marker_prob,
             "classes": SIIM_SYNTHETIC_CLASSES,

@@ -27,10 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.backbones import VARIANT_ALIASES, default_size
-from cxrlib.pipeline import NO_AUGMENT, Augment, Prep, make_dataset, with_crop_reference
-from cxrlib.splits import class_weights as balanced_weights
-from cxrlib.splits import save_split, subset
+from cxrlib.models.backbones import VARIANT_ALIASES, default_size
+from cxrlib.data.pipeline import NO_AUGMENT, Augment, Prep, make_dataset, with_crop_reference
+from cxrlib.data.splits import class_weights as balanced_weights
+from cxrlib.data.splits import save_split, subset
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ def _predict(model, dataset) -> tuple[np.ndarray, np.ndarray]:
 def evaluate(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
              batch_size: int = 32, bootstrap: int = 1000, seed: int = 0,
              target_sensitivity: float = 0.99) -> dict:
-    """Score a model on a manifest: the metrics of :func:`cxrlib.metrics.compute_metrics`."""
-    from cxrlib.metrics import compute_metrics
+    """Score a model on a manifest: the metrics of :func:`cxrlib.runs.metrics.compute_metrics`."""
+    from cxrlib.runs.metrics import compute_metrics
 
     binary = model.output_shape[-1] == 1
     skipped: list = []
@@ -163,14 +163,15 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
           progress: bool = True, callbacks: Sequence = (), bootstrap: int = 1000) -> dict:
     """Train ``backbone`` × ``variant`` on the ``train`` split of ``manifest``; return the record.
 
-    The manifest must carry a ``split`` column (see :func:`cxrlib.splits.split_manifest`).
+    The manifest must carry a ``split`` column (see :func:`cxrlib.data.splits.split_manifest`).
     Defaults not given (epochs, optimiser, learning rate, decay, augmentation) come from the
     course's recipe for the variant in :data:`RECIPES`. The run validates on ``val``, keeps
     the best model, and scores it on ``test``; everything lands in ``out_dir``.
     """
     import keras
 
-    from cxrlib import models, records
+    from cxrlib.models import build as models
+    from cxrlib.runs import records
 
     out = Path(out_dir)
     recipe = RECIPES[variant] if variant in RECIPES else RECIPES["v2reg"]
@@ -332,7 +333,7 @@ def best_checkpoint(path: Path, monitor: str, history: dict[str, list[float]]):
 def extract_features(model, manifest: pd.DataFrame, classes, prep: Prep, batch_size: int,
                      label_mode: str, skipped: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pooled backbone features (N, D) and encoded labels for a manifest, in one pass."""
-    from cxrlib.models import feature_extractor
+    from cxrlib.models.build import feature_extractor
 
     extractor = feature_extractor(model)
     ds = make_dataset(manifest, classes, prep, batch_size, label_mode=label_mode, cache=False,
@@ -349,7 +350,7 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, ba
     """V1: extract the frozen features once (cached in ``features.npz``), train the softmax on them."""
     import keras
 
-    from cxrlib.models import classifier_head, feature_extractor
+    from cxrlib.models.build import classifier_head, feature_extractor
 
     cache = out / "features.npz"
     backbone_bytes = hashlib.sha256()

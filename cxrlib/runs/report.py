@@ -3,7 +3,7 @@
 The course compares many models (backbones, image sizes, preprocessing variants) in one
 table. Copying numbers from notebook outputs into a table by hand is how wrong numbers get
 published; here the table and every figure are generated from the ``record.json`` of each
-run (:mod:`cxrlib.records`), so each number can be traced back to the run that produced it,
+run (:mod:`cxrlib.runs.records`), so each number can be traced back to the run that produced it,
 and re-running the report after a new run updates everything.
 
 :func:`write_report` writes into ``out_dir`` (by default the runs directory itself):
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlib import plots
-from cxrlib.records import find_records
+from cxrlib.runs.records import find_records
 
 log = logging.getLogger(__name__)
 

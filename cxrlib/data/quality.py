@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from cxrlib.images import ImageReadError, read_image_with_info
+from cxrlib.data.images import ImageReadError, read_image_with_info
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _manifest_rows(manifest: pd.DataFrame) -> list[dict[str, str | None]]:
     """The path/label/split of every manifest row, as plain strings.
 
     The split is None on every row when there is no ``split`` column or when it is empty or
-    missing on every row (as in every manifest of :func:`cxrlib.datasets.load_manifest`).
+    missing on every row (as in every manifest of :func:`cxrlib.data.datasets.load_manifest`).
     """
     splits: list[str | None] = [None] * len(manifest)
     if "split" in manifest.columns:

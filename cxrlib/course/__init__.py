@@ -1,0 +1,6 @@
+"""The course layer: what the notebooks need and the library does not.
+
+The library (``cxrlib.data``, ``models``, ``runs``, ``explain``, ``apps``) never imports
+this package (``tests/test_architecture.py`` checks it). Here live the notebooks' first
+cells, the lessons' figures and tables, the shortcut experiment and the notebook runner.
+"""
