@@ -16,7 +16,6 @@ measurement is written as JSON (the README's numbers come from that file).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -31,7 +30,8 @@ import tensorflow as tf  # noqa: E402
 from cxrlib.data.datasets import load_manifest  # noqa: E402
 from cxrlib.models.build import build_model, classifier_head, compile_model, make_optimizer  # noqa: E402
 from cxrlib.data.pipeline import NO_AUGMENT, Prep, load_arrays, make_dataset  # noqa: E402
-from cxrlib.runs.records import environment_info, write_json_atomic  # noqa: E402
+from cxrlib.environment import environment_info  # noqa: E402
+from cxrlib.files import write_json_atomic  # noqa: E402
 from cxrlib.data.synthetic import generate_synthetic  # noqa: E402
 from cxrlib.runs.train import extract_features  # noqa: E402
 

@@ -38,14 +38,14 @@ def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     """An empty figure with constrained layout, already released by pyplot (see above)."""
     figure = plt.figure(figsize=(width, height), layout="constrained")
     plt.close(figure)
     return figure
 
 
-def _finish(figure: Figure, save: str | os.PathLike | None) -> Figure:
+def finish_figure(figure: Figure, save: str | os.PathLike | None) -> Figure:
     """Save the figure when asked; return it."""
     if save is not None:
         save_figure(figure, save)
@@ -59,7 +59,7 @@ def plot_history(history: dict[str, list[float]], title: str = "",
     A validation curve that turns up while the training curve keeps falling is the picture
     of overfitting; two curves that never fall are the picture of a learning rate problem.
     """
-    figure = _new_figure(10, 3.8)
+    figure = new_figure(10, 3.8)
     axes = figure.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         series = ((metric, "training", "-o"), (f"val_{metric}", "validation", "-s"))
@@ -76,7 +76,7 @@ def plot_history(history: dict[str, list[float]], title: str = "",
             ax.legend()
     if title:
         figure.suptitle(title)
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]] | np.ndarray, classes: Sequence[str],
@@ -97,7 +97,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]] | np.ndarray, classes: Sequen
     else:
         labels = counts.astype(str)
     size = 1.2 + 0.9 * len(classes)
-    figure = _new_figure(size + 1.2, size)
+    figure = new_figure(size + 1.2, size)
     ax = figure.subplots()
     sns.heatmap(fractions if normalize else counts, annot=labels, fmt="", cmap="Blues",
                 vmin=0, vmax=1 if normalize else None, square=True, cbar=True,
@@ -105,7 +105,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]] | np.ndarray, classes: Sequen
                 linewidths=0.5, linecolor="white")
     ax.set(xlabel="predicted", ylabel="true", title=title or "Confusion matrix")
     ax.tick_params(axis="y", labelrotation=0)
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def plot_roc(curves: dict[str, dict], operating_point: dict | None = None, title: str = "",
@@ -115,7 +115,7 @@ def plot_roc(curves: dict[str, dict], operating_point: dict | None = None, title
     ``operating_point`` (from :func:`cxrlib.runs.metrics.threshold_for_sensitivity`) is marked
     at (1 - specificity, sensitivity) on the positive class's curve.
     """
-    figure = _new_figure(5.2, 5)
+    figure = new_figure(5.2, 5)
     ax = figure.subplots()
     for name, curve in curves.items():
         auc = curve.get("auc")
@@ -132,7 +132,7 @@ def plot_roc(curves: dict[str, dict], operating_point: dict | None = None, title
            ylabel="true positive rate (sensitivity)", title=title or "ROC")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def plot_comparison(table: pd.DataFrame, metric: str = "Test Accuracy",
@@ -144,7 +144,7 @@ def plot_comparison(table: pd.DataFrame, metric: str = "Test Accuracy",
     draws a dashed vertical line (e.g. 1 / number of classes for accuracy).
     """
     frame = table[["Model", metric]].dropna().sort_values(metric)
-    figure = _new_figure(7, 1.2 + 0.45 * max(len(frame), 1))
+    figure = new_figure(7, 1.2 + 0.45 * max(len(frame), 1))
     ax = figure.subplots()
     values = frame[metric].to_numpy(dtype=float)
     positions = np.arange(len(values))
@@ -168,7 +168,7 @@ def plot_comparison(table: pd.DataFrame, metric: str = "Test Accuracy",
         ax.set_xlim(0, 1.12)
     ax.set(xlabel=metric, title=f"{metric} per model")
     ax.grid(axis="x", alpha=0.3)
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 6,
@@ -177,7 +177,7 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
-    figure = _new_figure(2.2 * ncols, 2.4 * nrows)
+    figure = new_figure(2.2 * ncols, 2.4 * nrows)
     axes = np.atleast_1d(figure.subplots(nrows, ncols)).ravel()
     for i, ax in enumerate(axes):
         ax.axis("off")
@@ -191,31 +191,31 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
         ax.imshow(image, cmap=cmap if image.ndim == 2 else None, **limits)
         if titles is not None and i < len(titles):
             ax.set_title(str(titles[i]), fontsize="small")
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def plot_class_counts(labels: Sequence[str], title: str = "",
                       save: str | os.PathLike | None = None) -> Figure:
     """Bar chart of how many images each class has (the first look at imbalance)."""
     counts = pd.Series(list(labels), dtype=str).value_counts().sort_index()
-    figure = _new_figure(1.5 + 0.8 * max(len(counts), 1), 3.5)
+    figure = new_figure(1.5 + 0.8 * max(len(counts), 1), 3.5)
     ax = figure.subplots()
     bars = ax.bar(counts.index, counts.to_numpy(), color="steelblue")
     ax.bar_label(bars, fontsize="small")
     ax.set(ylabel="images", title=title or "Images per class")
     ax.tick_params(axis="x", labelrotation=30 if len(counts) > 4 else 0)
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def plot_size_histograms(widths: Sequence[int], heights: Sequence[int],
                          save: str | os.PathLike | None = None) -> Figure:
     """Histograms of image widths and heights: how much resizing will change the images."""
-    figure = _new_figure(9, 3.2)
+    figure = new_figure(9, 3.2)
     axes = figure.subplots(1, 2)
     for ax, values, name in zip(axes, (widths, heights), ("width", "height")):
         ax.hist(np.asarray(values, dtype=float), bins=30, color="steelblue")
         ax.set(xlabel=f"{name} (pixels)", ylabel="images", title=f"Image {name}s")
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def plot_intensity_histograms(images_by_class: dict[str, list[np.ndarray]],
@@ -226,7 +226,7 @@ def plot_intensity_histograms(images_by_class: dict[str, list[np.ndarray]],
     the lungs at all: a warning sign of a shortcut (different hospitals, scanners, export
     settings) that a model will happily learn.
     """
-    figure = _new_figure(10, 3.6)
+    figure = new_figure(10, 3.6)
     means_ax, pixels_ax = figure.subplots(1, 2)
     for name, images in images_by_class.items():
         if not images:
@@ -246,7 +246,7 @@ def plot_intensity_histograms(images_by_class: dict[str, list[np.ndarray]],
     for ax in (means_ax, pixels_ax):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def plot_boxes(image: np.ndarray, boxes: Sequence[dict] | str | None, title: str = "",
@@ -269,7 +269,7 @@ def plot_boxes(image: np.ndarray, boxes: Sequence[dict] | str | None, title: str
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     height, width = image.shape[:2]
-    figure = _new_figure(4.2 * width / max(height, width) + 0.4, 4.2 * height / max(height, width) + 0.6)
+    figure = new_figure(4.2 * width / max(height, width) + 0.4, 4.2 * height / max(height, width) + 0.6)
     ax = figure.subplots()
     limits = {"vmin": 0, "vmax": 255} if image.dtype == np.uint8 else {}
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, **limits)
@@ -284,4 +284,4 @@ def plot_boxes(image: np.ndarray, boxes: Sequence[dict] | str | None, title: str
     ax.axis("off")
     count = f"{len(boxes)} box{'es' if len(boxes) != 1 else ''}"
     ax.set_title(f"{title} ({count})" if title else count, fontsize="small")
-    return _finish(figure, save)
+    return finish_figure(figure, save)

@@ -90,7 +90,7 @@ def test_report_from_records(trained, capsys) -> None:
     capsys.readouterr()
     assert main(["report", str(run.parent)]) == 0
     printed = capsys.readouterr().out
-    assert "CNN-scratch" in printed and "Test Accuracy" in printed
+    assert "scratch-scratch" in printed and "Test Accuracy" in printed
     assert (run.parent / "table.md").is_file() and (run.parent / "table.csv").is_file()
 
 

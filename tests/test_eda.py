@@ -12,11 +12,12 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from cxrlib.data.datasets import MANIFEST_COLUMNS
+from cxrlib.data.splits import sample_per_class
 from cxrlib.course.eda import (STAT_COLUMNS, TEXT_FLAG, augmentation_gallery, augmented_copies,
                         border_text_score, brightness_outliers, class_summary,
                         crop_box_overlay, duplicate_gallery, duplicate_pairs,
                         equalization_figure, image_features, image_statistics, images_by_class,
-                        mask_overlay, plot_statistic_by_class, region_masks, samples_by_class,
+                        mask_overlay, plot_statistic_by_class, region_masks,
                         source_table, text_like_pixels, value_ranges)
 from cxrlib.data.quality import check_manifest, thumbnail_similarity
 from cxrlib.data.pipeline import NO_AUGMENT, Augment
@@ -136,13 +137,16 @@ def test_brightness_outliers_are_found_per_class() -> None:
     assert brightness_outliers(flat).empty
 
 
-def test_samples_by_class_is_quiet_ordered_and_seeded(caplog) -> None:
+def test_sample_per_class_quiet_ordered_and_seeded(caplog) -> None:
     frame = pd.DataFrame({"path": [f"{i}" for i in range(13)], "label": ["B"] * 10 + ["A"] * 3})
     with caplog.at_level(logging.WARNING):
-        picked = samples_by_class(frame, 5, seed=1, classes=["B", "A"])
+        picked = sample_per_class(frame, 5, seed=1, classes=["B", "A"], warn=False)
     assert picked["label"].tolist() == ["B"] * 5 + ["A"] * 3 and not caplog.text
-    assert picked.equals(samples_by_class(frame, 5, seed=1, classes=["B", "A"]))
-    assert samples_by_class(frame, 2)["label"].tolist() == ["A", "A", "B", "B"]
+    assert picked.equals(sample_per_class(frame, 5, seed=1, classes=["B", "A"], warn=False))
+    assert sample_per_class(frame, 2)["label"].tolist() == ["A", "A", "B", "B"]
+    with caplog.at_level(logging.WARNING):
+        sample_per_class(frame, 5)
+    assert "only 3 images" in caplog.text
 
 
 def test_images_by_class(tmp_path) -> None:

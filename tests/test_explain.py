@@ -22,8 +22,9 @@ pytest.importorskip("tf_keras_vis")
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
 from cxrlib.explain import maps as explain  # noqa: E402
-from cxrlib.course import shortcut  # noqa: E402
+from cxrlib.course.shortcut import shortcut_experiment  # noqa: E402
 from cxrlib.data.pipeline import Prep, prepare_image  # noqa: E402
+from cxrlib.runs.evaluate import predict  # noqa: E402
 
 TRAIN_CLASSES = ["COVID", "Normal", "Bacterial Pneumonia"]
 FAST = {"smooth_samples": 3, "max_N": 4, "stride": 8, "patch": 12}
@@ -60,12 +61,11 @@ def trained_run(base: Path) -> tuple[Path, "object"]:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """(model, record, prep, split manifest) of the shared trained scratch CNN."""
-    from cxrlib.models.build import load_model
-    from cxrlib.runs.records import read_record
+    from cxrlib.runs.evaluate import load_run
 
     run, manifest = trained_run(tmp_path_factory.getbasetemp() / "cxr_trained_scratch")
-    record = read_record(run)
-    return load_model(str(run / "model.keras")), record, explain.prep_from_record(record), manifest
+    model, record, prep, _, _ = load_run(run)
+    return model, record, prep, manifest
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_binary_model_explains_each_class(tiny, images, method):
 
 def test_class_index_forms(tiny, images):
     model = tiny["softmax"]
-    predicted = explain.predict_proba(model, images).argmax(axis=1)
+    predicted = predict(model, images).argmax(axis=1)
     default = explain.heatmap(model, images, "gradcam")
     np.testing.assert_allclose(default, explain.heatmap(model, images, "gradcam", list(predicted)))
     same = explain.heatmap(model, images, "gradcam", 2)
@@ -210,7 +210,7 @@ def test_activation_maps_and_layers(tiny, images):
     assert explain.activation_maps(model, images[0], -1).shape == (2, 2, 256)
     with pytest.raises(ValueError):
         explain.activation_maps(model, images[0], "no_such_layer")
-    figure = explain.activation_grid(explain.activation_maps(model, images[0], 0), n=16)
+    figure = explain.activation_comparison({"one model": explain.activation_maps(model, images[0], 0)}, n=16)
     assert isinstance(figure, Figure) and sum(ax.images != [] for ax in figure.axes) == 16
 
 
@@ -337,7 +337,7 @@ def test_gallery_of_right_and_wrong(trained, tmp_path):
 @pytest.mark.slow
 def test_shortcut_experiment(tmp_path):
     """The shortcut model cheats with the marker; the heat maps show it; the crop stops it."""
-    result = shortcut.shortcut_experiment(tmp_path, size=64, per_class=60, epochs=12, seed=0)
+    result = shortcut_experiment(tmp_path, size=64, per_class=60, epochs=12, seed=0)
     json.dumps(result)  # JSON-serialisable
     shortcut, cropped = result["shortcut"], result["cropped"]
     assert shortcut["accuracy_marked"] >= 0.85

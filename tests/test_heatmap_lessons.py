@@ -18,10 +18,9 @@ from matplotlib.figure import Figure
 pytest.importorskip("tf_keras_vis")
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
-from cxrlib.explain import maps as explain  # noqa: E402
-from cxrlib.course import shortcut  # noqa: E402
+from cxrlib.course.shortcut import shortcut_experiment  # noqa: E402
 from cxrlib.course import heatmaps as hl  # noqa: E402
-from cxrlib.data.pipeline import Prep  # noqa: E402
+from cxrlib.data.pipeline import Prep, model_inputs, read_prepared  # noqa: E402
 
 CLASSES = ["COVID", "Normal"]
 FAST = hl.method_options(max_n=3, smooth_samples=2, patch=12, stride=16)
@@ -78,8 +77,8 @@ def test_lesion_rows_keep_only_real_lesions(data):
 
 def test_explain_methods_and_overlay_grid(model, data, tmp_path):
     rows = hl.pick_examples(data, CLASSES, 2)
-    images, _ = explain.load_images(rows["path"].tolist(), PREP)
-    x = explain.model_inputs(np.stack(images), PREP)
+    images, _ = read_prepared(rows["path"].tolist(), PREP)
+    x = model_inputs(np.stack(images), PREP)
     methods = ["gradcam", "fastscorecam", "smoothgrad", "occlusion"]
     maps, seconds = hl.explain_methods(model, x, methods, options=FAST)
     assert list(maps) == methods and set(seconds) == set(methods)
@@ -182,7 +181,7 @@ def test_notes_on_lesion_tables():
 
 @pytest.mark.slow
 def test_shortcut_figures_from_a_tiny_experiment(tmp_path):
-    result = shortcut.shortcut_experiment(tmp_path / "sc", size=48, per_class=6, epochs=1,
+    result = shortcut_experiment(tmp_path / "sc", size=48, per_class=6, epochs=1,
                                          test_per_class=4, film_size=96)
     json.dumps(result)
     pairs = hl.shortcut_pairs(tmp_path / "sc", n=2)

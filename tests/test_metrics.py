@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrlib.runs.metrics import (_weighted_auc, bootstrap_ci, compute_metrics, roc_curves,
+from cxrlib.runs.metrics import (_weighted_auc, compute_metrics, roc_curves,
                             threshold_for_sensitivity)
 
 CLASSES = ["A", "B", "C"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cxrlib.models.backbones import COURSE_BACKBONES
+from cxrlib.course.setup import COURSE_BACKBONES
 from cxrlib.runs.records import find_records, validate_record
 from cxrlib.course.runner import NOTEBOOK_DIR, list_notebooks, run_notebook
 from cxrlib.runs.train import run_dir

@@ -117,10 +117,10 @@ def test_train_or_reuse_tells_reused_from_trained(monkeypatch: pytest.MonkeyPatc
         write_record(out_dir, record)
         return record
 
-    monkeypatch.setattr("cxrlib.training.train", fake_train)
+    monkeypatch.setattr("cxrlib.runs.train.train", fake_train)
     out = tmp_path / "densenet121-v2"
     first, status = progression.train_or_reuse(None, CLASSES, "densenet121", "v2", out, epochs=2)
-    assert status == "trained" and calls[-1] == {"epochs": 2}
+    assert status == "trained" and calls[-1] == {"epochs": 2, "name": "DN-V2"}  # the course label
     second, status = progression.train_or_reuse(None, CLASSES, "densenet121", "v2", out)
     assert status == "reused" and second["created"] == first["created"]
 
@@ -135,7 +135,7 @@ def test_train_or_reuse_a_retrained_run_is_trained(monkeypatch: pytest.MonkeyPat
         write_record(out_dir, record)
         return record
 
-    monkeypatch.setattr("cxrlib.training.train", fake_train)
+    monkeypatch.setattr("cxrlib.runs.train.train", fake_train)
     _, status = progression.train_or_reuse(None, CLASSES, "densenet121", "v2", out)
     assert status == "trained"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrlib.runs import records
-from cxrlib.runs.records import (REQUIRED, SCHEMA, environment_info, find_records, read_record,
-                            validate_record, write_json_atomic, write_record)
+from cxrlib.environment import environment_info
+from cxrlib.runs.records import (SCHEMA, RunRecord, TrainConfig, find_records, read_record, train_config,
+                                 validate_record, write_record)
 
 
 def make_record(name: str = "DN-V2", created: str = "2024-05-01T12:00:00+00:00",
@@ -66,15 +66,17 @@ def test_numpy_values_and_nan_become_plain_json(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda r: r.pop("model"), "missing section 'model'"),
-    (lambda r: r["dataset"].pop("n_test"), "dataset: missing key 'n_test'"),
-    (lambda r: r.update(schema="cxrlib.run/0"), "schema is 'cxrlib.run/0'"),
+    (lambda r: r.pop("model"), "model: Field required"),
+    (lambda r: r["dataset"].pop("n_test"), "dataset.n_test: Field required"),
+    (lambda r: r.update(schema="cxrlib.run/0"), "schema: Input should be 'cxrlib.run/1'"),
     (lambda r: r["training"]["history"]["val_loss"].pop(), "val_loss has 2 entries"),
     (lambda r: r["training"].update(epochs_run=2), "epochs_run is 2"),
-    (lambda r: r["model"].update(image_size="224"), "model.image_size must be int"),
-    (lambda r: r["training"].update(resumed=1), "training.resumed must be bool"),
+    (lambda r: r["model"].update(image_size="224"), "model.image_size: Input should be a valid integer"),
+    (lambda r: r["training"].update(resumed=1), "training.resumed: Input should be a valid boolean"),
     (lambda r: r.update(created="yesterday"), "not an ISO-8601 time"),
-    (lambda r: r.update(test=[]), "test must be object or null"),
+    (lambda r: r.update(test=[]), "test: Input should be a valid dictionary"),
+    (lambda r: r["dataset"].update(classes=[]), "dataset.classes: List should have at least 1 item"),
+    (lambda r: r["hyperparameters"].update(batch_size=0), "hyperparameters.batch_size: Input should be greater than or equal to 1"),
 ])
 def test_validation_names_the_problem(damage, message: str) -> None:
     record = make_record()
@@ -83,43 +85,30 @@ def test_validation_names_the_problem(damage, message: str) -> None:
     assert any(message in problem for problem in problems), problems
 
 
-def test_required_sections_are_documented() -> None:
+def test_the_schema_is_one_typed_definition() -> None:
+    """The record's sections and the training config are the typed classes, nothing else."""
     assert {"dataset", "model", "hyperparameters", "environment", "training", "final",
-            "artifacts"} <= set(REQUIRED)
-    assert "epochs_run" in REQUIRED["training"]
+            "artifacts"} <= set(RunRecord.model_fields)
+    assert RunRecord.model_fields["hyperparameters"].annotation is TrainConfig
+    assert "epochs_run" in RunRecord.model_fields["training"].annotation.model_fields
+
+
+def test_train_config_refuses_impossible_settings_in_one_line() -> None:
+    good = dict(epochs=2, batch_size=8, optimizer="sgd", learning_rate=0.01, seed=0)
+    assert train_config(**good)["decay"] == 0.0 and train_config(**good)["run_eagerly"] is False
+    for bad, where in [({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch_size"),
+                       ({"learning_rate": 0.0}, "learning_rate"), ({"early_stopping": 0}, "early_stopping")]:
+        with pytest.raises(ValueError, match=where) as caught:
+            train_config(**{**good, **bad})
+        assert "\n" not in str(caught.value)
 
 
 def test_write_record_refuses_an_invalid_record(tmp_path: Path) -> None:
     record = make_record()
     del record["final"]
-    with pytest.raises(ValueError, match="missing section 'final'"):
+    with pytest.raises(ValueError, match="final: Field required"):
         write_record(tmp_path, record)
     assert not (tmp_path / "record.json").exists()
-
-
-def test_atomic_write_keeps_the_old_file_when_writing_fails(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "record.json"
-    write_json_atomic(target, {"version": 1})
-    before = target.read_bytes()
-
-    def broken_dump(obj, handle, **kwargs) -> None:
-        handle.write('{"version": 2, "half')  # a crash half-way through
-        raise OSError("disk full")
-
-    monkeypatch.setattr(records.json, "dump", broken_dump)
-    with pytest.raises(OSError, match="disk full"):
-        write_json_atomic(target, {"version": 2})
-    assert target.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]  # no temp file left
-
-
-def test_atomic_write_converts_and_creates_folders(tmp_path: Path) -> None:
-    path = write_json_atomic(tmp_path / "a" / "b.json",
-                             {"x": np.float32(0.5), "n": np.int32(2), "bad": float("inf"),
-                              "arr": np.arange(3), "path": tmp_path, "t": (1, 2)})
-    assert json.loads(path.read_text()) == {"x": 0.5, "n": 2, "bad": None, "arr": [0, 1, 2],
-                                            "path": str(tmp_path), "t": [1, 2]}
 
 
 def test_read_record_names_the_broken_file(tmp_path: Path) -> None:
@@ -151,7 +140,7 @@ def test_environment_info_without_tensorflow(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "keras", None)
     info = environment_info()
-    assert set(info) == set(REQUIRED["environment"])
+    assert set(info) == set(RunRecord.model_fields["environment"].annotation.model_fields)
     assert info["tensorflow"] == info["keras"] == "not installed"
     assert info["device"] == "CPU" and info["numpy"] == np.__version__
     record = make_record()

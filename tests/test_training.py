@@ -13,7 +13,8 @@ import keras
 import numpy as np
 import pytest
 
-from cxrlib.models.backbones import COURSE_BACKBONES, VARIANTS
+from cxrlib.models.backbones import BACKBONES
+from cxrlib.models.variants import VARIANT_NAMES
 from cxrlib.data.datasets import load_manifest
 from cxrlib.models.build import (build_model, compile_model, last_conv_layer, load_model,
                            make_optimizer)
@@ -54,7 +55,7 @@ def _one_step(model, size: int, channels: int = 3) -> float:
     return float(model.train_on_batch(x, y)[0])
 
 
-@pytest.mark.parametrize("backbone", COURSE_BACKBONES + ("efficientnetv2b0",))
+@pytest.mark.parametrize("backbone", tuple(BACKBONES))
 @pytest.mark.parametrize("variant", ["frozen", "finetune"])
 def test_every_backbone_builds_flat_and_trains_a_step(backbone, variant) -> None:
     model = build_model(backbone, variant, 3, image_size=75, weights=None)
@@ -94,7 +95,7 @@ def test_scratch_binary_and_one_channel_models() -> None:
         build_model("inceptionv3", "frozen", 3, image_size=64, weights=None)
     with pytest.raises(ValueError):
         build_model("densenet121", "scratch", 3, weights=None)
-    assert set(VARIANTS) >= {"v0", "v1", "v2", "v2reg", "v3", "frozen", "finetune", "scratch"}
+    assert set(VARIANT_NAMES) >= {"v0", "v1", "v2", "v2reg", "v3", "frozen", "finetune", "scratch"}
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,11 @@ from PIL import Image
 
 from cxrlib.apps import two_stage
 from cxrlib.data.pipeline import Prep
-from cxrlib.apps.two_stage import (class_probabilities, combine_stages, disease_probability,
-                              evaluate_two_stage, prep_from_record, two_stage_predict)
+from cxrlib.apps.two_stage import (combine_stages, disease_probability, evaluate_two_stage,
+                                   two_stage_predict)
+from cxrlib.data.pipeline import prep_from_record
+from cxrlib.runs.evaluate import Run, load_run
+from cxrlib.runs.metrics import class_probabilities
 
 S1 = ["Normal", "Pneumonia"]
 S2 = ["Bacterial Pneumonia", "Viral Pneumonia"]
@@ -52,7 +55,7 @@ def _images(p_disease: list[float], p_viral: list[float]) -> np.ndarray:
 def test_class_probabilities_and_disease_probability() -> None:
     np.testing.assert_allclose(class_probabilities(np.array([[0.2], [0.9]]), 2), [[0.8, 0.2], [0.1, 0.9]])
     np.testing.assert_allclose(class_probabilities(np.array([0.3]), 2), [[0.7, 0.3]])
-    with pytest.raises(ValueError, match="outputs"):
+    with pytest.raises(ValueError, match="does not fit 2 classes"):
         class_probabilities(np.zeros((2, 3)), 2)
     np.testing.assert_allclose(disease_probability(np.array([[0.2], [0.9]]), S1), [0.2, 0.9])
     # Normal as the positive (second) class of stage 1: the disease probability is 1 - p
@@ -137,9 +140,9 @@ class FileSpy(Spy):
 
 def _fake_stages(monkeypatch, stage1: Spy, stage2: Spy, classes1=S1, classes2=S2) -> None:
     prep = Prep(image_size=8, backbone="scratch", channels=1)
-    stages = {"s1": (stage1, {"dataset": {"classes": list(classes1)}}, prep),
-              "s2": (stage2, {"dataset": {"classes": list(classes2)}}, prep)}
-    monkeypatch.setattr(two_stage, "_load_stage", lambda run_dir: stages[str(run_dir)])
+    stages = {"s1": Run(stage1, {"dataset": {"classes": list(classes1)}}, prep, list(classes1), Path("s1")),
+              "s2": Run(stage2, {"dataset": {"classes": list(classes2)}}, prep, list(classes2), Path("s2"))}
+    monkeypatch.setattr(two_stage, "load_run", lambda run_dir: stages[str(run_dir)])
 
 
 def test_evaluate_two_stage_routes_and_scores(tmp_path: Path, monkeypatch) -> None:
@@ -218,8 +221,8 @@ def test_evaluate_two_stage_with_real_runs(tmp_path: Path) -> None:
     routed = sum(label != "Normal" for label in result["predicted"])
     assert result["routed"] == routed
     # each model file is read once, and read again only when it changes
-    first = two_stage._load_stage(tmp_path / "s1")[0]
-    assert two_stage._load_stage(tmp_path / "s1")[0] is first
+    first = load_run(tmp_path / "s1").model
+    assert load_run(tmp_path / "s1" / "model.keras").model is first
     model_file = tmp_path / "s1" / "model.keras"
     os.utime(model_file, ns=(model_file.stat().st_atime_ns, model_file.stat().st_mtime_ns + 1))
-    assert two_stage._load_stage(tmp_path / "s1")[0] is not first
+    assert load_run(tmp_path / "s1").model is not first

@@ -61,7 +61,7 @@ def _data_download(args: argparse.Namespace) -> int:
 
 @command("train")
 def _train(args: argparse.Namespace) -> int:
-    from cxrlib.runs.evaluate import prepare_split
+    from cxrlib.data.splits import prepare_split
     from cxrlib.runs.train import train
 
     manifest, classes = prepare_split(args.data, layout=args.layout, classes=args.classes,
@@ -165,13 +165,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.models.backbones import BACKBONES, VARIANTS
+    from cxrlib.models.backbones import BACKBONES
+    from cxrlib.models.variants import VARIANT_NAMES
     from cxrlib.data.datasets import LAYOUTS
 
     p = sub.add_parser("train", help="train one backbone x variant; writes RUN_DIR/record.json and model.keras")
     p.add_argument("--data", required=True, help="dataset directory (any supported layout)")
     p.add_argument("--backbone", required=True, choices=sorted(BACKBONES) + ["scratch"])
-    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("--variant", required=True, choices=VARIANT_NAMES)
     p.add_argument("--weights", default="imagenet", help="imagenet, none, or a local weights file")
     p.add_argument("--image-size", type=int, help="input size (default: the backbone's)")
     p.add_argument("--epochs", type=int, help="default: the variant's recipe")

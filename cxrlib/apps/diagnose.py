@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,30 +30,14 @@ import pandas as pd
 
 from cxrlib.explain import maps as explain
 from cxrlib.data.images import is_image_path
-from cxrlib.data.pipeline import Prep
+from cxrlib.data.pipeline import model_inputs, read_prepared
+from cxrlib.files import write_csv_atomic
+from cxrlib.runs.evaluate import load_run, predict
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.csv"
 DIAGNOSE_METHODS = ("gradcam++", "gradcam", "scorecam", "fastscorecam", "occlusion")
-
-
-def load_run(model_path: str | os.PathLike) -> tuple[Any, list[str], Prep, dict]:
-    """A saved model with its classes, its preparation and its record (from ``record.json``).
-
-    Raises FileNotFoundError when the model file or the record beside it is missing.
-    """
-    from cxrlib.models.build import load_model
-    from cxrlib.runs.records import RECORD_FILE, read_record
-
-    path = Path(model_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No model file at {path}.")
-    if not (path.parent / RECORD_FILE).is_file():
-        raise FileNotFoundError(f"No {RECORD_FILE} beside {path}: the run's classes and image "
-                                "preparation are recorded there, and diagnosis needs them.")
-    record = read_record(path.parent)
-    return load_model(str(path)), list(record["dataset"]["classes"]), explain.prep_from_record(record), record
 
 
 def find_images(folder: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
@@ -86,23 +69,6 @@ def _figure_name(relative: Path) -> str:
     return "__".join(relative.parts) + ".png"
 
 
-def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> Path:
-    """Write a CSV to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            frame.to_csv(handle, index=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _batches(items: Sequence, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -127,7 +93,7 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
         raise ValueError(f"No image files under {root}.")
     if method not in explain.METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(DIAGNOSE_METHODS)}.")
-    model, classes, prep, _ = load_run(model_path)
+    model, _, prep, classes, _ = load_run(model_path)
     stage2 = load_run(stage2_path) if stage2_path is not None else None
     if stage2 is not None and not any(is_pneumonia(c) for c in classes):
         log.warning("The first model's classes %s have no pneumonia class: the second stage "
@@ -144,12 +110,12 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
         bar = tqdm(total=len(files), desc="Diagnosing", unit="img")
     try:
         for chunk in _batches(files, batch_size):
-            images, errors = explain.load_images([str(p) for p in chunk], prep)
+            images, errors = read_prepared([str(p) for p in chunk], prep)
             good = [i for i, image in enumerate(images) if image is not None]
             results: dict[int, dict[str, Any]] = {}
             if good:
-                x = explain.model_inputs(np.stack([images[i] for i in good]), prep)
-                probs = explain.predict_proba(model, x, batch_size)
+                x = model_inputs(np.stack([images[i] for i in good]), prep)
+                probs = predict(model, x, len(classes), batch_size)
                 predicted = probs.argmax(axis=1)
                 heat = explain.heatmap(model, x, method, [int(c) for c in predicted], layer, **options)
                 second = _stage2([chunk[i] for i in good], [classes[int(c)] for c in predicted],
@@ -173,11 +139,11 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
 
     columns = ["file", "predicted", *[f"p_{c}" for c in classes], "border_share"]
     if stage2 is not None:
-        columns += ["stage2_predicted", *[f"p2_{c}" for c in stage2[1]]]
+        columns += ["stage2_predicted", *[f"p2_{c}" for c in stage2.classes]]
     columns += ["figure", "error"]
     summary = pd.DataFrame(rows).reindex(columns=columns)
     summary["error"] = summary["error"].fillna("")
-    _write_csv_atomic(summary, out / SUMMARY_FILE)
+    write_csv_atomic(summary, out / SUMMARY_FILE)
     n_bad = int((summary["error"] != "").sum())
     log.info("Diagnosed %d images (%d unreadable) → %s", len(summary) - n_bad, n_bad, out / SUMMARY_FILE)
     return summary
@@ -188,16 +154,16 @@ def _stage2(paths: Sequence[Path], predicted: Sequence[str], stage2, batch_size:
     """Second-stage probabilities for the images predicted as pneumonia, by position."""
     if stage2 is None:
         return {}
-    model2, classes2, prep2, _ = stage2
+    model2, _, prep2, classes2, _ = stage2
     chosen = [k for k, name in enumerate(predicted) if is_pneumonia(name)]
     if not chosen:
         return {}
-    images, errors = explain.load_images([str(paths[k]) for k in chosen], prep2)
+    images, errors = read_prepared([str(paths[k]) for k in chosen], prep2)
     readable = [j for j, image in enumerate(images) if image is not None]
     out: dict[int, dict[str, Any]] = {}
     if readable:
-        x = explain.model_inputs(np.stack([images[j] for j in readable]), prep2)
-        probs = explain.predict_proba(model2, x, batch_size)
+        x = model_inputs(np.stack([images[j] for j in readable]), prep2)
+        probs = predict(model2, x, len(classes2), batch_size)
         for row, j in enumerate(readable):
             out[chosen[j]] = {"stage2_probs": probs[row], "stage2_classes": classes2,
                               "stage2_predicted": classes2[int(probs[row].argmax())]}

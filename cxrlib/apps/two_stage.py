@@ -1,7 +1,7 @@
 """The two-stage pneumonia pipeline: normal → pneumonia, then bacterial or viral.
 
 Stage 1 is a screen: is there pneumonia at all? Only the images it calls sick go on to
-stage 2, which names the kind. Each stage is an ordinary run of :func:`cxrlib.training.train`
+stage 2, which names the kind. Each stage is an ordinary run of :func:`cxrlib.runs.train.train`
 (stage 1 on ``Normal`` vs ``Pneumonia``, stage 2 on the pneumonia images only), so each can
 be trained, tuned and reused on its own; this module only chains them.
 
@@ -18,32 +18,25 @@ The combined prediction has the classes ``[normal] + stage-2 classes``:
   uniform. They rank images for ROC AUCs; they are **not** the decision: their ``argmax``
   can differ from the routed label (``p = 0.6, q = (0.5, 0.5)`` gives ``[0.4, 0.3, 0.3]``),
   so the confusion matrix and accuracy of :func:`evaluate_two_stage` come from the labels.
+
+API: :func:`evaluate_two_stage` scores two saved runs on a manifest (each stage with its own
+recorded preparation); :func:`two_stage_predict` routes model inputs already in memory
+(prepared alike for both models) through two loaded models, for scripts and services.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from cxrlib.data.pipeline import prep_from_record
+from cxrlib.runs.evaluate import input_batches, load_run, predict
+from cxrlib.runs.metrics import class_probabilities
 
 log = logging.getLogger(__name__)
-
-
-def class_probabilities(output: np.ndarray, n_classes: int) -> np.ndarray:
-    """A model's output as (N, K) probabilities: a sigmoid column (N, 1) becomes ``[1-p, p]``."""
-    out = np.asarray(output, dtype=np.float64)
-    if out.ndim == 1:
-        out = out[:, None]
-    if out.shape[1] == 1 and n_classes == 2:
-        out = np.concatenate([1.0 - out, out], axis=1)
-    if out.shape[1] != n_classes:
-        raise ValueError(f"The model gives {out.shape[1]} outputs for {n_classes} classes.")
-    return out
 
 
 def disease_probability(stage1_probs: np.ndarray, stage1_classes: Sequence[str],
@@ -77,19 +70,6 @@ def combine_stages(p_disease: np.ndarray, stage2_probs: np.ndarray, routed: np.n
     return labels, probs
 
 
-def _batches(images, batch_size: int) -> Iterable[np.ndarray]:
-    """Batches of model input from an array (N, S, S, C) or an iterable of batches.
-
-    An iterable (a ``tf.data.Dataset``, say) may yield ``x`` or ``(x, y)`` tuples.
-    """
-    if isinstance(images, np.ndarray):
-        for start in range(0, len(images), batch_size):
-            yield images[start:start + batch_size]
-        return
-    for batch in images:
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 def two_stage_predict(stage1_model, stage2_model, images, stage1_classes: Sequence[str],
                       stage2_classes: Sequence[str], threshold: float = 0.5,
                       normal_class: str = "Normal", batch_size: int = 32
@@ -104,7 +84,7 @@ def two_stage_predict(stage1_model, stage2_model, images, stage1_classes: Sequen
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], not {threshold}")
     p_all, q_all, routed_all = [], [], []
-    for x in _batches(images, batch_size):
+    for x, _ in input_batches(images, batch_size):
         p = disease_probability(np.asarray(stage1_model(x, training=False)), stage1_classes, normal_class)
         routed = p >= threshold
         if routed.any():
@@ -128,27 +108,6 @@ def _take(x, index: np.ndarray):
     return tf.gather(x, index)
 
 
-_LOADED: dict[tuple[str, int], object] = {}  # (model path, mtime) -> model: load each file once
-
-
-def _load_stage(run_dir: str | Path):
-    """(model, record, prep) of a finished run; a model file already loaded is not read again."""
-    from cxrlib.models.build import load_model
-    from cxrlib.runs.records import read_record
-
-    run_dir = Path(run_dir)
-    record = read_record(run_dir)
-    model_path = run_dir / record["artifacts"].get("model", "model.keras")
-    if not model_path.is_file():
-        raise FileNotFoundError(f"No model at {model_path}; train the stage first.")
-    key = (str(model_path.resolve()), model_path.stat().st_mtime_ns)
-    if key not in _LOADED:
-        for old in [k for k in _LOADED if k[0] == key[0]]:  # a retrained model replaces the old one
-            del _LOADED[old]
-        _LOADED[key] = load_model(str(model_path))
-    return _LOADED[key], record, prep_from_record(record)
-
-
 def _predict(model, manifest: pd.DataFrame, label_classes: Sequence[str], prep, n_out: int,
              batch_size: int, skipped: list) -> np.ndarray:
     """(N, n_out) probabilities over the readable images of a manifest, in order."""
@@ -156,8 +115,7 @@ def _predict(model, manifest: pd.DataFrame, label_classes: Sequence[str], prep, 
 
     ds = make_dataset(manifest, label_classes, prep, batch_size=batch_size, cache=False,
                       label_mode="int", skip_log=skipped)
-    out = [class_probabilities(np.asarray(model(x, training=False)), n_out) for x, _ in ds]
-    return np.concatenate(out) if out else np.zeros((0, n_out))
+    return predict(model, ds, n_out)
 
 
 def evaluate_two_stage(stage1_run_dir: str | Path, stage2_run_dir: str | Path,
@@ -174,11 +132,11 @@ def evaluate_two_stage(stage1_run_dir: str | Path, stage2_run_dir: str | Path,
     ``stage1`` (the screen's own sensitivity and specificity), ``paths``, ``predicted``,
     ``probabilities`` and ``skipped``.
     """
-    from cxrlib.runs.metrics import bootstrap_ci, compute_metrics, confusion_matrix
+    from cxrlib.runs.metrics import bootstrap_ci, class_scores, compute_metrics, confusion_matrix
     from cxrlib.data.pipeline import label_indices
 
-    model1, record1, prep1 = _load_stage(stage1_run_dir)
-    model2, record2, prep2 = _load_stage(stage2_run_dir)
+    (model1, record1, prep1, _, _), (model2, record2, prep2, _, _) = (
+        load_run(stage1_run_dir), load_run(stage2_run_dir))
     classes1 = list(record1["dataset"]["classes"])
     classes2 = list(record2["dataset"]["classes"])
     classes = list(classes) if classes is not None else [normal_class] + classes2
@@ -208,7 +166,7 @@ def evaluate_two_stage(stage1_run_dir: str | Path, stage2_run_dir: str | Path,
     result["accuracy"] = float(np.mean(y_pred == y_true))
     result["confusion_matrix"] = matrix.tolist()
     for i, name in enumerate(classes):
-        result["per_class"][name].update(_scores(matrix, i))
+        result["per_class"][name].update(class_scores(matrix, i))
     result["ci"]["accuracy"] = bootstrap_ci(y_true, decided, n_resamples=bootstrap, seed=seed)["accuracy"]
     sick_true = y_true != classes.index(normal_class)
     result.update({
@@ -223,17 +181,3 @@ def evaluate_two_stage(stage1_run_dir: str | Path, stage2_run_dir: str | Path,
         "skipped": skipped,
     })
     return result
-
-
-def _scores(matrix: np.ndarray, i: int) -> dict:
-    """Precision, recall, specificity and F1 of class i from a confusion matrix."""
-    tp = matrix[i, i]
-    fn, fp = matrix[i].sum() - tp, matrix[:, i].sum() - tp
-    tn = matrix.sum() - tp - fn - fp
-
-    def ratio(a, b):
-        return float(a / b) if b else 0.0
-
-    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
-    return {"precision": precision, "recall": recall, "specificity": ratio(tn, tn + fp),
-            "f1": ratio(2 * precision * recall, precision + recall), "support": int(tp + fn)}

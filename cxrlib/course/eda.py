@@ -29,7 +29,8 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 
 from cxrlib.data.images import ImageReadError, read_image
-from cxrlib.plots import _finish, _new_figure, image_grid
+from cxrlib.data.splits import sample_per_class
+from cxrlib.plots import finish_figure, new_figure, image_grid
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,7 @@ def text_like_pixels(image: np.ndarray, level: int = TEXT_LEVEL, contrast: int =
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {image.shape}")
     k = max(3, round(stroke * min(image.shape)))
-    opened = ndimage.grey_opening(image, size=(k, k))
-    return (image >= level) & (image.astype(np.int16) - opened >= contrast)
+    return (image >= level) & (ndimage.white_tophat(image, size=(k, k)) >= contrast)
 
 
 def border_text_score(image: np.ndarray, band: float = 0.1, **options) -> float:
@@ -122,23 +122,6 @@ def image_features(image: np.ndarray, band: float = 0.1) -> dict[str, float | in
 # ------------------------------------------------------------------------------- manifests
 
 
-def samples_by_class(manifest: pd.DataFrame, n: int, seed: int = 0,
-                     classes: Sequence[str] | None = None) -> pd.DataFrame:
-    """Up to ``n`` random rows per class, classes in order, for looking at (not for training).
-
-    Unlike :func:`cxrlib.data.splits.sample_per_class` it is quiet about small classes and keeps
-    the order of ``classes`` (default: sorted labels).
-    """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, not {n}")
-    order = list(classes) if classes is not None else sorted(manifest["label"].unique())
-    parts = [manifest[manifest["label"] == label] for label in order]
-    parts = [p.sample(n=min(n, len(p)), random_state=seed) for p in parts if len(p)]
-    if not parts:
-        return manifest.iloc[0:0].copy()
-    return pd.concat(parts).reset_index(drop=True)
-
-
 def _read_or_none(path: str, skipped: list[dict]) -> np.ndarray | None:
     """Decode one file; log and record it in ``skipped`` when it cannot be read."""
     try:
@@ -158,7 +141,7 @@ def image_statistics(manifest: pd.DataFrame, sample: int | None = None, seed: in
     skipped with a warning and listed in ``result.attrs["skipped"]``. ``sample`` limits the
     work to that many random images per class (None: all). Shares are fractions (0–1).
     """
-    rows = manifest if sample is None else samples_by_class(manifest, sample, seed)
+    rows = manifest if sample is None else sample_per_class(manifest, sample, seed, warn=False)
     paths = rows["path"].astype(str).tolist()
     skipped: list[dict] = []
 
@@ -212,9 +195,11 @@ def brightness_outliers(stats: pd.DataFrame, z: float = 3.0, column: str = "mean
     hide themselves by inflating the spread; a class with MAD 0 falls back to its std.
     Returns the outlying rows with a ``z`` column, the most extreme first.
     """
+    from scipy.stats import median_abs_deviation
+
     def robust_z(values: pd.Series) -> pd.Series:
         median = values.median()
-        spread = 1.4826 * (values - median).abs().median()
+        spread = median_abs_deviation(values, scale="normal")
         if not spread > 0:
             spread = values.std(ddof=0)
         return (values - median) / spread if spread > 0 else values * 0.0
@@ -229,7 +214,7 @@ def images_by_class(manifest: pd.DataFrame, n: int, seed: int = 0) -> dict[str, 
     """Up to ``n`` decoded images per class (unreadable files skipped with a warning)."""
     skipped: list[dict] = []
     out: dict[str, list[np.ndarray]] = {}
-    for label, group in samples_by_class(manifest, n, seed).groupby("label", sort=False):
+    for label, group in sample_per_class(manifest, n, seed, warn=False).groupby("label", sort=False):
         images = [_read_or_none(p, skipped) for p in group["path"]]
         out[str(label)] = [image for image in images if image is not None]
     return out
@@ -321,7 +306,7 @@ def plot_statistic_by_class(frames: pd.DataFrame | dict[str, pd.DataFrame], colu
 
     frames = {"": frames} if isinstance(frames, pd.DataFrame) else frames
     data = pd.concat([f[["label", column]].assign(dataset=name) for name, f in frames.items()])
-    figure = _new_figure(2 + 1.6 * data["label"].nunique(), 3.8)
+    figure = new_figure(2 + 1.6 * data["label"].nunique(), 3.8)
     ax = figure.subplots()
     hue = "dataset" if len(frames) > 1 else None
     sns.boxplot(data=data, x="label", y=column, hue=hue, ax=ax, fliersize=2, linewidth=1)
@@ -330,7 +315,7 @@ def plot_statistic_by_class(frames: pd.DataFrame | dict[str, pd.DataFrame], colu
         ax.set_ylim(bottom=min(0.0, float(data[column].min())))
     ax.set(xlabel="", title=title or column)
     ax.grid(axis="y", alpha=0.3)
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def equalization_figure(image: np.ndarray, methods: Sequence[str | None] = (None, "hist", "clahe"),
@@ -338,7 +323,7 @@ def equalization_figure(image: np.ndarray, methods: Sequence[str | None] = (None
     """The same image under each equalisation method (top) with its pixel histogram (bottom)."""
     from cxrlib.data.pipeline import equalize
 
-    figure = _new_figure(3.2 * len(methods), 5.6)
+    figure = new_figure(3.2 * len(methods), 5.6)
     axes = figure.subplots(2, len(methods), squeeze=False, height_ratios=[3, 1.4])
     for column, method in enumerate(methods):
         out = equalize(image, method)
@@ -347,7 +332,7 @@ def equalization_figure(image: np.ndarray, methods: Sequence[str | None] = (None
         axes[0, column].axis("off")
         axes[1, column].hist(out.ravel(), bins=64, range=(0, 255), color="steelblue")
         axes[1, column].set(xlabel="pixel value", yticks=[])
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def value_ranges(manifest: pd.DataFrame, classes: Sequence[str], image_size: int,

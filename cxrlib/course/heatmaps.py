@@ -30,7 +30,8 @@ from matplotlib.figure import Figure
 
 from cxrlib.explain import maps as explain
 from cxrlib.data.images import read_image
-from cxrlib.data.pipeline import Prep
+from cxrlib.data.pipeline import Prep, model_inputs, read_prepared
+from cxrlib.runs.evaluate import load_run, predict
 
 # --------------------------------------------------------------------------- methods side by side
 
@@ -60,7 +61,7 @@ def explain_methods(model, x: np.ndarray, methods: Sequence[str],
     """
     options = options or {}
     if class_index is None:
-        class_index = [int(i) for i in explain.predict_proba(model, x).argmax(axis=1)]
+        class_index = [int(i) for i in predict(model, x).argmax(axis=1)]
     maps: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     for method in methods:
@@ -79,11 +80,11 @@ def overlay_grid(images: Sequence[np.ndarray], maps_by_method: dict[str, np.ndar
     ``outlines`` (one bool mask per image, e.g. the lesion from
     :func:`cxrlib.explain.maps.prepare_mask`) are drawn as a white contour on every tile.
     """
-    from cxrlib.plots import _finish, _new_figure
+    from cxrlib.plots import finish_figure, new_figure
 
     methods = list(maps_by_method)
     ncols = len(methods) + 1
-    figure = _new_figure(1.9 * ncols + 0.6, 2.0 * len(images) + (0.4 if title else 0.1))
+    figure = new_figure(1.9 * ncols + 0.6, 2.0 * len(images) + (0.4 if title else 0.1))
     axes = np.atleast_2d(figure.subplots(len(images), ncols, squeeze=False))
     for row, image in enumerate(images):
         gray = np.asarray(image)
@@ -102,7 +103,7 @@ def overlay_grid(images: Sequence[np.ndarray], maps_by_method: dict[str, np.ndar
         axes[0, col].set_title(name, fontsize="small")
     if title:
         figure.suptitle(title)
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 # --------------------------------------------------------------------------- choosing images
@@ -197,13 +198,13 @@ def region_scores(model, manifest: pd.DataFrame, classes: Sequence[str], prep: P
     images are skipped. Columns: path, label, predicted, border_share, lung_share,
     random_border_share, random_lung_share, lung_region.
     """
-    images, _ = explain.load_images(manifest["path"].tolist(), prep)
+    images, _ = read_prepared(manifest["path"].tolist(), prep)
     good = [i for i, image in enumerate(images) if image is not None]
     records = []
     for part_no, start in enumerate(range(0, len(good), batch_size)):
         part = good[start:start + batch_size]
-        x = explain.model_inputs(np.stack([images[i] for i in part]), prep)
-        predicted = explain.predict_proba(model, x).argmax(axis=1)
+        x = model_inputs(np.stack([images[i] for i in part]), prep)
+        predicted = predict(model, x).argmax(axis=1)
         heat = explain.heatmap(model, x, method, [int(p) for p in predicted], layer, **options)
         noise = explain.random_maps(len(part), x.shape[1:3], seed + part_no)
         for k, i in enumerate(part):
@@ -265,7 +266,7 @@ def plot_method_scores(table: pd.DataFrame, title: str = "",
     Lesion table: energy on the lesion (dotted: the lesion's area) and the pointing-game hit
     rate. Region table: border-band share and lung share.
     """
-    from cxrlib.plots import _finish, _new_figure
+    from cxrlib.plots import finish_figure, new_figure
 
     if "energy_inside" in table:
         panels = [("energy_inside", "random_energy_inside", "share of the map on the lesion"),
@@ -274,7 +275,7 @@ def plot_method_scores(table: pd.DataFrame, title: str = "",
         panels = [("border_share", "random_border_share", "share of the map in the border band"),
                   ("lung_share", "random_lung_share", "share of the map on the lungs")]
     methods = list(table.index)
-    figure = _new_figure(0.9 * len(methods) * 2 + 2.5, 3.8)
+    figure = new_figure(0.9 * len(methods) * 2 + 2.5, 3.8)
     for ax, (column, baseline, label) in zip(figure.subplots(1, 2), panels):
         values = table[column].astype(float).to_numpy()
         bars = ax.bar(methods, values, color="steelblue")
@@ -290,17 +291,17 @@ def plot_method_scores(table: pd.DataFrame, title: str = "",
         ax.grid(axis="y", alpha=0.3)
     if title:
         figure.suptitle(title)
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def plot_class_regions(per_class: pd.DataFrame, title: str = "",
                        save: str | os.PathLike | None = None) -> Figure:
     """Grouped bars of :func:`class_regions`: border and lung share per class; dashed lines for
     the random map."""
-    from cxrlib.plots import _finish, _new_figure
+    from cxrlib.plots import finish_figure, new_figure
 
     rows = per_class.drop(index="random map", errors="ignore")
-    figure = _new_figure(1.4 * len(rows) + 2.5, 3.6)
+    figure = new_figure(1.4 * len(rows) + 2.5, 3.6)
     ax = figure.subplots()
     positions = np.arange(len(rows))
     for offset, column, colour in ((-0.2, "border_share", "darkorange"), (0.2, "lung_share", "seagreen")):
@@ -317,7 +318,7 @@ def plot_class_regions(per_class: pd.DataFrame, title: str = "",
     ax.grid(axis="y", alpha=0.3)
     if title:
         ax.set_title(title)
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 # --------------------------------------------------------------------------- shortcut experiment
@@ -348,9 +349,9 @@ def shortcut_table(result: dict) -> pd.DataFrame:
 def plot_shortcut(result: dict, save: str | os.PathLike | None = None) -> Figure:
     """Left: each model's accuracy on marked and on marker-free films (dashed: chance).
     Right: where the shortcut model's heat map lies on marked films against marker-free ones."""
-    from cxrlib.plots import _finish, _new_figure
+    from cxrlib.plots import finish_figure, new_figure
 
-    figure = _new_figure(10.5, 3.8)
+    figure = new_figure(10.5, 3.8)
     left, right = figure.subplots(1, 2)
     models = [m for m in ("shortcut", "cropped") if m in result]
     positions = np.arange(len(models))
@@ -382,7 +383,7 @@ def plot_shortcut(result: dict, save: str | os.PathLike | None = None) -> Figure
     right.legend(fontsize="x-small", loc="upper right")
     for ax in (left, right):
         ax.grid(axis="y", alpha=0.3)
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def shortcut_pairs(work_dir: str | os.PathLike, n: int = 2) -> list[tuple[str, str]]:
@@ -403,9 +404,7 @@ def shortcut_heatmaps(work_dir: str | os.PathLike, shortcut_class: str = "COVID"
     cropped model on both (it sees the centre of the film only). Each tile explains
     ``shortcut_class`` and gives its probability.
     """
-    from cxrlib.models.build import load_model
-    from cxrlib.plots import _finish, _new_figure
-    from cxrlib.runs.records import read_record
+    from cxrlib.plots import finish_figure, new_figure
 
     work = Path(work_dir)
     pairs = shortcut_pairs(work, n)
@@ -413,17 +412,15 @@ def shortcut_heatmaps(work_dir: str | os.PathLike, shortcut_class: str = "COVID"
         raise ValueError(f"No marked test films in {work}.")
     columns = []
     for name in ("shortcut", "cropped"):
-        record = read_record(work / name)
-        index = list(record["dataset"]["classes"]).index(shortcut_class)
-        model = load_model(str(work / name / "model.keras"))
-        prep = explain.prep_from_record(record)
+        model, _, prep, classes, _ = load_run(work / name)
+        index = classes.index(shortcut_class)
         for version, paths in (("marked", [p[0] for p in pairs]), ("marker-free", [p[1] for p in pairs])):
-            images, _ = explain.load_images(paths, prep)
-            x = explain.model_inputs(np.stack(images), prep)
-            probability = explain.predict_proba(model, x)[:, index]
+            images, _ = read_prepared(paths, prep)
+            x = model_inputs(np.stack(images), prep)
+            probability = predict(model, x)[:, index]
             heat = explain.heatmap(model, x, method, index, **options)
             columns.append((f"{name} model,\n{version} film", images, heat, probability))
-    figure = _new_figure(2.3 * len(columns) + 0.4, 2.5 * len(pairs) + 0.5)
+    figure = new_figure(2.3 * len(columns) + 0.4, 2.5 * len(pairs) + 0.5)
     axes = np.atleast_2d(figure.subplots(len(pairs), len(columns), squeeze=False))
     for col, (label, images, heat, probability) in enumerate(columns):
         for row in range(len(pairs)):
@@ -435,7 +432,7 @@ def shortcut_heatmaps(work_dir: str | os.PathLike, shortcut_class: str = "COVID"
             if row == 0:
                 ax.set_title(label, fontsize="small")
     figure.suptitle(f"{method} for {shortcut_class}; the marker sits in the top-left corner")
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 # --------------------------------------------------------------------------- conclusions

@@ -2,7 +2,7 @@
 
 - :func:`course_split`: the split every notebook shares (``RESULTS/split.csv``), loaded when
   it matches the notebook's settings, made and saved otherwise.
-- :func:`train_or_reuse`: :func:`cxrlib.training.train`, saying whether the run was trained
+- :func:`train_or_reuse`: :func:`cxrlib.runs.train.train`, saying whether the run was trained
   now or a finished identical run was reused (``04`` reuses what ``03`` trained).
 - :class:`RunEagerly`: a callback that makes ``fit`` skip graph tracing, for tiny CPU runs.
 - :func:`input_size`, :func:`as_list`: parameter handling for the backbone loop.
@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxrlib.models.backbones import VARIANT_ALIASES, default_size, get_backbone
+from cxrlib.models.backbones import default_size, get_backbone
+from cxrlib.models.variants import ALIASES
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def course_split(data: str | os.PathLike, results: str | os.PathLike,
     it. ``loaded`` says which happened.
     """
     from cxrlib.data.datasets import class_names, load_manifest
-    from cxrlib.runs.evaluate import prepare_split
+    from cxrlib.data.splits import prepare_split
     from cxrlib.data.splits import load_split, save_split
 
     path = Path(results) / SPLIT_FILE
@@ -112,9 +113,14 @@ def as_list(value: str | Sequence[str] | None, everything: Sequence[str]) -> lis
     return names
 
 
+def _canonical(variant: str) -> str:
+    """A recorded variant name with its alias folded (frozen → v2reg, finetune → v3)."""
+    return ALIASES.get(variant, variant)
+
+
 def train_or_reuse(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant: str,
                    out_dir: str | os.PathLike, **kwargs: Any) -> tuple[dict, str]:
-    """:func:`cxrlib.training.train`, plus ``"reused"`` or ``"trained"``.
+    """:func:`cxrlib.runs.train.train`, plus ``"reused"`` or ``"trained"``.
 
     ``train`` returns a finished run with the same configuration as it is; the run's
     ``created`` time, unchanged by the call, is how the reuse shows.
@@ -128,6 +134,9 @@ def train_or_reuse(manifest: pd.DataFrame, classes: Sequence[str], backbone: str
             before = read_record(out_dir)["created"]
         except ValueError:
             before = None
+    from cxrlib.course.setup import run_name
+
+    kwargs.setdefault("name", run_name(backbone, variant))
     record = train(manifest, classes, backbone, variant, out_dir=out_dir, **kwargs)
     return record, ("reused" if before is not None and record["created"] == before else "trained")
 
@@ -186,7 +195,7 @@ def _by_variant(records: Sequence[dict]) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for record in records:
         variant = (record.get("model") or {}).get("variant", "")
-        found[VARIANT_ALIASES.get(variant, variant)] = record
+        found[_canonical(variant)] = record
     return found
 
 
@@ -257,7 +266,7 @@ def backbone_notes(records: Sequence[dict], names: Sequence[str]) -> list[str]:
     by_backbone: dict[str, dict[str, float]] = {}
     for name, record in zip(names, records):
         model = record.get("model") or {}
-        variant = VARIANT_ALIASES.get(model.get("variant", ""), model.get("variant", ""))
+        variant = _canonical(model.get("variant", ""))
         if name in acc:
             by_backbone.setdefault(model.get("backbone", ""), {})[variant] = acc[name]
     for backbone, scores in by_backbone.items():
@@ -283,7 +292,7 @@ def plot_tradeoff(table: pd.DataFrame, records: Sequence[dict],
     from cxrlib.plots import save_figure
 
     params = [((r.get("model") or {}).get("total_params") or math.nan) / 1e6 for r in records]
-    variants = [VARIANT_ALIASES.get(v, v) for v in ((r.get("model") or {}).get("variant", "") for r in records)]
+    variants = [_canonical(v) for v in ((r.get("model") or {}).get("variant", "") for r in records)]
     frozen = np.array([v != "v3" for v in variants], dtype=bool)
     accuracy = table["Test Accuracy"].to_numpy(dtype=float)
     figure = plt.figure(figsize=(11, 4.2), layout="constrained")

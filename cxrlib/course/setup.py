@@ -15,11 +15,27 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 from pathlib import Path
 from typing import Sequence
 
 log = logging.getLogger(__name__)
+
+COURSE_CLASSES: tuple[str, ...] = ("COVID", "Normal", "Viral Pneumonia")
+"""The COVID-19 Radiography course's three classes."""
+COURSE_BACKBONES: tuple[str, ...] = ("densenet121", "resnet50", "vgg16", "inceptionv3", "xception")
+"""The five backbones the course compares."""
+BACKBONE_LABELS: dict[str, str] = {"densenet121": "DN", "resnet50": "ResNet50", "vgg16": "VGG16",
+                                   "inceptionv3": "InceptionV3", "xception": "Xception",
+                                   "efficientnetv2b0": "EffNetV2B0", "scratch": "CNN"}
+ALIAS_LABELS: dict[str, str] = {"frozen": "frozen", "finetune": "fine-tuned"}
+
+
+def run_name(backbone: str, variant: str) -> str:
+    """The course's short model name: ``DN-V2-reg``, ``ResNet50-fine-tuned``, ``CNN-scratch``."""
+    from cxrlib.models.variants import get_variant
+
+    label = ALIAS_LABELS.get(variant) or get_variant(variant).label
+    return f"{BACKBONE_LABELS.get(backbone, backbone)}-{label}"
 
 
 def smoke_mode() -> bool:
@@ -29,30 +45,14 @@ def smoke_mode() -> bool:
 
 def environment_report() -> dict:
     """Library versions, visible devices, and what mixed precision and XLA would do here."""
-    import keras
-    import numpy
-    import tensorflow as tf
+    from cxrlib.environment import environment_info
 
-    import cxrlib
-
-    gpus = tf.config.list_physical_devices("GPU")
-    details = [tf.config.experimental.get_device_details(g) for g in gpus]
-    capability = max((d.get("compute_capability", (0, 0)) for d in details), default=(0, 0))
-    return {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": numpy.__version__,
-        "cxrlib": cxrlib.__version__, "cpus": os.cpu_count(),
-        "gpus": [d.get("device_name", "GPU") for d in details],
-        # float16 tensor cores arrived with compute capability 7.0 (Volta)
-        "mixed_precision_useful": bool(gpus) and tuple(capability) >= (7, 0),
-        "xla_available": tf.test.is_built_with_xla() if hasattr(tf.test, "is_built_with_xla") else True,
-        "smoke_mode": smoke_mode(),
-    }
+    return {**environment_info(detailed=True), "smoke_mode": smoke_mode()}
 
 
 def choose_data(data_dir: str | None, results_dir: str | Path, per_class: int = 300,
                 size: int = 256, seed: int = 0,
-                classes: Sequence[str] = ("COVID", "Normal", "Viral Pneumonia")) -> tuple[Path, bool]:
+                classes: Sequence[str] = COURSE_CLASSES) -> tuple[Path, bool]:
     """(dataset directory, is_real). Prints which one the notebook is using and why."""
     path, real = course_data(data_dir, Path(results_dir) / "synthetic", per_class=per_class,
                              size=size, seed=seed, classes=classes)
@@ -93,7 +93,7 @@ def usable_weights(weights: str | None, backbone: str) -> str | None:
 
 def course_data(path: str | Path | None, synthetic_dir: str | Path, per_class: int = 300,
                 size: int = 256, seed: int = 0,
-                classes: Sequence[str] = ("COVID", "Normal", "Viral Pneumonia")) -> tuple[Path, bool]:
+                classes: Sequence[str] = COURSE_CLASSES) -> tuple[Path, bool]:
     """The dataset directory a notebook should use, and whether it is the real one.
 
     A given path that exists wins. Otherwise the synthetic default is generated into

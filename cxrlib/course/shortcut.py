@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.data.images import read_image
-from cxrlib.data.pipeline import Prep, border_crop, prep_from_record, resize
+from cxrlib.data.pipeline import Prep, border_crop, resize
+from cxrlib.data.pipeline import model_inputs, read_prepared
 from cxrlib.explain.maps import (border_mask, border_share, default_layer, energy_inside, heatmap,
-                                 load_images, lung_share, model_inputs, predict_proba)
+                                 lung_share)
+from cxrlib.runs.evaluate import load_run, predict
 from cxrlib.models.backbones import SCRATCH
 
 
@@ -67,11 +69,11 @@ def _films(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep
     """Accuracy over a manifest, and its model inputs by file name."""
     from cxrlib.data.pipeline import label_indices
 
-    images, _ = load_images(manifest["path"].tolist(), prep)
+    images, _ = read_prepared(manifest["path"].tolist(), prep)
     keep = [i for i, image in enumerate(images) if image is not None]
     x = model_inputs(np.stack([images[i] for i in keep]), prep)
     labels = label_indices(manifest["label"].iloc[keep].tolist(), classes)
-    accuracy = float(np.mean(predict_proba(model, x).argmax(axis=1) == labels))
+    accuracy = float(np.mean(predict(model, x).argmax(axis=1) == labels))
     return accuracy, {Path(manifest["path"].iloc[i]).name: x[k] for k, i in enumerate(keep)}
 
 
@@ -149,7 +151,6 @@ def shortcut_experiment(work_dir: str | os.PathLike, size: int = 64, per_class: 
     (a flip would move the marker, and it makes the run slower). Returns a JSON-serialisable
     dict.
     """
-    from cxrlib.models.build import load_model
     from cxrlib.data.splits import split_manifest
     from cxrlib.runs.train import train
 
@@ -173,12 +174,12 @@ def shortcut_experiment(work_dir: str | os.PathLike, size: int = 64, per_class: 
                      "augment": augment},
     }
     for name, crop in (("shortcut", False), ("cropped", True)):
-        record = train(train_set, classes, SCRATCH, "scratch", work / name, weights=None,
+        train(train_set, classes, SCRATCH, "scratch", work / name, weights=None,
                        image_size=size, epochs=epochs, batch_size=batch_size, optimizer="adam",
                        learning_rate=1e-3, seed=seed, crop=crop, augment=augment,
                        progress=progress, bootstrap=0)
-        model = load_model(str(work / name / "model.keras"))
-        scores = _shortcut_scores(model, marked, clean, classes, prep_from_record(record), method,
+        model, _, prep, _, _ = load_run(work / name)
+        scores = _shortcut_scores(model, marked, clean, classes, prep, method,
                                   explain_class, layer)
         result[name] = {"layer": layer or default_layer(model), **scores}
     result["border_band_area_share"] = float(border_mask((size, size)).mean())

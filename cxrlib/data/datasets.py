@@ -39,7 +39,6 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "path", "label", "patient_id", "source", "subtype", "mask_path", "mask_kind", "split",
 )
 LAYOUTS: tuple[str, ...] = ("covid19-radiography", "kermany", "siim", "folders")
-COURSE_CLASSES: tuple[str, ...] = ("COVID", "Normal", "Viral Pneumonia")
 
 KAGGLE_SOURCES: dict[str, tuple[str, str]] = {
     # layout: (kind, slug)

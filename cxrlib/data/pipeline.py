@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -190,6 +190,18 @@ def augmentation_layers(augment: Augment, seed: int = 0):
     return keras.Sequential(layers, name="augmentation")
 
 
+def augment_batch(x, augment: Augment, seed: int = 0, layers=None):
+    """Training augmentation of a float batch (N, S, S, C) at 0–255: the Keras layers of
+    :func:`augmentation_layers`, then the multiplicative brightness. ``layers`` reuses
+    layers already built (the pipeline builds them once)."""
+    layers = augmentation_layers(augment, seed) if layers is None else layers
+    if layers.layers:
+        x = layers(x, training=True)
+    if augment.brightness:
+        x = _brightness(x, augment.brightness, seed)
+    return x
+
+
 def _brightness(images, factors: tuple[float, float], seed: int):
     """Multiply each image by a random factor in ``factors`` (keras' RandomBrightness is additive)."""
     import tensorflow as tf
@@ -242,13 +254,8 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
     size = prep.image_size
 
     def load(path: bytes) -> tuple[np.ndarray, bool]:
-        try:
-            return prepare_image(path.decode(), prep), True
-        except (ImageReadError, OSError, ValueError) as error:
-            log.warning("Skipping %s: %s", path.decode(), error)
-            if skip_log is not None:
-                skip_log.append({"path": path.decode(), "error": str(error)})
-            return np.zeros((size, size), np.uint8), False
+        image, _ = _prepare_or_skip(path.decode(), prep, skip_log)
+        return (np.zeros((size, size), np.uint8), False) if image is None else (image, True)
 
     def decode(path, label):
         image, ok = tf.numpy_function(load, [path], [tf.uint8, tf.bool], name="prepare_image")
@@ -280,16 +287,57 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
         if prep.channels == 3:
             x = tf.image.grayscale_to_rgb(x)
         if layers is not None:
-            if layers.layers:
-                x = layers(x, training=True)
-            if augment.brightness:
-                x = _brightness(x, augment.brightness, seed)
+            x = augment_batch(x, augment, seed, layers)
         if preprocess:
             x = normalise(x)
         return x, _encode(labels, len(classes), label_mode)
 
     ds = ds.batch(batch_size).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _prepare_or_skip(path: str, prep: Prep, skip_log: list | None = None
+                     ) -> tuple[np.ndarray | None, str]:
+    """(prepared uint8 image, "") or (None, the error), logged and added to ``skip_log``."""
+    try:
+        return prepare_image(path, prep), ""
+    except (ImageReadError, OSError, ValueError) as error:
+        log.warning("Skipping %s: %s", path, error)
+        if skip_log is not None:
+            skip_log.append({"path": path, "error": str(error)})
+        return None, str(error)
+
+
+def read_prepared(paths: Sequence[str], prep: Prep, workers: int = 8, progress: bool = False,
+                  skip_log: list | None = None) -> tuple[list[np.ndarray | None], list[str]]:
+    """Each file prepared as the model sees it (uint8 (S, S)) or None, with its error text
+    ('' when readable), in order; decoded by ``workers`` threads."""
+    def one(path: str) -> tuple[np.ndarray | None, str]:
+        return _prepare_or_skip(str(path), prep, skip_log)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(one, paths)
+        if progress:
+            from tqdm.auto import tqdm
+
+            results = tqdm(results, total=len(paths), desc="Loading images", unit="img")
+        pairs = list(results)
+    return [image for image, _ in pairs], [error for _, error in pairs]
+
+
+def model_inputs(images: np.ndarray | Sequence[np.ndarray], prep: Prep,
+                 preprocess: bool = True) -> np.ndarray:
+    """Prepared uint8 images (N, S, S) → model input (N, S, S, C): channels as the model
+    expects, and with ``preprocess`` the backbone's normalisation (float32)."""
+    x = np.asarray(images)
+    if x.ndim == 2:
+        x = x[None]
+    x = x[..., None]
+    if prep.channels == 3:
+        x = np.repeat(x, 3, axis=-1)
+    if preprocess:
+        x = np.asarray(normaliser(prep)(x.astype(np.float32)), dtype=np.float32)
+    return x
 
 
 def load_arrays(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, preprocess: bool = False,
@@ -301,31 +349,10 @@ def load_arrays(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, prep
     (float32).
     """
     prep = with_crop_reference(prep, manifest)
-    paths = manifest["path"].astype(str).tolist()
     labels = label_indices(manifest["label"].tolist(), classes)
-
-    def safe(path: str) -> np.ndarray | None:
-        try:
-            return prepare_image(path, prep)
-        except (ImageReadError, OSError, ValueError) as error:
-            log.warning("Skipping %s: %s", path, error)
-            if skip_log is not None:
-                skip_log.append({"path": path, "error": str(error)})
-            return None
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(safe, paths)
-        if progress:
-            from tqdm.auto import tqdm
-
-            results = tqdm(results, total=len(paths), desc="Loading images", unit="img")
-        images = list(results)
+    images, _ = read_prepared(manifest["path"].astype(str).tolist(), prep, workers, progress,
+                              skip_log)
     keep = [i for i, image in enumerate(images) if image is not None]
     size = prep.image_size
     x = np.stack([images[i] for i in keep]) if keep else np.zeros((0, size, size), np.uint8)
-    x = x[..., None]
-    if prep.channels == 3:
-        x = np.repeat(x, 3, axis=-1)
-    if preprocess:
-        x = np.asarray(normaliser(prep)(x.astype(np.float32)), dtype=np.float32)
-    return x, labels[keep]
+    return model_inputs(x, prep, preprocess), labels[keep]

@@ -21,24 +21,35 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.data.datasets import MANIFEST_COLUMNS
+from cxrlib.data.datasets import MANIFEST_COLUMNS, class_names, load_manifest
+from cxrlib.files import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-def sample_per_class(manifest: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
-    """``n`` random images per class (all of a class that has fewer, with a warning)."""
+def sample_per_class(manifest: pd.DataFrame, n: int, seed: int = 0,
+                     classes: Sequence[str] | None = None, warn: bool = True) -> pd.DataFrame:
+    """``n`` random images per class (all of a class that has fewer, with a warning unless
+    ``warn=False``), ordered by class then path. ``classes`` keeps only those classes, in
+    that order (default: every class, sorted)."""
     if n < 1:
         raise ValueError(f"samples per class must be at least 1, not {n}")
+    order = list(classes) if classes is not None else sorted(manifest["label"].unique())
     parts = []
-    for label, group in manifest.groupby("label", sort=True):
-        if len(group) < n:
+    for label in order:
+        group = manifest[manifest["label"] == label]
+        if len(group) < n and warn:
             log.warning("Class %r has only %d images; taking all of them (asked for %d).",
                         label, len(group), n)
         parts.append(group.sample(n=min(n, len(group)), random_state=seed))
-    out = pd.concat(parts).sort_values(["label", "path"]).reset_index(drop=True)
+    if not parts:
+        return manifest.iloc[0:0].copy()
+    out = pd.concat(parts)
+    rank = out["label"].map({label: i for i, label in enumerate(order)})
+    out = out.assign(_rank=rank).sort_values(["_rank", "path"]).drop(columns="_rank")
+    out = out.reset_index(drop=True)
     out.attrs = dict(manifest.attrs)
     return out
 
@@ -134,12 +145,7 @@ def save_split(manifest: pd.DataFrame, path: str | Path) -> Path:
     """Write a split manifest as CSV (atomically: a crash never leaves half a file)."""
     if "split" not in manifest or (manifest["split"] == "").any():
         raise ValueError("The manifest has no complete 'split' column; call split_manifest first.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    manifest.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+    return write_csv_atomic(manifest, path)
 
 
 def load_split(path: str | Path) -> pd.DataFrame:
@@ -167,3 +173,18 @@ def subset(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     return manifest[manifest["split"] == split].reset_index(drop=True)
+
+
+def prepare_split(data: str | Path, layout: str = "auto", classes: Sequence[str] | None = None,
+                  samples_per_class: int | None = None, val: float = 0.15, test: float = 0.15,
+                  seed: int = 0, split_file: str | Path | None = None
+                  ) -> tuple[pd.DataFrame, list[str]]:
+    """A split manifest and its class list, from a saved split or freshly from ``data``."""
+    if split_file:
+        manifest = load_split(split_file)
+        return manifest, class_names(manifest, classes)
+    manifest = load_manifest(data, layout=layout, classes=classes)
+    if samples_per_class:
+        manifest = sample_per_class(manifest, samples_per_class, seed=seed)
+    manifest = split_manifest(manifest, val=val, test=test, seed=seed)
+    return manifest, class_names(manifest, classes)

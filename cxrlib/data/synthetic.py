@@ -464,6 +464,16 @@ def _stale_files(out: Path, classes: Sequence[str], keep: int) -> list[Path]:
     return stale
 
 
+def _check_film_settings(size: int, severity: tuple[float, float]) -> tuple[float, float]:
+    """Check a film size and a severity range; return the range as floats."""
+    if int(size) < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE} px, got {size}")
+    lo, hi = (float(s) for s in severity)
+    if not 0 <= lo <= hi:
+        raise ValueError(f"severity must be a (low, high) pair with 0 <= low <= high, got {severity}")
+    return lo, hi
+
+
 def generate_synthetic(out_dir: str | Path, per_class: int = 300, size: int = 256, seed: int = 0,
                        classes: Sequence[str] | None = SYNTH_CLASSES, vary_size: bool = True,
                        severity: tuple[float, float] = (0.6, 1.0), marker_prob: float = 0.3,
@@ -491,11 +501,7 @@ def generate_synthetic(out_dir: str | Path, per_class: int = 300, size: int = 25
         raise ValueError(f"classes contains duplicates: {classes}")
     if int(per_class) < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
-    if int(size) < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE} px, got {size}")
-    lo, hi = (float(s) for s in severity)
-    if not 0 <= lo <= hi:
-        raise ValueError(f"severity must be a (low, high) pair with 0 <= low <= high, got {severity}")
+    lo, hi = _check_film_settings(size, severity)
     for pname, p in (("marker_prob", marker_prob), ("shortcut_prob", shortcut_prob)):
         if not 0 <= p <= 1:
             raise ValueError(f"{pname} must be in [0, 1], got {p}")
@@ -683,11 +689,7 @@ def generate_siim_like(out_dir: str | Path, n_studies: int = 600, size: int = 25
         raise ValueError(f"shares must be {len(SIIM_STUDY_COLUMNS)} non-negative numbers, got {shares}")
     if int(n_studies) < 1:
         raise ValueError(f"n_studies must be >= 1, got {n_studies}")
-    if int(size) < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE} px, got {size}")
-    lo, hi = (float(s) for s in severity)
-    if not 0 <= lo <= hi:
-        raise ValueError(f"severity must be a (low, high) pair with 0 <= low <= high, got {severity}")
+    lo, hi = _check_film_settings(size, severity)
     if not 0 <= marker_prob <= 1:
         raise ValueError(f"marker_prob must be in [0, 1], got {marker_prob}")
     out = Path(out_dir)

@@ -57,20 +57,19 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import os
 import warnings
 import weakref
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxrlib.models.backbones import SCRATCH, BACKBONES, preprocess_function
+from cxrlib.models.backbones import BACKBONES, preprocess_function
 from cxrlib.data.images import ImageReadError, read_image
-from cxrlib.data.pipeline import Prep, border_crop, normaliser, prep_from_record, prepare_image, resize
+from cxrlib.data.pipeline import Prep, border_crop, model_inputs, prepare_image, read_prepared, resize
+from cxrlib.runs.evaluate import predict
 
 log = logging.getLogger(__name__)
 
@@ -89,40 +88,6 @@ _READ_ERRORS = (ImageReadError, OSError, ValueError)
 # --------------------------------------------------------------------------- inputs
 
 
-def model_inputs(images: np.ndarray | Sequence[np.ndarray], prep: Prep) -> np.ndarray:
-    """Prepared uint8 images (N, S, S) → the float32 model input (N, S, S, C), preprocessed."""
-    x = np.asarray(images, dtype=np.float32)
-    if x.ndim == 2:
-        x = x[None]
-    x = x[..., None]
-    if prep.channels == 3:
-        x = np.repeat(x, 3, axis=-1)
-    return np.asarray(normaliser(prep)(x), dtype=np.float32)
-
-
-def load_images(paths: Sequence[str], prep: Prep) -> tuple[list[np.ndarray | None], list[str]]:
-    """Prepare each file as the model saw it: uint8 (S, S) or None, and the error text ('' if ok)."""
-    images: list[np.ndarray | None] = []
-    errors: list[str] = []
-    for path in paths:
-        try:
-            images.append(prepare_image(str(path), prep))
-            errors.append("")
-        except _READ_ERRORS as error:
-            images.append(None)
-            errors.append(str(error))
-    return images, errors
-
-
-def predict_proba(model: Callable, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Class probabilities (N, K); a 1-unit sigmoid output becomes two columns (1 - p, p)."""
-    out = []
-    for start in range(0, len(x), batch_size):
-        p = np.asarray(model(x[start:start + batch_size], training=False), dtype=np.float64)
-        out.append(np.concatenate([1 - p, p], axis=1) if p.shape[-1] == 1 else p)
-    return np.concatenate(out) if out else np.zeros((0, 0))
-
-
 def _is_binary(model) -> bool:
     return model.output_shape[-1] == 1
 
@@ -130,7 +95,7 @@ def _is_binary(model) -> bool:
 def _class_indices(model, x: np.ndarray, class_index: int | Sequence[int] | None) -> list[int]:
     """One class per image: the given one(s), or the predicted class when None."""
     if class_index is None:
-        return [int(i) for i in predict_proba(model, x).argmax(axis=1)]
+        return [int(i) for i in predict(model, x).argmax(axis=1)]
     if np.isscalar(class_index):
         return [int(class_index)] * len(x)
     indices = [int(i) for i in class_index]
@@ -197,31 +162,6 @@ def _top_channels(maps: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(-maps.reshape(-1, maps.shape[-1]).mean(axis=0), kind="stable")[:n]
 
 
-def activation_grid(maps: np.ndarray, n: int = 16, title: str = "", channels: Sequence[int] | None = None,
-                    save: str | os.PathLike | None = None) -> Figure:
-    """The ``n`` most active feature maps of one layer (from :func:`activation_maps`) in a grid.
-
-    Each map has its own colour scale (bright = strong response); ``channels`` picks them
-    explicitly, e.g. to show the same channels of a frozen and a fine-tuned model.
-    """
-    from cxrlib.plots import _finish, _new_figure
-
-    maps = np.asarray(maps)
-    chosen = list(channels) if channels is not None else list(_top_channels(maps, n))
-    ncols = min(8, max(1, len(chosen)))
-    nrows = max(1, math.ceil(len(chosen) / ncols))
-    figure = _new_figure(1.4 * ncols, 1.5 * nrows + (0.4 if title else 0))
-    axes = np.atleast_1d(figure.subplots(nrows, ncols)).ravel()
-    for ax in axes:
-        ax.axis("off")
-    for ax, channel in zip(axes, chosen):
-        ax.imshow(maps[..., channel], cmap="viridis")
-        ax.set_title(f"ch {channel}", fontsize="x-small")
-    if title:
-        figure.suptitle(title)
-    return _finish(figure, save)
-
-
 def activation_comparison(maps_by_model: dict[str, np.ndarray], n: int = 8,
                           save: str | os.PathLike | None = None) -> Figure:
     """Rows of feature maps from several models at the same layer (e.g. frozen vs fine-tuned).
@@ -229,13 +169,13 @@ def activation_comparison(maps_by_model: dict[str, np.ndarray], n: int = 8,
     The channels are the first model's most active ones, and every row shows those same
     channels: after fine-tuning, channel k still descends from the pretrained channel k.
     """
-    from cxrlib.plots import _finish, _new_figure
+    from cxrlib.plots import finish_figure, new_figure
 
     names = list(maps_by_model)
     if not names:
         raise ValueError("maps_by_model is empty.")
     chosen = _top_channels(np.asarray(maps_by_model[names[0]]), n)
-    figure = _new_figure(1.4 * len(chosen) + 1.2, 1.5 * len(names))
+    figure = new_figure(1.4 * len(chosen) + 1.2, 1.5 * len(names))
     axes = np.atleast_2d(figure.subplots(len(names), len(chosen)))
     for row, name in enumerate(names):
         maps = np.asarray(maps_by_model[name])
@@ -247,7 +187,7 @@ def activation_comparison(maps_by_model: dict[str, np.ndarray], n: int = 8,
             if row == 0:
                 ax.set_title(f"ch {channel}", fontsize="x-small")
         axes[row, 0].set_ylabel(name, fontsize="small")
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 # --------------------------------------------------------------------------- heat maps
@@ -310,26 +250,28 @@ def default_layer(model, min_side: int = 7) -> str:
     return names[chosen]
 
 
-# tf-keras-vis's ReplaceToLinear needs a *copy* of the model (it swaps the output activation
-# in place). Cloning a large backbone on every call would be slow, so the linear copy is
-# made once per model and its weights are re-synchronised on each use (the model may have
-# been trained further in between).
-_LINEAR_COPIES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+# Scores are read on the logits. Every cxrlib model ends in ``head_logits`` → an activation,
+# so the logit model is the same graph stopped one layer earlier: it shares the model's
+# layers and weights (no copy, nothing to re-synchronise after more training). It is made
+# once per model.
+_LOGIT_MODELS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
-def _linear_model(model):
-    """A copy of ``model`` whose output is the logits (tf-keras-vis ``ReplaceToLinear``)."""
-    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-
-    cached = _LINEAR_COPIES.get(model)
+def _linear_model(model) -> dict:
+    """``{"linear": the model's logits}`` (cached per model), from its ``head_logits`` layer."""
+    cached = _LOGIT_MODELS.get(model)
     if cached is None:
         import keras
 
-        linear = keras.models.clone_model(model)
-        ReplaceToLinear()(linear)
-        cached = {"linear": linear}
-        _LINEAR_COPIES[model] = cached
-    cached["linear"].set_weights(model.get_weights())
+        from cxrlib.models.build import HEAD_PREFIX
+
+        try:
+            logits = model.get_layer(HEAD_PREFIX + "logits").output
+        except ValueError:
+            raise ValueError(f"Model {model.name} has no {HEAD_PREFIX}logits layer: heat maps "
+                             "need a model built by cxrlib.models.build.") from None
+        cached = {"linear": keras.Model(model.inputs, logits, name=f"{model.name}_logits")}
+        _LOGIT_MODELS[model] = cached
     return cached
 
 
@@ -447,7 +389,7 @@ def heatmap(model, images: np.ndarray, method: str = "gradcam",
     default 20) and ``smooth_noise``, ``patch``, ``stride`` and ``baseline`` (occlusion),
     ``seed`` (random).
 
-    Scores are read on the logits (tf-keras-vis ``ReplaceToLinear``): on a saturated
+    Scores are read on the logits (the ``head_logits`` layer): on a saturated
     softmax the gradients vanish. For a one-unit sigmoid model, class 1 is explained by
     the logit and class 0 by its negative (``BinaryScore``).
     """
@@ -509,10 +451,7 @@ def occlusion_scan(model: Callable, image: np.ndarray, class_index: int, patch: 
     boxes = [(top, left) for top in tops for left in lefts]
 
     def probability(batch: np.ndarray) -> np.ndarray:
-        p = np.asarray(model(batch, training=False), dtype=np.float64)
-        if p.shape[-1] == 1:
-            p = np.concatenate([1 - p, p], axis=1)
-        return p[:, class_index]
+        return predict(model, batch, batch_size=len(batch))[:, class_index]
 
     reference = probability(x[None])[0]
     calls = 1
@@ -575,14 +514,14 @@ def plot_overlay(image: np.ndarray, heat: np.ndarray, title: str = "",
                  probabilities: dict[str, float] | None = None, alpha: float = 0.4,
                  cmap: str = "jet", save: str | os.PathLike | None = None) -> Figure:
     """The radiograph, the heat map over it (with a colour bar) and the class probabilities."""
-    from cxrlib.plots import _finish, _new_figure
+    from cxrlib.plots import finish_figure, new_figure
 
     gray = np.asarray(image)
     if gray.ndim == 3:
         gray = gray[..., 0]
     heat = _resize_maps(np.clip(np.nan_to_num(np.asarray(heat, np.float32)), 0, 1)[None], gray.shape)[0]
     panels = 3 if probabilities else 2
-    figure = _new_figure(3.6 * panels + 0.6, 3.9)
+    figure = new_figure(3.6 * panels + 0.6, 3.9)
     axes = np.atleast_1d(figure.subplots(1, panels, width_ratios=[1, 1.12, 1.1][:panels]))
     axes[0].imshow(gray, cmap="gray", vmin=0, vmax=255)
     axes[0].set_title("radiograph (as the model saw it)", fontsize="small")
@@ -607,7 +546,7 @@ def plot_overlay(image: np.ndarray, heat: np.ndarray, title: str = "",
         ax.grid(axis="x", alpha=0.3)
     if title:
         figure.suptitle(title)
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 def gallery(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
@@ -620,7 +559,7 @@ def gallery(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
     ``n_per_class`` right or wrong ones; each tile shows the heat map of the *predicted* class,
     titled ``true →`` / ``predicted (probability)``. A class with none to show says so.
     """
-    from cxrlib.plots import _finish, _new_figure
+    from cxrlib.plots import finish_figure, new_figure
 
     rng = np.random.default_rng(seed)
     rows: list[list[tuple[np.ndarray, np.ndarray, str]]] = []
@@ -628,12 +567,12 @@ def gallery(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
         frame = manifest[manifest["label"] == name]
         if len(frame) > max_candidates:
             frame = frame.iloc[rng.choice(len(frame), max_candidates, replace=False)]
-        images, _ = load_images(frame["path"].tolist(), prep)
+        images, _ = read_prepared(frame["path"].tolist(), prep)
         kept = [im for im in images if im is not None]
         picked: list[tuple[np.ndarray, np.ndarray, str]] = []
         if kept:
             x = model_inputs(np.stack(kept), prep)
-            probs = predict_proba(model, x)
+            probs = predict(model, x)
             predicted = probs.argmax(axis=1)
             chosen = np.flatnonzero((predicted == ci) == correct)[:n_per_class]
             if len(chosen):
@@ -644,7 +583,7 @@ def gallery(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
                     picked.append((kept[i], heat[k], f"{name} →\n{classes[p]} ({probs[i, p]:.0%})"))
         rows.append(picked)
     ncols = max(1, n_per_class)
-    figure = _new_figure(2.3 * ncols + 0.8, 2.5 * len(classes) + 0.4)
+    figure = new_figure(2.3 * ncols + 0.8, 2.5 * len(classes) + 0.4)
     axes = np.atleast_2d(figure.subplots(len(classes), ncols, squeeze=False))
     for r, (name, picked) in enumerate(zip(classes, rows)):
         for c in range(ncols):
@@ -662,7 +601,7 @@ def gallery(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
                         ha="center", va="center", fontsize="small", transform=ax.transAxes)
         axes[r, 0].set_ylabel(name, fontsize="small")
     figure.suptitle(f"{'Correct' if correct else 'Wrong'} predictions, {method} of the predicted class")
-    return _finish(figure, save)
+    return finish_figure(figure, save)
 
 
 # --------------------------------------------------------------------------- measurements
@@ -797,7 +736,7 @@ def lesion_scores(model, manifest: pd.DataFrame, classes: Sequence[str], prep: P
     for start in range(0, len(found), batch_size):
         part = found[start:start + batch_size]
         x = model_inputs(np.stack([p[2] for p in part]), prep)
-        predicted = predict_proba(model, x).argmax(axis=1)
+        predicted = predict(model, x).argmax(axis=1)
         targets = ([lookup[p[1]] for p in part] if explain == "label" else [int(i) for i in predicted])
         heat = heatmap(model, x, method, targets, layer, **options)
         noise = random_maps(len(part), x.shape[1:3], rng_seed)

@@ -57,13 +57,8 @@ BACKBONES: dict[str, Backbone] = {
                  _GCS + "efficientnet_v2/"),
     ]
 }
-COURSE_BACKBONES: tuple[str, ...] = ("densenet121", "resnet50", "vgg16", "inceptionv3", "xception")
 SCRATCH = "scratch"
 SCRATCH_SIZE = 128
-# Model variants (see cxrlib.models.build); kept here so the CLI can list them without Keras.
-VARIANTS: tuple[str, ...] = ("v0", "v1", "v2", "v2reg", "v3", "frozen", "finetune", "scratch")
-# For every backbone, "frozen" is the course's V2-reg recipe and "finetune" is V3.
-VARIANT_ALIASES: dict[str, str] = {"frozen": "v2reg", "finetune": "v3"}
 
 
 class WeightsUnavailableError(RuntimeError):

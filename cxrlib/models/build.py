@@ -33,24 +33,19 @@ from typing import Sequence
 
 import keras
 
-from cxrlib.models.backbones import (SCRATCH, VARIANTS, WeightsUnavailableError, application,
-                              default_size, get_backbone, missing_weights_message, resolve_weights)
+from cxrlib.models.backbones import (SCRATCH, WeightsUnavailableError, application, default_size,
+                                     get_backbone, missing_weights_message, resolve_weights)
+from cxrlib.models.variants import get_variant
 
 log = logging.getLogger(__name__)
 
-FROZEN_VARIANTS = ("v0", "v1", "v2", "v2reg", "frozen")
 HEAD_PREFIX = "head_"
 SCRATCH_LAST_CONV = "scratch_conv5"
-VARIANT_LABELS = {"v0": "V0", "v1": "V1", "v2": "V2", "v2reg": "V2-reg", "v3": "V3",
-                  "frozen": "frozen", "finetune": "fine-tuned", "scratch": "scratch"}
-BACKBONE_LABELS = {"densenet121": "DN", "resnet50": "ResNet50", "vgg16": "VGG16",
-                   "inceptionv3": "InceptionV3", "xception": "Xception",
-                   "efficientnetv2b0": "EffNetV2B0", "scratch": "CNN"}
 
 
-def run_name(backbone: str, variant: str) -> str:
-    """The course's short model name: ``DN-V2-reg``, ``ResNet50-fine-tuned``, ``CNN-scratch``."""
-    return f"{BACKBONE_LABELS.get(backbone, backbone)}-{VARIANT_LABELS.get(variant, variant)}"
+def model_name(backbone: str, variant: str) -> str:
+    """The default name of a model and its run: ``densenet121-v2reg`` (aliases resolved)."""
+    return f"{backbone}-{get_variant(variant).name}"
 
 
 def last_conv_layer(model: keras.Model, backbone: str) -> str:
@@ -61,11 +56,12 @@ def last_conv_layer(model: keras.Model, backbone: str) -> str:
 
 
 def _head(x, n_classes: int, variant: str, dropout: float, binary: bool, seed: int):
-    """The classification head on a feature map."""
+    """The classification head on a feature map, as the variant's registry entry says."""
+    head = get_variant(variant).head
     x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(x)
-    if variant not in ("v0", "v1"):
+    if head != "linear":
         x = keras.layers.Dense(500, activation="relu", name=HEAD_PREFIX + "dense500")(x)
-        if variant != "v2":
+        if head == "deep-dropout":
             x = keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout")(x)
         x = keras.layers.Dense(200, activation="relu", name=HEAD_PREFIX + "dense200")(x)
     return _output(x, n_classes, binary)
@@ -129,9 +125,7 @@ def build_model(backbone: str, variant: str, n_classes: int, image_size: int | N
     ``weights`` is ``"imagenet"``, ``None`` or a local weights file. ``binary=True`` (two
     classes only) ends in one sigmoid unit instead of a softmax.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
-    if (backbone == SCRATCH) != (variant == "scratch"):
+    if (backbone == SCRATCH) != (get_variant(variant).head == "scratch"):
         raise ValueError("The 'scratch' backbone goes with the 'scratch' variant and only with it.")
     if binary and n_classes != 2:
         raise ValueError(f"binary=True needs two classes, not {n_classes}.")
@@ -145,14 +139,14 @@ def build_model(backbone: str, variant: str, n_classes: int, image_size: int | N
         x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(x)
         x = keras.layers.Dense(256, activation="relu", name=HEAD_PREFIX + "dense256")(x)
         x = keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout")(x)
-        model = keras.Model(inputs, _output(x, n_classes, binary), name=run_name(backbone, variant))
+        model = keras.Model(inputs, _output(x, n_classes, binary), name=model_name(backbone, variant))
         return model
     entry = get_backbone(backbone)
     if image_size < entry.min_size:
         raise ValueError(f"{backbone} needs images of at least {entry.min_size} px, not {image_size}.")
     features = _backbone_features(inputs, backbone, resolve_weights(backbone, weights), image_size, channels)
     model = keras.Model(inputs, _head(features, n_classes, variant, dropout, binary, seed),
-                        name=run_name(backbone, variant))
+                        name=model_name(backbone, variant))
     set_trainable(model, variant, pretrained=weights is not None)
     return model
 
@@ -167,16 +161,17 @@ def set_trainable(model: keras.Model, variant: str, pretrained: bool = True) -> 
 
     BatchNormalization of a pretrained backbone stays frozen (inference mode) either way.
     """
+    frozen = get_variant(variant).frozen
     for layer in model.layers:
         if is_head(layer):
             layer.trainable = True
         elif isinstance(layer, keras.layers.BatchNormalization) and pretrained:
             layer.trainable = False        # inference mode, frozen or fine-tuned alike
         elif isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = variant not in FROZEN_VARIANTS
+            layer.trainable = not frozen
             layer.momentum = 0.9           # from scratch: running statistics must catch up fast
         else:
-            layer.trainable = variant not in FROZEN_VARIANTS
+            layer.trainable = not frozen
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
@@ -222,12 +217,13 @@ def make_optimizer(name: str = "sgd", learning_rate: float = 0.01, decay: float 
 
 
 def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                  jit_compile: bool | str = "auto") -> keras.Model:
+                  jit_compile: bool | str = "auto", run_eagerly: bool = False) -> keras.Model:
     """Compile with the loss that matches the output: categorical or binary cross-entropy."""
     binary = model.output_shape[-1] == 1
     model.compile(optimizer=optimizer,
                   loss="binary_crossentropy" if binary else "categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=jit_compile)
+                  metrics=["accuracy"], jit_compile=False if run_eagerly else jit_compile,
+                  run_eagerly=run_eagerly)
     return model
 
 

@@ -1,37 +1,129 @@
-"""The steps the notebooks and the CLI share, so both do them the same way.
+"""Using a finished run: load it, predict with it, score it.
 
-- :func:`prepare_split`: dataset directory → manifest → balanced sample → saved split.
-- :func:`evaluate_saved_model`: a saved run's model on its own test split or on a folder it
-  never saw, with the folder's class names matched to the model's.
+- :func:`load_run`: a run's model with its record, preparation and classes (each model file
+  is read once per process).
+- :func:`predict`: class probabilities from model inputs (an array or a ``tf.data`` dataset).
+- :func:`evaluate`: the metrics of a model on a manifest.
+- :func:`evaluate_saved_model`: a saved run on its own test split or on a folder it never
+  saw, with the folder's class names matched to the model's.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
+import numpy as np
 import pandas as pd
 
-from cxrlib.data.datasets import canonical_class, class_names, load_manifest
-from cxrlib.data.splits import load_split, sample_per_class, split_manifest
+from cxrlib.data.datasets import canonical_class, load_manifest
+from cxrlib.data.pipeline import Prep, make_dataset, prep_from_record
+from cxrlib.data.splits import load_split
+from cxrlib.runs.metrics import class_probabilities
 
 log = logging.getLogger(__name__)
 
 
-def prepare_split(data: str | Path, layout: str = "auto", classes: Sequence[str] | None = None,
-                  samples_per_class: int | None = None, val: float = 0.15, test: float = 0.15,
-                  seed: int = 0, split_file: str | Path | None = None
-                  ) -> tuple[pd.DataFrame, list[str]]:
-    """A split manifest and its class list, from a saved split or freshly from ``data``."""
-    if split_file:
-        manifest = load_split(split_file)
-        return manifest, class_names(manifest, classes)
-    manifest = load_manifest(data, layout=layout, classes=classes)
-    if samples_per_class:
-        manifest = sample_per_class(manifest, samples_per_class, seed=seed)
-    manifest = split_manifest(manifest, val=val, test=test, seed=seed)
-    return manifest, class_names(manifest, classes)
+class Run(NamedTuple):
+    """A finished run, loaded: what :func:`load_run` returns."""
+
+    model: Any
+    record: dict
+    prep: Prep
+    classes: list[str]
+    dir: Path
+
+
+_LOADED: dict[tuple[str, int], Any] = {}  # (model path, mtime) → model: each file read once
+
+
+def load_run(path: str | Path) -> Run:
+    """The run in ``path`` (its directory, or its ``model.keras``): model, record, prep, classes.
+
+    Raises FileNotFoundError when the model file or the record beside it is missing. A model
+    file already loaded in this process is not read again unless it changed on disk.
+    """
+    from cxrlib.models.build import load_model
+    from cxrlib.runs.records import RECORD_FILE, read_record
+
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent
+    if not (run_dir / RECORD_FILE).is_file():
+        raise FileNotFoundError(f"No {RECORD_FILE} in {run_dir}: the run's classes and image "
+                                "preparation are recorded there; train the run first.")
+    record = read_record(run_dir)
+    model_path = path if path.suffix == ".keras" else run_dir / record["artifacts"].get("model", "model.keras")
+    if not model_path.is_file():
+        raise FileNotFoundError(f"No model file at {model_path}; train the run first.")
+    key = (str(model_path.resolve()), model_path.stat().st_mtime_ns)
+    if key not in _LOADED:
+        for old in [k for k in _LOADED if k[0] == key[0]]:  # a retrained model replaces the old one
+            del _LOADED[old]
+        _LOADED[key] = load_model(str(model_path))
+    return Run(_LOADED[key], record, prep_from_record(record), list(record["dataset"]["classes"]),
+               run_dir)
+
+
+def input_batches(inputs, batch_size: int = 32):
+    """``(x, y)`` batches from an array (N, S, S, C) (``y`` None) or from an iterable of
+    batches such as a ``tf.data`` dataset yielding ``x`` or ``(x, y)``."""
+    if isinstance(inputs, np.ndarray):
+        for start in range(0, len(inputs), batch_size):
+            yield inputs[start:start + batch_size], None
+        return
+    for batch in inputs:
+        yield (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+
+
+def predict(model, inputs, n_classes: int | None = None, batch_size: int = 32,
+            with_labels: bool = False):
+    """Class probabilities (N, K) of ``model`` for model inputs, in order.
+
+    ``inputs`` is an array (N, S, S, C) or an iterable of batches (a ``tf.data`` dataset
+    yielding ``x`` or ``(x, y)``). A one-unit sigmoid output becomes ``[1 - p, p]``;
+    ``n_classes`` (default: the output's width, 2 for a sigmoid) is checked. ``model`` is
+    any callable on a batch. With ``with_labels``, returns ``(probabilities, integer
+    labels)`` read from the dataset's ``y``.
+    """
+    probs, labels = [], []
+    for x, y in input_batches(inputs, batch_size):
+        out = np.asarray(model(x, training=False))
+        n_classes = n_classes or max(2, out.shape[-1])
+        probs.append(class_probabilities(out, n_classes))
+        if with_labels:
+            labels.append(_label_indices(np.asarray(y)))
+    out = np.concatenate(probs) if probs else np.zeros((0, n_classes or 0))
+    if not with_labels:
+        return out
+    return out, (np.concatenate(labels) if labels else np.zeros((0,), int))
+
+
+def _label_indices(y: np.ndarray) -> np.ndarray:
+    """Integer labels from int, binary (N, 1) or one-hot (N, K) encodings."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        return y[:, 0].astype(int)
+    return y.argmax(1) if y.ndim == 2 else y.astype(int)
+
+
+def evaluate(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
+             batch_size: int = 32, bootstrap: int = 1000, seed: int = 0,
+             target_sensitivity: float = 0.99) -> dict:
+    """Score a model on a manifest: the metrics of :func:`cxrlib.runs.metrics.compute_metrics`
+    plus ``skipped`` (the unreadable files, with their errors)."""
+    from cxrlib.runs.metrics import compute_metrics
+
+    binary = model.output_shape[-1] == 1
+    skipped: list = []
+    ds = make_dataset(manifest, classes, prep, batch_size=batch_size, cache=False,
+                      label_mode="binary" if binary else "categorical", skip_log=skipped)
+    probs, labels = predict(model, ds, len(classes), with_labels=True)
+    if len(labels) == 0:
+        raise ValueError("No readable images to evaluate.")
+    metrics = compute_metrics(labels, probs, classes, bootstrap=bootstrap, seed=seed,
+                              target_sensitivity=target_sensitivity)
+    metrics["skipped"] = skipped
+    return metrics
 
 
 def match_classes(manifest: pd.DataFrame, model_classes: Sequence[str]) -> pd.DataFrame:
@@ -58,27 +150,20 @@ def evaluate_saved_model(model_path: str | Path, data: str | Path, split: str = 
     ``split="test"`` uses the run's saved test split; ``split="all"`` scores every image of
     ``data`` whose class the model knows.
     """
-    from cxrlib.models.build import load_model
-    from cxrlib.data.pipeline import prep_from_record
+    from cxrlib.files import write_json_atomic
     from cxrlib.plots import plot_confusion
-    from cxrlib.runs.records import read_record, write_json_atomic
-    from cxrlib.runs.train import evaluate
 
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise FileNotFoundError(f"No model at {model_path}.")
-    record = read_record(model_path.parent)
-    classes = record["dataset"]["classes"]
-    prep = prep_from_record(record)
+    run = load_run(model_path)
+    record, classes, prep = run.record, run.classes, run.prep
     if split == "test":
-        split_path = model_path.parent / record["artifacts"].get("split", "split.csv")
+        split_path = run.dir / record["artifacts"].get("split", "split.csv")
         manifest = load_split(split_path)
         manifest = manifest[manifest["split"] == "test"].reset_index(drop=True)
     elif split == "all":
         manifest = match_classes(load_manifest(data, layout=layout), classes)
     else:
         raise ValueError(f"split must be 'test' or 'all', not {split!r}")
-    metrics = evaluate(load_model(str(model_path)), manifest, classes, prep,
+    metrics = evaluate(run.model, manifest, classes, prep,
                        seed=record["hyperparameters"].get("seed", 0))
     metrics.update({"model": str(model_path), "data": str(data), "split": split,
                     "run": record["name"]})

@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from cxrlib.runs.records import jsonable
+from cxrlib.files import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[st
     y_pred = y_prob.argmax(axis=1)
     matrix = confusion_matrix(y_true, y_pred, k)
     aucs = [_auc(y_true == i, y_prob[:, i]) for i in range(k)]
-    per_class = {name: {**_class_scores(matrix, i), "auc": aucs[i]}
+    per_class = {name: {**class_scores(matrix, i), "auc": aucs[i]}
                  for i, name in enumerate(classes)}
     result: dict = {
         "classes": classes,
@@ -159,15 +159,24 @@ def bootstrap_ci(y_true: np.ndarray, y_prob: np.ndarray, n_resamples: int = 1000
             "auc_macro": _percentiles(auc_all[np.isfinite(auc_all)], level)}
 
 
+def class_probabilities(output: np.ndarray, n_classes: int) -> np.ndarray:
+    """A model's output as (N, K) probabilities: a sigmoid column (N, 1) or a vector (N,)
+    becomes ``[1 - p, p]`` for two classes; any other width must equal ``n_classes``."""
+    out = np.asarray(output, dtype=np.float64)
+    if out.ndim == 1:
+        out = out[:, None]
+    if out.ndim == 2 and out.shape[1] == 1 and n_classes == 2:
+        out = np.concatenate([1.0 - out, out], axis=1)
+    if out.ndim != 2 or out.shape[1] != n_classes:
+        raise ValueError(f"The model's output has shape {out.shape}, which does not fit "
+                         f"{n_classes} classes; was it trained on these classes?")
+    return out
+
+
 def _check_inputs(y_true: np.ndarray, y_prob: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Validated int labels (N,) and float probabilities (N, K)."""
     y_true = np.asarray(y_true).ravel()
-    y_prob = np.asarray(y_prob, dtype=np.float64)
-    if k == 2 and (y_prob.ndim == 1 or (y_prob.ndim == 2 and y_prob.shape[1] == 1)):
-        p = y_prob.reshape(-1)
-        y_prob = np.stack([1.0 - p, p], axis=1)
-    if y_prob.ndim != 2 or y_prob.shape[1] != k:
-        raise ValueError(f"y_prob must have shape (N, {k}) for {k} classes, not {y_prob.shape}")
+    y_prob = class_probabilities(y_prob, k)
     if len(y_true) != len(y_prob):
         raise ValueError(f"{len(y_true)} labels but {len(y_prob)} rows of probabilities")
     if y_true.size and not np.issubdtype(y_true.dtype, np.integer):
@@ -184,7 +193,7 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator else 0.0
 
 
-def _class_scores(matrix: np.ndarray, i: int) -> dict:
+def class_scores(matrix: np.ndarray, i: int) -> dict:
     """Precision, recall, specificity, F1 and support of class i from the confusion matrix."""
     tp = matrix[i, i]
     fn = matrix[i].sum() - tp

@@ -16,7 +16,8 @@ Two rules keep records trustworthy:
   ``os.replace``): a crash or a full disk never leaves half a JSON file where the previous
   good one was.
 
-Schema ``cxrlib.run/1`` (the sections and their required keys are in :data:`REQUIRED`)::
+Schema ``cxrlib.run/1``, defined once as the typed :class:`RunRecord` (its ``hyperparameters``
+section is the :class:`TrainConfig` that ``train`` validates before it starts)::
 
     {"schema": "cxrlib.run/1", "name": "DN-V2", "created": "2024-05-01T12:00:00+00:00",
      "dataset": {...}, "model": {...}, "prep": {...}, "hyperparameters": {...},
@@ -31,235 +32,144 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxrlib.files import jsonable, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "cxrlib.run/1"
 RECORD_FILE = "record.json"
 
-_STR, _INT, _BOOL = (str,), (int,), (bool,)
-_NUM = (int, float)
-_OPT_STR, _OPT_NUM = (str, type(None)), (int, float, type(None))
+class _Section(BaseModel):
+    """A record section: typed keys, checked strictly (no bool for an int, no str for a
+    number); keys beyond the schema are kept, so newer records still read."""
 
-REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
-    "dataset": {"root": _STR, "layout": _STR, "split_file": _STR, "classes": (list,),
-                "n_train": _INT, "n_val": _INT, "n_test": _INT},
-    "model": {"backbone": _STR, "variant": _STR, "weights": _OPT_STR, "image_size": _INT,
-              "channels": _INT, "trainable_params": _INT, "total_params": _INT},
-    "prep": {},
-    "hyperparameters": {"epochs": _INT, "batch_size": _INT, "optimizer": _STR,
-                        "learning_rate": _NUM, "seed": _INT},
-    "environment": {"python": _STR, "tensorflow": _STR, "keras": _STR, "cxrlib": _STR,
-                    "numpy": _STR, "device": _STR, "platform": _STR},
-    "training": {"epochs_run": _INT, "wall_time_s": _NUM, "history": (dict,),
-                 "resumed": _BOOL},
-    # null where the value was NaN (a diverged loss) or there was no validation set
-    "final": {"loss": _OPT_NUM, "accuracy": _OPT_NUM, "val_loss": _OPT_NUM,
-              "val_accuracy": _OPT_NUM},
-    "artifacts": {"model": _STR, "history": _STR},
-}
-"""Each dict section of a record and its required keys with their allowed types."""
+    model_config = ConfigDict(strict=True, extra="allow")
 
-TOP_LEVEL: dict[str, tuple[type, ...]] = {
-    "schema": _STR, "name": _STR, "created": _STR, **{section: (dict,) for section in REQUIRED},
-    "test": (dict, type(None)), "skipped": (list,),
-}
-"""Every required top-level key of a record and its allowed types."""
+
+class TrainConfig(_Section):
+    """How a run was trained: the ``hyperparameters`` of its record. :func:`cxrlib.runs.train.train`
+    builds one before it touches anything, so an impossible setting fails first."""
+
+    epochs: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    optimizer: str
+    learning_rate: float = Field(gt=0)
+    seed: int
+    decay: float = Field(default=0.0, ge=0)
+    class_weight: bool = False
+    augment: dict | bool = False
+    binary: bool = False
+    early_stopping: int | None = Field(default=None, ge=1)
+    mixed_precision: bool = False
+    xla: bool = False
+    run_eagerly: bool = False
+    strategy: str | None = None
+    init_from: str | None = None
+    weights: str | None = None
+
+
+class DatasetInfo(_Section):
+    root: str
+    layout: str
+    split_file: str
+    classes: list[str] = Field(min_length=1)
+    n_train: int
+    n_val: int
+    n_test: int
+
+
+class ModelInfo(_Section):
+    backbone: str
+    variant: str
+    weights: str | None
+    image_size: int
+    channels: int
+    trainable_params: int
+    total_params: int
+
+
+class Environment(_Section):
+    python: str
+    tensorflow: str
+    keras: str
+    cxrlib: str
+    numpy: str
+    device: str
+    platform: str
+
+
+class Training(_Section):
+    epochs_run: int
+    wall_time_s: float
+    history: dict[str, list[float | None]]
+    resumed: bool
+
+    @model_validator(mode="after")
+    def _history_matches_epochs(self) -> "Training":
+        if self.epochs_run:  # an untrained run (V0) has no history
+            missing = [k for k in HISTORY_KEYS if k not in self.history]
+            if missing:
+                raise ValueError(f"history: missing {missing}")
+        for key, values in self.history.items():
+            if len(values) != self.epochs_run:
+                raise ValueError(f"history.{key} has {len(values)} entries but epochs_run is "
+                                 f"{self.epochs_run}")
+        return self
+
+
+class Final(_Section):
+    """Last-epoch numbers; null where the value was NaN (a diverged loss) or there was no
+    validation set."""
+
+    loss: float | None
+    accuracy: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+
+
+class Artifacts(_Section):
+    model: str
+    history: str
+
+
+class Skipped(_Section):
+    path: str
+    error: str
+
+
+class RunRecord(_Section):
+    """A run record (schema ``cxrlib.run/1``): the one definition of what ``record.json`` holds."""
+
+    schema_: Literal["cxrlib.run/1"] = Field(alias="schema")
+    name: str
+    created: str
+    dataset: DatasetInfo
+    model: ModelInfo
+    prep: dict
+    hyperparameters: TrainConfig
+    environment: Environment
+    training: Training
+    final: Final
+    test: dict | None
+    skipped: list[Skipped]
+    artifacts: Artifacts
+
+    @field_validator("created")
+    @classmethod
+    def _iso_time(cls, value: str) -> str:
+        if _parse_time(value) is None:
+            raise ValueError(f"{value!r} is not an ISO-8601 time")
+        return value
+
 
 HISTORY_KEYS = ("loss", "accuracy")
-
-
-def utc_now() -> str:
-    """The current time as an ISO-8601 UTC string, for ``record["created"]``."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def jsonable(value: Any) -> Any:
-    """A copy of value made of plain JSON types: numpy scalars and arrays become Python
-    numbers and lists, tuples lists, paths strings, and NaN or infinite floats ``None``."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
-    """Write data as JSON to path atomically; return the path.
-
-    The JSON goes to a temporary file next to the target, is flushed to disk, then renamed
-    over the target in one step (``os.replace``). Until that rename the previous file is
-    untouched; if anything fails the temporary file is removed and the error re-raised.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean = jsonable(data)
-    # mkstemp makes a private (0600) file; keep the old file's mode, or the usual 0644
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp_name, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(clean, handle, indent=2, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in directory durable (POSIX); silently skipped where unsupported."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def environment_info() -> dict:
-    """Library versions, device and platform of this process, for ``record["environment"]``.
-
-    TensorFlow and Keras are imported here only, and may be absent ("not installed").
-    """
-    import cxrlib
-
-    info = {"python": platform.python_version(), "tensorflow": "not installed",
-            "keras": "not installed", "cxrlib": cxrlib.__version__, "numpy": np.__version__,
-            "device": "CPU", "platform": platform.platform()}
-    try:
-        import keras
-        info["keras"] = str(keras.__version__)
-    except ImportError:
-        pass
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return info
-    info["tensorflow"] = str(tf.__version__)
-    info["device"] = _device_name(tf)
-    return info
-
-
-def _device_name(tf: Any) -> str:
-    """"GPU: <name>" for the first visible GPU, else "CPU"."""
-    try:
-        gpus = tf.config.list_physical_devices("GPU")
-        if not gpus:
-            return "CPU"
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return f"GPU: {details.get('device_name', gpus[0].name)}"
-    except Exception as error:  # a broken driver must not stop a record being written
-        log.warning("Could not query the GPU: %s", error)
-        return "CPU"
-
-
-def validate_record(record: dict) -> list[str]:
-    """Human-readable problems with record; ``[]`` when it is a valid ``cxrlib.run/1`` record.
-
-    Checks the schema string, every required section and key with its type, a parseable
-    ``created`` time, and that every history list has ``epochs_run`` entries. Numpy values
-    are judged as the JSON they will be written as.
-    """
-    if not isinstance(record, dict):
-        return [f"a record must be a JSON object, not {type(record).__name__}"]
-    record = jsonable(record)
-    problems = _check_keys(record, TOP_LEVEL, "record")
-    if "schema" in record and record["schema"] != SCHEMA:
-        problems.append(f"schema is {record['schema']!r}, expected {SCHEMA!r}")
-    if isinstance(record.get("created"), str) and _parse_time(record["created"]) is None:
-        problems.append(f"created {record['created']!r} is not an ISO-8601 time")
-    for section, keys in REQUIRED.items():
-        if isinstance(record.get(section), dict):
-            problems += _check_keys(record[section], keys, section)
-    dataset = record.get("dataset") if isinstance(record.get("dataset"), dict) else {}
-    classes = dataset.get("classes")
-    if isinstance(classes, list) and not (classes and all(isinstance(c, str) for c in classes)):
-        problems.append("dataset.classes must be a non-empty list of class names")
-    if isinstance(record.get("training"), dict):
-        problems += _check_history(record["training"])
-    if isinstance(record.get("skipped"), list):
-        problems += [f"skipped[{i}] must be an object with 'path' and 'error'"
-                     for i, item in enumerate(record["skipped"])
-                     if not (isinstance(item, dict) and {"path", "error"} <= item.keys())]
-    return problems
-
-
-def _type_names(types: tuple[type, ...]) -> str:
-    """'int', 'number or null', ... for error messages."""
-    names = {int: "int", float: "number", str: "str", bool: "bool", dict: "object",
-             list: "list", type(None): "null"}
-    words = [names.get(t, t.__name__) for t in types]
-    if "number" in words:
-        words.remove("int")
-    return " or ".join(words)
-
-
-def _has_type(value: Any, types: tuple[type, ...]) -> bool:
-    """isinstance, except that a bool is not accepted as a number."""
-    if isinstance(value, bool) and bool not in types:
-        return False
-    return isinstance(value, types)
-
-
-def _check_keys(section: dict, keys: dict[str, tuple[type, ...]], where: str) -> list[str]:
-    """Missing keys and wrongly typed values of one section ("record" for the top level)."""
-    top = where == "record"
-    problems = []
-    for key, types in keys.items():
-        if key not in section:
-            problems.append(f"missing section {key!r}" if top else f"{where}: missing key {key!r}")
-        elif not _has_type(section[key], types):
-            name = key if top else f"{where}.{key}"
-            problems.append(f"{name} must be {_type_names(types)}, "
-                            f"not {type(section[key]).__name__}")
-    return problems
-
-
-def _check_history(training: dict) -> list[str]:
-    """Every history series is a list of numbers (or null) with epochs_run entries."""
-    history, epochs = training.get("history"), training.get("epochs_run")
-    if not isinstance(history, dict):
-        return []
-    problems = ([] if epochs == 0 else  # an untrained run (V0) has no history
-                [f"training.history: missing {key!r}" for key in HISTORY_KEYS if key not in history])
-    for key, values in history.items():
-        if not isinstance(values, list):
-            problems.append(f"training.history.{key} must be a list")
-        elif any(not _has_type(v, _OPT_NUM) for v in values):
-            problems.append(f"training.history.{key} must hold numbers only")
-        elif _has_type(epochs, _INT) and len(values) != epochs:
-            problems.append(f"training.history.{key} has {len(values)} entries "
-                            f"but epochs_run is {epochs}")
-    return problems
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -271,6 +181,43 @@ def _parse_time(text: str) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def train_config(**settings) -> dict:
+    """The settings of a training run, checked (:class:`TrainConfig`), as the record stores them.
+
+    Raises ValueError with one line per impossible setting (``batch_size: Input should be
+    greater than or equal to 1``)."""
+    try:
+        return TrainConfig.model_validate(jsonable(settings)).model_dump()
+    except ValidationError as error:
+        raise ValueError("Invalid training settings: " + "; ".join(problems_of(error))) from None
+
+
+def problems_of(error: ValidationError) -> list[str]:
+    """One readable line per problem of a pydantic validation error: ``where: what``."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "record"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return lines
+
+
+def validate_record(record: dict) -> list[str]:
+    """Human-readable problems with record; ``[]`` when it is a valid ``cxrlib.run/1`` record.
+
+    Checked against :class:`RunRecord`: every required section and key with its type, a
+    parseable ``created`` time, and that every history list has ``epochs_run`` entries.
+    Numpy values are judged as the JSON they will be written as.
+    """
+    if not isinstance(record, dict):
+        return [f"a record must be a JSON object, not {type(record).__name__}"]
+    try:
+        RunRecord.model_validate(jsonable(record))
+    except ValidationError as error:
+        return problems_of(error)
+    return []
 
 
 def write_record(run_dir: str | os.PathLike, record: dict) -> Path:

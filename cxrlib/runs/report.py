@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlib import plots
+from cxrlib.files import write_csv_atomic, write_text_atomic
 from cxrlib.runs.records import find_records
 
 log = logging.getLogger(__name__)
@@ -185,9 +186,8 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike | None 
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     table = comparison_table(records)
-    paths = [out / "table.md", out / "table.csv"]
-    paths[0].write_text(markdown_table(table), encoding="utf-8")
-    table.to_csv(paths[1], index=False)
+    paths = [write_text_atomic(out / "table.md", markdown_table(table)),
+             write_csv_atomic(table, out / "table.csv")]
     comparison = _comparison_figure(records, table, figures / "comparison.png")
     if comparison is not None:
         paths.append(comparison)

@@ -22,30 +22,20 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from cxrlib.models.backbones import VARIANT_ALIASES, default_size
+from cxrlib.environment import environment_info
+from cxrlib.models.backbones import default_size
+from cxrlib.models.variants import get_variant
 from cxrlib.data.pipeline import NO_AUGMENT, Augment, Prep, make_dataset, with_crop_reference
 from cxrlib.data.splits import class_weights as balanced_weights
 from cxrlib.data.splits import save_split, subset
+from cxrlib.runs.evaluate import evaluate
 
 log = logging.getLogger(__name__)
-
-# The course's recipe per variant: optimiser, learning rate, old-style decay, augmentation.
-RECIPES: dict[str, dict[str, Any]] = {
-    "v0": {"optimizer": "sgd", "learning_rate": 0.01, "decay": 1e-6, "augment": False, "epochs": 0},
-    "v1": {"optimizer": "sgd", "learning_rate": 0.01, "decay": 1e-6, "augment": False, "epochs": 20},
-    "v2": {"optimizer": "sgd", "learning_rate": 0.01, "decay": 1e-6, "augment": True, "epochs": 20},
-    "v2reg": {"optimizer": "sgd", "learning_rate": 0.01, "decay": 1e-6, "augment": True, "epochs": 20},
-    "frozen": {"optimizer": "sgd", "learning_rate": 0.01, "decay": 1e-6, "augment": True, "epochs": 20},
-    "v3": {"optimizer": "sgd", "learning_rate": 1e-3, "decay": 1e-6, "augment": True, "epochs": 10},
-    "finetune": {"optimizer": "sgd", "learning_rate": 1e-3, "decay": 1e-6, "augment": True, "epochs": 10},
-    "scratch": {"optimizer": "adam", "learning_rate": 1e-3, "decay": 0.0, "augment": True, "epochs": 30},
-}
-
 
 def run_dir(results_dir: str | Path, backbone: str, variant: str) -> Path:
     """Where a run lives in a shared results directory: ``RESULTS/<backbone>-<variant>``.
@@ -53,27 +43,14 @@ def run_dir(results_dir: str | Path, backbone: str, variant: str) -> Path:
     Aliases share a directory (``frozen`` is ``v2reg``, ``finetune`` is ``v3``), so a
     notebook that asks for DenseNet121 ``frozen`` finds the V2-reg run another one trained.
     """
-    return Path(results_dir) / f"{backbone}-{VARIANT_ALIASES.get(variant, variant)}"
+    return Path(results_dir) / f"{backbone}-{get_variant(variant).name}"
 
 
-def _epoch_bar(total: int, initial: int, desc: str):
-    """A Keras callback showing one tqdm bar over epochs (tidy in notebooks and terminals)."""
-    import keras
-    from tqdm.auto import tqdm
+def _epoch_bar(epochs: int):
+    """tqdm's Keras callback: one bar over epochs (a resumed run starts at its epoch)."""
+    from tqdm.keras import TqdmCallback
 
-    class EpochBar(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="epoch")
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in (logs or {}).items()
-                                  if k in ("loss", "accuracy", "val_loss", "val_accuracy")})
-            self.bar.update(1)
-
-        def on_train_end(self, logs=None):
-            self.bar.close()
-
-    return EpochBar()
+    return TqdmCallback(epochs=epochs, verbose=0)
 
 
 def read_history(path: Path) -> dict[str, list[float]]:
@@ -95,11 +72,6 @@ def data_fingerprint(manifest: pd.DataFrame) -> list:
     return sorted((p, s, *stat(p)) for p, s in zip(manifest["path"], manifest["split"]))
 
 
-def _fingerprint_file(path: str | None) -> list | None:
-    """Size and mtime of a file (``init_from``): a retrained source model changes the key."""
-    return None if not path else data_fingerprint(pd.DataFrame({"path": [path], "split": [""]}))
-
-
 def config_key(config: dict) -> str:
     """A short stable hash of a run's configuration (to reuse a finished identical run)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -118,39 +90,6 @@ def _strategy(strategy):
     return strategy
 
 
-def _predict(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (N, K) and integer labels (N,) over a labelled dataset, in order."""
-    probs, labels = [], []
-    for x, y in dataset:
-        p = np.asarray(model(x, training=False), dtype=np.float64)
-        probs.append(np.concatenate([1 - p, p], axis=1) if p.shape[-1] == 1 else p)
-        y = np.asarray(y)
-        labels.append(y[:, 0].astype(int) if y.ndim == 2 and y.shape[1] == 1
-                      else (y.argmax(1) if y.ndim == 2 else y.astype(int)))
-    if not probs:
-        return np.zeros((0, 0)), np.zeros((0,), int)
-    return np.concatenate(probs), np.concatenate(labels)
-
-
-def evaluate(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
-             batch_size: int = 32, bootstrap: int = 1000, seed: int = 0,
-             target_sensitivity: float = 0.99) -> dict:
-    """Score a model on a manifest: the metrics of :func:`cxrlib.runs.metrics.compute_metrics`."""
-    from cxrlib.runs.metrics import compute_metrics
-
-    binary = model.output_shape[-1] == 1
-    skipped: list = []
-    ds = make_dataset(manifest, classes, prep, batch_size=batch_size, cache=False,
-                      label_mode="binary" if binary else "categorical", skip_log=skipped)
-    probs, labels = _predict(model, ds)
-    if len(labels) == 0:
-        raise ValueError("No readable images to evaluate.")
-    metrics = compute_metrics(labels, probs, classes, bootstrap=bootstrap, seed=seed,
-                              target_sensitivity=target_sensitivity)
-    metrics["skipped"] = skipped
-    return metrics
-
-
 def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant: str,
           out_dir: str | Path, weights: str | None = "imagenet", image_size: int | None = None,
           epochs: int | None = None, batch_size: int = 32, optimizer: str | None = None,
@@ -158,15 +97,20 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
           class_weight: bool = False, augment: Augment | bool | None = None, crop: bool = False,
           equalize: str | None = None, channels: int = 3, binary: bool = False,
           early_stopping: int | None = None, tensorboard: bool = False, strategy=None,
-          mixed_precision: bool = False, xla: bool = False, init_from: str | None = None,
-          name: str | None = None, dataset_info: dict | None = None, reuse: bool = True,
+          mixed_precision: bool = False, xla: bool = False, run_eagerly: bool = False,
+          init_from: str | None = None, name: str | None = None, dataset_info: dict | None = None, reuse: bool = True,
           progress: bool = True, callbacks: Sequence = (), bootstrap: int = 1000) -> dict:
     """Train ``backbone`` × ``variant`` on the ``train`` split of ``manifest``; return the record.
 
     The manifest must carry a ``split`` column (see :func:`cxrlib.data.splits.split_manifest`).
     Defaults not given (epochs, optimiser, learning rate, decay, augmentation) come from the
-    course's recipe for the variant in :data:`RECIPES`. The run validates on ``val``, keeps
+    variant's registry entry (:mod:`cxrlib.models.variants`). The run validates on ``val``, keeps
     the best model, and scores it on ``test``; everything lands in ``out_dir``.
+
+    ``run_eagerly`` skips graph tracing: slower per step, so only worth it for a handful of
+    steps (tracing a 400-layer backbone takes longer than a smoke run's whole training).
+    Every setting is checked (:class:`cxrlib.runs.records.TrainConfig`) before anything is
+    written; an impossible one raises ValueError.
     """
     import keras
 
@@ -174,16 +118,16 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
     from cxrlib.runs import records
 
     out = Path(out_dir)
-    recipe = RECIPES[variant] if variant in RECIPES else RECIPES["v2reg"]
+    recipe = get_variant(variant)
     image_size = image_size or default_size(backbone)
-    epochs = recipe["epochs"] if epochs is None else epochs
-    if variant == "v0":
+    epochs = recipe.epochs if epochs is None else epochs
+    if recipe.training == "none":
         epochs = 0
-    optimizer = optimizer or recipe["optimizer"]
-    learning_rate = recipe["learning_rate"] if learning_rate is None else learning_rate
-    decay = recipe["decay"] if decay is None else decay
+    optimizer = optimizer or recipe.optimizer
+    learning_rate = recipe.learning_rate if learning_rate is None else learning_rate
+    decay = recipe.decay if decay is None else decay
     if augment is None or augment is True:
-        augment = Augment() if (recipe["augment"] or augment is True) else NO_AUGMENT
+        augment = Augment() if (recipe.augment or augment is True) else NO_AUGMENT
     elif augment is False:
         augment = NO_AUGMENT
     train_df, val_df, test_df = (subset(manifest, s) for s in ("train", "val", "test"))
@@ -191,13 +135,13 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
         raise ValueError("The manifest has no 'train' rows; split it with split_manifest first.")
     prep = with_crop_reference(Prep(image_size=image_size, backbone=backbone, channels=channels,
                                     crop=crop, equalize=equalize), train_df)
-    hyper = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer,
-             "learning_rate": learning_rate, "decay": decay, "seed": seed,
-             "class_weight": class_weight, "augment": asdict(augment), "binary": binary,
-             "early_stopping": early_stopping, "mixed_precision": mixed_precision, "xla": xla,
-             "strategy": str(strategy) if strategy is not None else None,
-             "init_from": init_from, "weights": None if weights is None else str(weights)}
-    key = config_key({"backbone": backbone, "variant": VARIANT_ALIASES.get(variant, variant), "classes": list(classes),
+    hyper = records.train_config(
+        epochs=epochs, batch_size=batch_size, optimizer=optimizer, learning_rate=learning_rate,
+        decay=decay, seed=seed, class_weight=class_weight, augment=asdict(augment), binary=binary,
+        early_stopping=early_stopping, mixed_precision=mixed_precision, xla=xla,
+        run_eagerly=run_eagerly, strategy=str(strategy) if strategy is not None else None,
+        init_from=init_from, weights=None if weights is None else str(weights))
+    key = config_key({"backbone": backbone, "variant": recipe.name, "classes": list(classes),
                       "prep": prep.to_dict(), "hyper": hyper,
                       "data": sorted(zip(manifest["path"], manifest["split"]))})
     if reuse and (out / "record.json").is_file():
@@ -230,11 +174,11 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
                 copied = models.copy_matching_weights(models.load_model(init_from), model)
                 log.info("Initialised %d layers from %s.", copied, init_from)
             models.compile_model(model, models.make_optimizer(optimizer, learning_rate, decay),
-                                 jit_compile=True if xla else False)
+                                 jit_compile=True if xla else False, run_eagerly=run_eagerly)
         weights_by_class = balanced_weights(train_df["label"], classes) if class_weight else None
         started = time.time()
         resumed = (out / "backup").is_dir()
-        if variant == "v1":
+        if recipe.training == "features":
             history = _train_v1(model, train_df, val_df, classes, prep, out, epochs, batch_size,
                                 label_mode, weights_by_class, seed, progress, skipped)
         elif epochs > 0:
@@ -259,7 +203,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
              for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
     record = {
         "schema": records.SCHEMA,
-        "name": name or models.run_name(backbone, variant),
+        "name": name or models.model_name(backbone, variant),
         "created": pd.Timestamp.now(tz="UTC").isoformat(),
         "config_key": key,
         "dataset": {"root": manifest.attrs.get("root", ""), "layout": manifest.attrs.get("layout", ""),
@@ -272,7 +216,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
                   "total_params": int(model.count_params())},
         "prep": prep.to_dict(),
         "hyperparameters": hyper,
-        "environment": records.environment_info(),
+        "environment": environment_info(),
         "training": {"epochs_run": epochs_run, "wall_time_s": wall, "history": history,
                      "resumed": resumed},
         "final": {k: (None if v is None else float(v)) for k, v in final.items()},
@@ -309,7 +253,7 @@ def _fit(model, train_df, val_df, classes, prep, out: Path, epochs: int, batch_s
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
     if progress:
-        callbacks.append(_epoch_bar(epochs, min(done, epochs), model.name))
+        callbacks.append(_epoch_bar(epochs))
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights_by_class,
               callbacks=callbacks, shuffle=False, verbose=0)
     return read_history(out / "history.csv")
@@ -372,7 +316,7 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, ba
     validation = (data["x_val"], data["y_val"]) if "x_val" in data else None
     callbacks = [keras.callbacks.CSVLogger(str(out / "history.csv"))]
     if progress:
-        callbacks.append(_epoch_bar(epochs, 0, model.name))
+        callbacks.append(_epoch_bar(epochs))
     head.fit(data["x_train"], data["y_train"], validation_data=validation, epochs=epochs,
              batch_size=batch_size, class_weight=weights_by_class, callbacks=callbacks,
              shuffle=True, verbose=0)
