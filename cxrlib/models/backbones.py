@@ -60,6 +60,7 @@ BACKBONES: dict[str, Backbone] = {
 COURSE_BACKBONES: tuple[str, ...] = ("densenet121", "resnet50", "vgg16", "inceptionv3", "xception")
 SCRATCH = "scratch"
 SCRATCH_SIZE = 128
+SCRATCH_MIN_SIZE = 16  # four 2x2 poolings leave one pixel
 # Model variants (see cxrlib.models.build); kept here so the CLI can list them without Keras.
 VARIANTS: tuple[str, ...] = ("v0", "v1", "v2", "v2reg", "v3", "frozen", "finetune", "scratch")
 # For every backbone, "frozen" is the course's V2-reg recipe and "finetune" is V3.
@@ -81,6 +82,11 @@ def get_backbone(name: str) -> Backbone:
 def default_size(name: str) -> int:
     """The default square input size of a backbone (or of the from-scratch CNN)."""
     return SCRATCH_SIZE if name == SCRATCH else get_backbone(name).size
+
+
+def min_input_size(name: str) -> int:
+    """The smallest square input a backbone (or the from-scratch CNN) accepts."""
+    return SCRATCH_MIN_SIZE if name == SCRATCH else get_backbone(name).min_size
 
 
 def _load(path: str) -> Callable:
