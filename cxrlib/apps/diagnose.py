@@ -53,8 +53,12 @@ def load_run(model_path: str | os.PathLike) -> tuple[Any, list[str], Prep, dict]
     if not (path.parent / RECORD_FILE).is_file():
         raise FileNotFoundError(f"No {RECORD_FILE} beside {path}: the run's classes and image "
                                 "preparation are recorded there, and diagnosis needs them.")
+    from cxrlib.runs.evaluate import check_outputs
+
     record = read_record(path.parent)
-    return load_model(str(path)), list(record["dataset"]["classes"]), explain.prep_from_record(record), record
+    model, classes = load_model(str(path)), list(record["dataset"]["classes"])
+    check_outputs(model, classes, path)
+    return model, classes, explain.prep_from_record(record), record
 
 
 def find_images(folder: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:

@@ -27,8 +27,11 @@ def prepare_split(data: str | Path, layout: str = "auto", classes: Sequence[str]
     if split_file:
         manifest = load_split(split_file)
         return manifest, class_names(manifest, classes)
+    if samples_per_class is not None and samples_per_class < 1:
+        raise ValueError(f"samples per class must be at least 1, not {samples_per_class} "
+                         "(leave it out to use every image).")
     manifest = load_manifest(data, layout=layout, classes=classes)
-    if samples_per_class:
+    if samples_per_class is not None:
         manifest = sample_per_class(manifest, samples_per_class, seed=seed)
     manifest = split_manifest(manifest, val=val, test=test, seed=seed)
     return manifest, class_names(manifest, classes)
@@ -51,12 +54,48 @@ def match_classes(manifest: pd.DataFrame, model_classes: Sequence[str]) -> pd.Da
     return out
 
 
-def evaluate_saved_model(model_path: str | Path, data: str | Path, split: str = "test",
+def check_outputs(model, classes: Sequence[str], path: str | Path) -> None:
+    """ValueError unless the model has one output per recorded class (or one sigmoid for two)."""
+    units = int(model.output_shape[-1])
+    if units != len(classes) and not (units == 1 and len(classes) == 2):
+        raise ValueError(f"The model {path} has {units} output(s) but its record.json lists "
+                         f"{len(classes)} classes {list(classes)}: the model and the record come "
+                         "from different runs; train the run again.")
+
+
+def _test_split(model_path: Path, record: dict, data: str | Path | None) -> pd.DataFrame:
+    """The run's own test split; ``data``, when given, must be the folder it was drawn from."""
+    root = record["dataset"].get("root", "")
+    if data is not None:
+        if not Path(data).is_dir():
+            raise FileNotFoundError(f"--data {data} is not a folder. With --split test the run's "
+                                    "own test split is scored; leave --data out, or use --split "
+                                    "all to score another folder.")
+        if root and Path(data).resolve() != Path(root).resolve():
+            raise ValueError(f"--split test scores the run's own test split, drawn from {root}, "
+                             f"not {data}; use --split all --data {data} to score every image "
+                             "there, or leave --data out.")
+    split_path = model_path.parent / record["artifacts"].get("split", "split.csv")
+    manifest = load_split(split_path)
+    manifest = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    if manifest.empty:
+        raise ValueError(f"The run's split {split_path} has no test images; use --split all --data DIR.")
+    missing = [p for p in manifest["path"] if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the run's {len(manifest)} test images are "
+                                f"gone (first: {missing[0]}); the dataset moved or changed. "
+                                "Use --split all --data DIR to score the folder where it is now.")
+    return manifest
+
+
+def evaluate_saved_model(model_path: str | Path, data: str | Path | None = None, split: str = "test",
                          out_dir: str | Path | None = None, layout: str = "auto") -> dict:
     """Score ``RUN_DIR/model.keras`` and write ``out_dir/metrics.json`` (and a confusion plot).
 
-    ``split="test"`` uses the run's saved test split; ``split="all"`` scores every image of
-    ``data`` whose class the model knows.
+    ``split="test"`` scores the run's saved test split (``data``, if given, must be the
+    folder the run was trained on); ``split="all"`` scores every image of ``data`` whose
+    class the model knows. What cannot be honoured (a missing folder, another folder with
+    ``split="test"``, test images that are gone) raises instead of scoring something else.
     """
     from cxrlib.models.build import load_model
     from cxrlib.data.pipeline import prep_from_record
@@ -71,15 +110,17 @@ def evaluate_saved_model(model_path: str | Path, data: str | Path, split: str = 
     classes = record["dataset"]["classes"]
     prep = prep_from_record(record)
     if split == "test":
-        split_path = model_path.parent / record["artifacts"].get("split", "split.csv")
-        manifest = load_split(split_path)
-        manifest = manifest[manifest["split"] == "test"].reset_index(drop=True)
+        manifest = _test_split(model_path, record, data)
+        data = record["dataset"].get("root") or data
     elif split == "all":
+        if data is None:
+            raise ValueError("--split all scores every image of a folder: give it with --data DIR.")
         manifest = match_classes(load_manifest(data, layout=layout), classes)
     else:
         raise ValueError(f"split must be 'test' or 'all', not {split!r}")
-    metrics = evaluate(load_model(str(model_path)), manifest, classes, prep,
-                       seed=record["hyperparameters"].get("seed", 0))
+    model = load_model(str(model_path))
+    check_outputs(model, classes, model_path)
+    metrics = evaluate(model, manifest, classes, prep, seed=record["hyperparameters"].get("seed", 0))
     metrics.update({"model": str(model_path), "data": str(data), "split": split,
                     "run": record["name"]})
     if out_dir is not None:

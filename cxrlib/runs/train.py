@@ -193,7 +193,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
 
     out = Path(out_dir)
     recipe = RECIPES[variant] if variant in RECIPES else RECIPES["v2reg"]
-    image_size = image_size or default_size(backbone)
+    image_size = default_size(backbone) if image_size is None else int(image_size)
     epochs = recipe["epochs"] if epochs is None else epochs
     if variant == "v0":
         epochs = 0
