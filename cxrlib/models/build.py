@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -254,6 +255,9 @@ def load_model(path: str) -> keras.Model:
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"No model file at {path}.")
+    if str(path).endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(f"The model file {path} is truncated or corrupt (not a complete .keras "
+                         "archive); train the run again or restore the file.")
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as error:

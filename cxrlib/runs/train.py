@@ -433,7 +433,8 @@ def _staging(out: Path, key: str, config: dict, fresh: bool) -> Path:
         if fresh or not (work / "backup").is_dir():
             shutil.rmtree(work)
         elif previous.get("config_key") != key:
-            changes = _changed(previous.get("config", {}), config) or ["the data or its split"]
+            now = json.loads(json.dumps(config, default=str))  # tuples read back as lists
+            changes = _changed(previous.get("config", {}), now) or ["the data or its split"]
             raise RunFolderError(
                 f"{out} holds an interrupted run with another configuration "
                 f"({'; '.join(changes[:3])}); rerun with its settings to resume it, or add "
