@@ -20,7 +20,7 @@ from PIL import Image
 from cxrlib.apps import cli
 from cxrlib.apps.cli import main
 from cxrlib.runs import train as training
-from cxrlib.runs.records import read_record
+from cxrlib.runs.records import find_records, read_record
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 
@@ -162,6 +162,7 @@ def test_a_failed_new_run_never_replaces_the_finished_one(made, run_copy: Path, 
     # the finished run is whole; only the new run's own staging folder was added
     assert tree_hash(run_copy, skip=(training.PARTIAL,)) == before
     assert not (run_copy / training.LOCK_FILE).exists()
+    assert [r["_dir"] for r in find_records(run_copy)] == [str(run_copy)]
 
 
 def test_a_second_train_into_a_busy_folder_is_refused(made, run_copy: Path, capsys) -> None:
