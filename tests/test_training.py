@@ -209,13 +209,14 @@ def test_interrupted_run_resumes_from_backup(tiny_split, tmp_path) -> None:
     with pytest.raises(RuntimeError, match="power cut"):
         training.train(tiny_split, ["COVID", "Normal"], "scratch", "scratch", out,
                        callbacks=[_Crash(1)], **kwargs)
-    assert (out / "backup").is_dir() and not (out / "record.json").exists()
-    assert len(training.read_history(out / "history.csv")["loss"]) == 2
+    partial = out / training.PARTIAL  # the run in progress stays out of the run folder proper
+    assert (partial / "backup").is_dir() and not (out / "record.json").exists()
+    assert len(training.read_history(partial / "history.csv")["loss"]) == 2
     record = training.train(tiny_split, ["COVID", "Normal"], "scratch", "scratch", out, **kwargs)
     assert record["training"]["resumed"] is True
     assert record["training"]["epochs_run"] == 4
     assert len(record["training"]["history"]["val_loss"]) == 4
-    assert not (out / "backup").exists()  # removed once the run finished
+    assert not partial.exists() and not (out / training.LOCK_FILE).exists()  # removed once finished
 
 
 def test_resumed_checkpoint_keeps_the_best_model_from_before_the_stop(tmp_path) -> None:

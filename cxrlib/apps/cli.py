@@ -2,7 +2,8 @@
 
 Each sub-command parses its flags and calls one library function with the same defaults
 the notebooks use. Errors the user can fix (a missing dataset, unavailable weights, a bad
-flag) print one clear line and exit with status 2, never a stack trace.
+flag) print one clear line and exit with status 2, never a stack trace. An unexpected
+internal error prints one line naming the log file that holds its traceback, and exits 1.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
+import time
+import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -89,7 +94,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     metrics = evaluate_saved_model(args.model, args.data, split=args.split, out_dir=args.out,
                                    layout=args.layout)
-    print(f"accuracy {metrics['accuracy']:.3f}, macro AUC {metrics['auc_macro']} on {metrics['n']} "
+    auc = metrics["auc_macro"]
+    auc_text = f"{auc:.3f}" if auc is not None else f"n/a ({metrics.get('auc_macro_note', '')})"
+    print(f"accuracy {metrics['accuracy']:.3f}, macro AUC {auc_text} on {metrics['n']} "
           f"images → {Path(args.out) / 'metrics.json'}")
     return 0
 
@@ -137,12 +144,23 @@ def _diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     from cxrlib.data.synthetic import SYNTH_CLASSES
 
     p = sub.add_parser("synth", help="write the synthetic default dataset (COVID-19 Radiography v4 layout)")
     p.add_argument("out", help="output directory")
-    p.add_argument("--per-class", type=int, default=300, help="images per class (default 300)")
+    p.add_argument("--per-class", type=positive_int, default=300, help="images per class (default 300)")
     p.add_argument("--size", type=int, default=256, help="nominal image size in pixels (default 256)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", nargs="+", choices=SYNTH_CLASSES, help="classes to draw (default all four)")
@@ -174,10 +192,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", required=True, choices=sorted(BACKBONES) + ["scratch"])
     p.add_argument("--variant", required=True, choices=VARIANT_NAMES)
     p.add_argument("--weights", default="imagenet", help="imagenet, none, or a local weights file")
-    p.add_argument("--image-size", type=int, help="input size (default: the backbone's)")
-    p.add_argument("--epochs", type=int, help="default: the variant's recipe")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--samples-per-class", type=int, help="balanced sample of N per class (default: all)")
+    p.add_argument("--image-size", type=positive_int, help="input size (default: the backbone's)")
+    p.add_argument("--epochs", type=positive_int, help="default: the variant's recipe")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--samples-per-class", type=positive_int, help="balanced sample of N per class (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
@@ -197,7 +215,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--xla", action="store_true", help="compile with XLA")
     p.add_argument("--strategy", choices=("mirrored", "multiworker"), help="distribution strategy")
     p.add_argument("--init-from", help="copy matching weights from this .keras model first")
-    p.add_argument("--force", action="store_true", help="retrain even if a finished identical run exists")
+    p.add_argument("--force", action="store_true",
+                   help="retrain even if a finished identical run exists; discard an interrupted run")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -205,9 +224,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="score a saved model; writes OUT_DIR/metrics.json")
     p.add_argument("--model", required=True, help="RUN_DIR/model.keras (its record.json sits beside it)")
-    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--data", help="--split all: the folder to score; --split test: optional, "
+                                  "must be the run's own dataset folder")
     p.add_argument("--split", default="test", choices=("test", "all"),
-                   help="test: the run's own test split; all: every image of --data")
+                   help="test: the run's own test split (from RUN_DIR/split.csv); "
+                        "all: every image of --data")
     p.add_argument("--out", required=True)
     p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
 
@@ -243,9 +264,16 @@ PARSER_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_synth, _add_data, _add_train, _add_evaluate, _add_report, _add_diagnose, _add_notebooks]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see '{self.prog} -h')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(prog="cxr", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="cxr", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in PARSER_BUILDERS:
@@ -260,8 +288,46 @@ def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
     return COMMANDS[name]
 
 
+def one_line(text: str, limit: int = 600) -> str:
+    """A message as one line: colour codes dropped, lines joined, cut to ``limit`` characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def log_dir() -> Path:
+    """Where internal errors' tracebacks go: ``$CXR_LOG_DIR``, else ``~/.cache/cxrlib/logs``."""
+    if os.environ.get("CXR_LOG_DIR"):
+        return Path(os.environ["CXR_LOG_DIR"])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "cxrlib" / "logs"
+
+
+def _log_traceback(argv: Sequence[str] | None) -> Path | None:
+    """Write the current exception's traceback (and the command line) to a new log file."""
+    try:
+        folder = log_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"cxr-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(f"cxr {' '.join(sys.argv[1:] if argv is None else argv)}\n\n"
+                        + traceback.format_exc())
+        return path
+    except OSError:
+        return None
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse an output path that exists as a file before any work starts."""
+    out = getattr(args, "out", None)
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise NotADirectoryError(f"The output path {out} is a file; give a folder path.")
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (0 done, 2 a user error, 1 an internal error)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -269,13 +335,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxrlib.data.datasets import DatasetError
 
     try:
+        _check_out(args)
         return _handler(args)(args)
-    except (DatasetError, WeightsUnavailableError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (DatasetError, WeightsUnavailableError, *USER_ERRORS) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        where = _log_traceback(argv)
+        print(f"error: internal error ({type(error).__name__}: {one_line(error, 200)}); "
+              + (f"full traceback in {where}" if where else "no log could be written")
+              + ". Please report it.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -52,7 +52,15 @@ def find_images(folder: str | os.PathLike, exclude: str | os.PathLike | None = N
         relative = path.relative_to(root).parts
         if any(part.startswith((".", "__MACOSX")) for part in relative):
             continue
-        if skip is not None and (path.resolve() == skip or skip in path.resolve().parents):
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # a broken link or a link loop: a row with its error
+            if is_image_path(path):
+                found.append(path)
+            else:
+                log.warning("Skipped %s: a broken or looping symbolic link.", path)
+            continue
+        if skip is not None and (target == skip or skip in target.parents):
             continue
         if path.is_file() and is_image_path(path):
             found.append(path)

@@ -123,14 +123,35 @@ def _manifest(rows: list[dict]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def _is_class_folder(folder: Path) -> bool:
+    """True for a folder that holds images itself or in ``images/`` (a class, not a wrapper)."""
+    return bool(_images_in(folder) or _images_in(folder / "images"))
+
+
 def _descend(root: Path) -> Path:
-    """Skip single wrapper folders such as ``COVID-19_Radiography_Dataset/`` left by unzip."""
+    """Skip single wrapper folders such as ``COVID-19_Radiography_Dataset/`` left by unzip.
+
+    A single folder that holds images is a class (a one-class dataset), not a wrapper.
+    """
     while True:
         subdirs = _subdirs(root)
-        if len(subdirs) == 1 and not _images_in(root) and not list(root.glob("*.csv")):
+        if (len(subdirs) == 1 and not _images_in(root) and not list(root.glob("*.csv"))
+                and not _is_class_folder(subdirs[0])):
             root = subdirs[0]
         else:
             return root
+
+
+def _image_dir(class_dir: Path) -> Path:
+    """Where a class's images are: ``<class>/images/`` when present (loose ones are reported)."""
+    if not (class_dir / "images").is_dir():
+        return class_dir
+    loose = _images_in(class_dir)
+    if loose:
+        log.warning("%d image file(s) directly in %s (e.g. %s) are left out: this layout reads "
+                    "%s/images/ only; move them there to use them.", len(loose), class_dir,
+                    loose[0].name, class_dir.name)
+    return class_dir / "images"
 
 
 # --- layout detection -------------------------------------------------------------------
@@ -205,7 +226,7 @@ def read_covid19_radiography(root: Path) -> pd.DataFrame:
     synthetic = (root / "synthetic.json").is_file()
     rows = []
     for class_dir in _subdirs(root):
-        image_dir = class_dir / "images" if (class_dir / "images").is_dir() else class_dir
+        image_dir = _image_dir(class_dir)
         mask_dir = class_dir / "masks"
         sources = _covid_metadata_sources(class_dir)
         for path in _images_in(image_dir):
@@ -362,7 +383,7 @@ def read_folders(root: Path) -> pd.DataFrame:
     """Read a plain class-folder tree; ``<class>/images/`` sub-folders are accepted too."""
     rows = []
     for class_dir in _subdirs(_descend(root)):
-        image_dir = class_dir / "images" if (class_dir / "images").is_dir() else class_dir
+        image_dir = _image_dir(class_dir)
         label = canonical_class(class_dir.name)
         subtype = label if label in ("Bacterial Pneumonia", "Viral Pneumonia") else ""
         for path in _images_in(image_dir):

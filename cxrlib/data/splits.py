@@ -183,8 +183,11 @@ def prepare_split(data: str | Path, layout: str = "auto", classes: Sequence[str]
     if split_file:
         manifest = load_split(split_file)
         return manifest, class_names(manifest, classes)
+    if samples_per_class is not None and samples_per_class < 1:
+        raise ValueError(f"samples per class must be at least 1, not {samples_per_class} "
+                         "(leave it out to use every image).")
     manifest = load_manifest(data, layout=layout, classes=classes)
-    if samples_per_class:
+    if samples_per_class is not None:
         manifest = sample_per_class(manifest, samples_per_class, seed=seed)
     manifest = split_manifest(manifest, val=val, test=test, seed=seed)
     return manifest, class_names(manifest, classes)

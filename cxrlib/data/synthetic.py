@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -448,20 +447,64 @@ def _version() -> str | None:
     return __version__
 
 
-def _stale_files(out: Path, classes: Sequence[str], keep: int) -> list[Path]:
-    """Synthetic-looking files ``<C>/{images,masks}/<C>-<i>.png`` with i > keep."""
-    stale = []
-    for name in classes:
-        pattern = re.compile(rf"{re.escape(name)}-(\d+)\.png")
-        for sub in ("images", "masks"):
-            folder = out / name / sub
-            if not folder.is_dir():
-                continue
-            for p in folder.iterdir():
-                m = pattern.fullmatch(p.name)
-                if m and p.is_file() and int(m.group(1)) > keep:
-                    stale.append(p)
-    return stale
+def _synthetic_files(classes: Sequence[str], per_class: int) -> list[str]:
+    """The files one synthetic run writes, relative to its folder (posix paths)."""
+    files = [f"{name}/{sub}/{name}-{i}.png" for name in classes for sub in ("images", "masks")
+             for i in range(1, per_class + 1)]
+    return files + ["markers.csv"]
+
+
+def _owned_files(meta_path: Path) -> set[str]:
+    """The files an earlier run recorded as its own in ``synthetic.json``.
+
+    Older versions recorded no list; theirs is rebuilt from their classes and ``per_class``.
+    """
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(meta, dict):
+        return set()
+    if isinstance(meta.get("files"), list):
+        return {str(f) for f in meta["files"]}
+    classes = [c for c in meta.get("classes", []) if c in SYNTH_CLASSES]
+    return set(_synthetic_files(classes, int(meta.get("per_class", 0) or 0)))
+
+
+def _claim_folder(out: Path, targets: Sequence[str]) -> set[str]:
+    """Check that synth may write ``targets`` into ``out``; return the files it owns there.
+
+    ``out`` must be missing, empty, or a folder an earlier synth run wrote (``synthetic.json``);
+    a file synth did not write is never overwritten. Raises FileExistsError otherwise.
+    """
+    meta_path = out / "synthetic.json"
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; give synth a new or empty folder.")
+    if not out.exists() or not any(out.iterdir()):
+        return set()
+    if not meta_path.is_file():
+        raise FileExistsError(f"{out} is not empty and holds no synthetic.json, so synth did not "
+                              "write it; refusing to touch it. Give synth a new or empty folder.")
+    owned = _owned_files(meta_path)
+    foreign = sorted(f for f in targets if f not in owned and (out / f).exists())
+    if foreign:
+        raise FileExistsError(f"{out} holds {len(foreign)} file(s) synth did not write (first: "
+                              f"{foreign[0]}); refusing to overwrite them. Give synth a new or "
+                              "empty folder.")
+    return owned
+
+
+def _remove_owned(out: Path, stale: set[str]) -> None:
+    """Delete files an earlier synth run wrote and this one does not, and emptied folders."""
+    for rel in sorted(stale):
+        path = out / rel
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    folders = {p for r in stale for p in Path(r).parents if p != Path(".")}
+    for rel in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        folder = out / rel
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _check_film_settings(size: int, severity: tuple[float, float]) -> tuple[float, float]:
@@ -487,10 +530,11 @@ def generate_synthetic(out_dir: str | Path, per_class: int = 300, size: int = 25
     the output is reproducible and does not depend on ``per_class`` or ``classes``
     (None means all of SYNTH_CLASSES). Sizes vary in [0.85, 1.25] x ``size`` per side when
     ``vary_size``; each image's severity is drawn uniformly from ``severity``.
-    Re-running into the same folder overwrites the synthetic files (and removes
-    synthetic images beyond ``per_class``, or of classes dropped since, left by an earlier
-    run); other files are never touched. A folder that holds images in this layout but no
-    ``synthetic.json`` (e.g. the real database) is refused with FileExistsError.
+    ``synthetic.json`` also lists every file the run wrote (``files``). Re-running into the
+    same folder overwrites and removes only files listed there (images beyond ``per_class``,
+    or of classes dropped since); other files are never touched. A non-empty folder without
+    ``synthetic.json`` (e.g. the real database), or one where a file to be written exists but
+    is not listed, is refused with FileExistsError before anything is written.
     """
     classes = list(SYNTH_CLASSES if classes is None else classes)
     if not classes:
@@ -511,19 +555,8 @@ def generate_synthetic(out_dir: str | Path, per_class: int = 300, size: int = 25
 
     out = Path(out_dir)
     meta_path = out / "synthetic.json"
-    if not meta_path.exists():
-        for name in classes:
-            if (out / name / "images" / f"{name}-1.png").exists():
-                raise FileExistsError(
-                    f"{out} already holds {name}/images/{name}-1.png but no synthetic.json: "
-                    "refusing to overwrite what looks like a real dataset")
-    previous = []
-    if meta_path.exists():
-        try:
-            previous = [c for c in json.loads(meta_path.read_text()).get("classes", [])
-                        if c in SYNTH_CLASSES]
-        except (ValueError, AttributeError):
-            previous = []
+    targets = _synthetic_files(classes, per_class)
+    owned = _claim_folder(out, targets)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "generator": "cxrlib.data.synthetic.generate_synthetic",
@@ -537,16 +570,9 @@ def generate_synthetic(out_dir: str | Path, per_class: int = 300, size: int = 25
         "rng": "numpy.random.default_rng([seed, SYNTH_CLASSES.index(class), i])",
         "layout": "COVID-19 Radiography Database v4: <Class>/images|masks/<Class>-<i>.png",
     }
-    # written first, so that an interrupted run is still recognised as synthetic
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    for p in _stale_files(out, sorted(set(previous) | set(classes)), per_class):
-        p.unlink()
-    for name in set(previous) - set(classes):
-        for p in _stale_files(out, [name], 0):
-            p.unlink()
-        for folder in (out / name / "images", out / name / "masks", out / name):
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+    # written first, listing every file synth may own, so an interrupted run is still recognised
+    meta_path.write_text(json.dumps({**meta, "files": sorted(owned | set(targets))}, indent=2) + "\n")
+    _remove_owned(out, owned - set(targets))
 
     pool = [m for m in RANDOM_MARKERS if not (shortcut_class and m == SHORTCUT_MARKER)]
     jobs = [(name, i) for name in classes for i in range(1, per_class + 1)]
@@ -584,6 +610,7 @@ def generate_synthetic(out_dir: str | Path, per_class: int = 300, size: int = 25
         writer = csv.DictWriter(f, fieldnames=["file", "label", "marker", "shortcut"])
         writer.writeheader()
         writer.writerows(rows)
+    meta_path.write_text(json.dumps({**meta, "files": targets}, indent=2) + "\n")
     return out
 
 

@@ -59,6 +59,7 @@ BACKBONES: dict[str, Backbone] = {
 }
 SCRATCH = "scratch"
 SCRATCH_SIZE = 128
+SCRATCH_MIN_SIZE = 16  # four 2x2 poolings leave one pixel
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -76,6 +77,11 @@ def get_backbone(name: str) -> Backbone:
 def default_size(name: str) -> int:
     """The default square input size of a backbone (or of the from-scratch CNN)."""
     return SCRATCH_SIZE if name == SCRATCH else get_backbone(name).size
+
+
+def min_input_size(name: str) -> int:
+    """The smallest square input a backbone (or the from-scratch CNN) accepts."""
+    return SCRATCH_MIN_SIZE if name == SCRATCH else get_backbone(name).min_size
 
 
 def _load(path: str) -> Callable:

@@ -29,12 +29,16 @@ grayscale radiographs go in as they are and the network learns its own colour ma
 from __future__ import annotations
 
 import logging
+import re
+import zipfile
+from pathlib import Path
 from typing import Sequence
 
 import keras
 
 from cxrlib.models.backbones import (SCRATCH, WeightsUnavailableError, application, default_size,
-                                     get_backbone, missing_weights_message, resolve_weights)
+                                     get_backbone, min_input_size, missing_weights_message,
+                                     resolve_weights)
 from cxrlib.models.variants import get_variant
 
 log = logging.getLogger(__name__)
@@ -86,6 +90,11 @@ def _application(backbone: str, weights: str | None, input_tensor=None, input_sh
         if weights == "imagenet" and ("URL fetch failure" in str(error) or "HTTP" in str(error)
                                       or isinstance(error, OSError)):
             raise WeightsUnavailableError(missing_weights_message(backbone)) from error
+        if weights not in (None, "imagenet"):
+            raise ValueError(f"Cannot load the weights file {weights} into {backbone} "
+                             f"({type(error).__name__}: {short_error(error)}); give a Keras .h5 "
+                             f"weights file saved from {backbone} without its top, or "
+                             "--weights imagenet / none.") from error
         raise
 
 
@@ -132,6 +141,9 @@ def build_model(backbone: str, variant: str, n_classes: int, image_size: int | N
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, not {channels}.")
     image_size = image_size or default_size(backbone)
+    if image_size < min_input_size(backbone):
+        raise ValueError(f"{backbone} needs images of at least {min_input_size(backbone)} px, "
+                         f"not {image_size}; use a larger --image-size.")
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size, channels), name="image")
     if backbone == SCRATCH:
@@ -141,9 +153,6 @@ def build_model(backbone: str, variant: str, n_classes: int, image_size: int | N
         x = keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout")(x)
         model = keras.Model(inputs, _output(x, n_classes, binary), name=model_name(backbone, variant))
         return model
-    entry = get_backbone(backbone)
-    if image_size < entry.min_size:
-        raise ValueError(f"{backbone} needs images of at least {entry.min_size} px, not {image_size}.")
     features = _backbone_features(inputs, backbone, resolve_weights(backbone, weights), image_size, channels)
     model = keras.Model(inputs, _head(features, n_classes, variant, dropout, binary, seed),
                         name=model_name(backbone, variant))
@@ -227,9 +236,30 @@ def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     return model
 
 
+def short_error(error: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's text, without terminal colour codes, cut to ``limit``."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first if len(first) <= limit else first[:limit - 1] + "…"
+
+
 def load_model(path: str) -> keras.Model:
-    """Load a ``.keras`` model with ``safe_mode`` on (no arbitrary code from the file)."""
-    return keras.models.load_model(path, safe_mode=True, compile=False)
+    """Load a ``.keras`` model with ``safe_mode`` on (no arbitrary code from the file).
+
+    Raises FileNotFoundError for a missing file and ValueError (one line) for a file that is
+    not a loadable model: truncated, corrupt, or weights that do not fit its architecture.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"No model file at {path}.")
+    if str(path).endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(f"The model file {path} is truncated or corrupt (not a complete .keras "
+                         "archive); train the run again or restore the file.")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:
+        raise ValueError(f"Cannot load the model {path}: {type(error).__name__}: "
+                         f"{short_error(error)}. The file is truncated, corrupt, or not a model "
+                         "saved by cxrlib; train the run again or point to its model.keras.") from error
 
 
 def copy_matching_weights(source: keras.Model, target: keras.Model,

@@ -41,7 +41,8 @@ _LOADED: dict[tuple[str, int], Any] = {}  # (model path, mtime) → model: each 
 def load_run(path: str | Path) -> Run:
     """The run in ``path`` (its directory, or its ``model.keras``): model, record, prep, classes.
 
-    Raises FileNotFoundError when the model file or the record beside it is missing. A model
+    Raises FileNotFoundError when the model file or the record beside it is missing, and
+    ValueError when the model does not fit its record (see :func:`check_outputs`). A model
     file already loaded in this process is not read again unless it changed on disk.
     """
     from cxrlib.models.build import load_model
@@ -60,7 +61,9 @@ def load_run(path: str | Path) -> Run:
     if key not in _LOADED:
         for old in [k for k in _LOADED if k[0] == key[0]]:  # a retrained model replaces the old one
             del _LOADED[old]
-        _LOADED[key] = load_model(str(model_path))
+        model = load_model(str(model_path))
+        check_outputs(model, record["dataset"]["classes"], model_path)
+        _LOADED[key] = model
     return Run(_LOADED[key], record, prep_from_record(record), list(record["dataset"]["classes"]),
                run_dir)
 
@@ -143,12 +146,48 @@ def match_classes(manifest: pd.DataFrame, model_classes: Sequence[str]) -> pd.Da
     return out
 
 
-def evaluate_saved_model(model_path: str | Path, data: str | Path, split: str = "test",
+def check_outputs(model, classes: Sequence[str], path: str | Path) -> None:
+    """ValueError unless the model has one output per recorded class (or one sigmoid for two)."""
+    units = int(model.output_shape[-1])
+    if units != len(classes) and not (units == 1 and len(classes) == 2):
+        raise ValueError(f"The model {path} has {units} output(s) but its record.json lists "
+                         f"{len(classes)} classes {list(classes)}: the model and the record come "
+                         "from different runs; train the run again.")
+
+
+def _test_split(run_dir: Path, record: dict, data: str | Path | None) -> pd.DataFrame:
+    """The run's own test split; ``data``, when given, must be the folder it was drawn from."""
+    root = record["dataset"].get("root", "")
+    if data is not None:
+        if not Path(data).is_dir():
+            raise FileNotFoundError(f"--data {data} is not a folder. With --split test the run's "
+                                    "own test split is scored; leave --data out, or use --split "
+                                    "all to score another folder.")
+        if root and Path(data).resolve() != Path(root).resolve():
+            raise ValueError(f"--split test scores the run's own test split, drawn from {root}, "
+                             f"not {data}; use --split all --data {data} to score every image "
+                             "there, or leave --data out.")
+    split_path = run_dir / record["artifacts"].get("split", "split.csv")
+    manifest = load_split(split_path)
+    manifest = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    if manifest.empty:
+        raise ValueError(f"The run's split {split_path} has no test images; use --split all --data DIR.")
+    missing = [p for p in manifest["path"] if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the run's {len(manifest)} test images are "
+                                f"gone (first: {missing[0]}); the dataset moved or changed. "
+                                "Use --split all --data DIR to score the folder where it is now.")
+    return manifest
+
+
+def evaluate_saved_model(model_path: str | Path, data: str | Path | None = None, split: str = "test",
                          out_dir: str | Path | None = None, layout: str = "auto") -> dict:
     """Score ``RUN_DIR/model.keras`` and write ``out_dir/metrics.json`` (and a confusion plot).
 
-    ``split="test"`` uses the run's saved test split; ``split="all"`` scores every image of
-    ``data`` whose class the model knows.
+    ``split="test"`` scores the run's saved test split (``data``, if given, must be the
+    folder the run was trained on); ``split="all"`` scores every image of ``data`` whose
+    class the model knows. What cannot be honoured (a missing folder, another folder with
+    ``split="test"``, test images that are gone) raises instead of scoring something else.
     """
     from cxrlib.files import write_json_atomic
     from cxrlib.plots import plot_confusion
@@ -156,10 +195,11 @@ def evaluate_saved_model(model_path: str | Path, data: str | Path, split: str = 
     run = load_run(model_path)
     record, classes, prep = run.record, run.classes, run.prep
     if split == "test":
-        split_path = run.dir / record["artifacts"].get("split", "split.csv")
-        manifest = load_split(split_path)
-        manifest = manifest[manifest["split"] == "test"].reset_index(drop=True)
+        manifest = _test_split(run.dir, record, data)
+        data = record["dataset"].get("root") or data
     elif split == "all":
+        if data is None:
+            raise ValueError("--split all scores every image of a folder: give it with --data DIR.")
         manifest = match_classes(load_manifest(data, layout=layout), classes)
     else:
         raise ValueError(f"split must be 'test' or 'all', not {split!r}")

@@ -67,11 +67,22 @@ def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[st
         "confusion_matrix": matrix.tolist(),
         "ci": bootstrap_ci(y_true, y_prob, n_resamples=bootstrap, seed=seed),
     }
+    if result["auc_macro"] is None:
+        result["auc_macro_note"] = auc_note(y_true, classes)
     if k == 2:
         result["roc"] = _binary_roc(y_true == 1, y_prob[:, 1])
         result["operating_point"] = threshold_for_sensitivity(y_true == 1, y_prob[:, 1],
                                                               target=target_sensitivity)
     return jsonable(result)
+
+
+def auc_note(y_true: np.ndarray, classes: Sequence[str]) -> str:
+    """Why the macro AUC is undefined: the classes with no images (or only images) in the set."""
+    counts = np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(classes))
+    absent = [c for c, n in zip(classes, counts) if n == 0]
+    if absent:
+        return f"no images of {', '.join(absent)} in this set, so their AUC is undefined"
+    return "every image is of one class, so no AUC is defined"
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:

@@ -266,6 +266,8 @@ def find_records(runs_dir: str | os.PathLike) -> list[dict]:
         return []
     records = []
     for path in sorted(runs_dir.rglob(RECORD_FILE)):
+        if any(part.startswith(".") for part in path.relative_to(runs_dir).parts[:-1]):
+            continue  # a run still in progress (RUN_DIR/.partial/) is not a run yet
         try:
             record = read_record(path)
         except (OSError, ValueError) as error:

@@ -6,19 +6,28 @@ A run directory holds everything a run produced::
     RUN_DIR/record.json    the machine-readable record: data, model, every hyper-parameter,
                            versions, device, per-epoch history, test metrics
     RUN_DIR/history.csv    the per-epoch log (CSVLogger; survives a crash)
-    RUN_DIR/backup/        BackupAndRestore state while a run is in progress: an interrupted
-                           run started again with the same arguments picks up where it stopped
     RUN_DIR/split.csv      the exact images of each split
+    RUN_DIR/.partial/      the run in progress (model, history, split, BackupAndRestore state
+                           in ``backup/``, its configuration in ``config.json``); moved into
+                           RUN_DIR only once the run has finished and its record is written
+    RUN_DIR/.lock          held while a run works in the folder (pid, host, start time)
 
 A finished run with the same configuration is reused, not retrained, so notebooks can share
-one results directory (``04`` and ``06`` reuse what ``03`` trained).
+one results directory (``04`` and ``06`` reuse what ``03`` trained). Every argument is checked
+and the model is built before the folder is touched; a finished run is replaced only when
+the new one has finished. An interrupted run resumes only with the same configuration;
+``reuse=False`` (``--force``) discards it instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import shutil
+import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.environment import environment_info
-from cxrlib.models.backbones import default_size
+from cxrlib.models.backbones import SCRATCH, default_size, min_input_size
 from cxrlib.models.variants import get_variant
 from cxrlib.data.pipeline import NO_AUGMENT, Augment, Prep, make_dataset, with_crop_reference
 from cxrlib.data.splits import class_weights as balanced_weights
@@ -36,6 +45,16 @@ from cxrlib.data.splits import save_split, subset
 from cxrlib.runs.evaluate import evaluate
 
 log = logging.getLogger(__name__)
+
+PARTIAL = ".partial"
+LOCK_FILE = ".lock"
+# what a finished run leaves in RUN_DIR besides record.json (written last)
+ARTIFACTS = ("model.keras", "history.csv", "split.csv", "features.npz", "tensorboard")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked: a file, locked, or an interrupted other run."""
+
 
 def run_dir(results_dir: str | Path, backbone: str, variant: str) -> Path:
     """Where a run lives in a shared results directory: ``RESULTS/<backbone>-<variant>``.
@@ -119,10 +138,15 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
 
     out = Path(out_dir)
     recipe = get_variant(variant)
-    image_size = image_size or default_size(backbone)
+    image_size = default_size(backbone) if image_size is None else int(image_size)
     epochs = recipe.epochs if epochs is None else epochs
     if recipe.training == "none":
         epochs = 0
+    if backbone == SCRATCH and weights is not None:
+        if str(weights).lower() != "imagenet":
+            raise ValueError("The from-scratch CNN has no pretrained weights; drop --weights "
+                             "or give --weights none.")
+        weights = None  # "imagenet" is only the default, meaningless for a scratch network
     optimizer = optimizer or recipe.optimizer
     learning_rate = recipe.learning_rate if learning_rate is None else learning_rate
     decay = recipe.decay if decay is None else decay
@@ -131,8 +155,9 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
     elif augment is False:
         augment = NO_AUGMENT
     train_df, val_df, test_df = (subset(manifest, s) for s in ("train", "val", "test"))
-    if train_df.empty:
-        raise ValueError("The manifest has no 'train' rows; split it with split_manifest first.")
+    check_arguments(backbone, variant, classes, train_df, out, image_size=image_size, epochs=epochs,
+                    batch_size=batch_size, learning_rate=learning_rate, binary=binary,
+                    init_from=init_from)
     prep = with_crop_reference(Prep(image_size=image_size, backbone=backbone, channels=channels,
                                     crop=crop, equalize=equalize), train_df)
     hyper = records.train_config(
@@ -141,32 +166,25 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
         early_stopping=early_stopping, mixed_precision=mixed_precision, xla=xla,
         run_eagerly=run_eagerly, strategy=str(strategy) if strategy is not None else None,
         init_from=init_from, weights=None if weights is None else str(weights))
-    key = config_key({"backbone": backbone, "variant": recipe.name, "classes": list(classes),
-                      "prep": prep.to_dict(), "hyper": hyper,
-                      "data": sorted(zip(manifest["path"], manifest["split"]))})
-    if reuse and (out / "record.json").is_file():
-        try:
-            existing = records.read_record(out)
-        except ValueError:
-            existing = {}
-        if existing.get("config_key") == key and (out / "model.keras").is_file():
+    config = {"backbone": backbone, "variant": recipe.name,
+              "classes": list(classes), "prep": prep.to_dict(), "hyper": hyper}
+    key = config_key({**config, "data": sorted(zip(manifest["path"], manifest["split"]))})
+    if reuse:
+        existing = _finished_run(out, key)
+        if existing is not None:
             log.info("Reusing the finished run in %s (same configuration).", out)
             if name and existing.get("name") != name:
                 existing["name"] = name
                 records.write_record(out, existing)
             return existing
 
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / "backup").is_dir():  # a fresh run, not a resumed one: no stale history
-        for stale in ("history.csv", "record.json"):
-            (out / stale).unlink(missing_ok=True)
-    split_file = save_split(manifest, out / "split.csv")
+    label_mode = "binary" if binary else "categorical"
+    skipped: list = []
     keras.utils.set_random_seed(seed)
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    label_mode = "binary" if binary else "categorical"
-    skipped: list = []
     try:
+        # built before the folder is touched: a bad weights file or --init-from stops here
         with _strategy(strategy).scope():
             model = models.build_model(backbone, variant, len(classes), image_size, weights,
                                        channels=channels, binary=binary, seed=seed)
@@ -175,57 +193,215 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
                 log.info("Initialised %d layers from %s.", copied, init_from)
             models.compile_model(model, models.make_optimizer(optimizer, learning_rate, decay),
                                  jit_compile=True if xla else False, run_eagerly=run_eagerly)
-        weights_by_class = balanced_weights(train_df["label"], classes) if class_weight else None
-        started = time.time()
-        resumed = (out / "backup").is_dir()
-        if recipe.training == "features":
-            history = _train_v1(model, train_df, val_df, classes, prep, out, epochs, batch_size,
-                                label_mode, weights_by_class, seed, progress, skipped)
-        elif epochs > 0:
-            history = _fit(model, train_df, val_df, classes, prep, out, epochs, batch_size,
-                           label_mode, weights_by_class, augment, seed, early_stopping,
-                           tensorboard, progress, callbacks, skipped)
-        else:
-            history = {}
-            model.save(out / "model.keras")
-        wall = time.time() - started
-        best = models.load_model(str(out / "model.keras")) if (out / "model.keras").is_file() else model
-        test = (evaluate(best, test_df, classes, prep, batch_size, bootstrap=bootstrap, seed=seed)
-                if not test_df.empty else None)
-        untrained = (_score_untrained(model, train_df, val_df, classes, prep, batch_size, label_mode)
-                     if epochs == 0 else {})  # v0: what the untrained head scores, for the table
+        with run_lock(out):
+            work = _staging(out, key, config, fresh=not reuse)
+            save_split(manifest, work / "split.csv")
+            weights_by_class = balanced_weights(train_df["label"], classes) if class_weight else None
+            started = time.time()
+            resumed = (work / "backup").is_dir()
+            if recipe.training == "features":
+                if (out / "features.npz").is_file() and not (work / "features.npz").is_file():
+                    shutil.copy2(out / "features.npz", work / "features.npz")
+                history = _train_v1(model, train_df, val_df, classes, prep, work, epochs, batch_size,
+                                    label_mode, weights_by_class, seed, progress, skipped)
+            elif epochs > 0:
+                history = _fit(model, train_df, val_df, classes, prep, work, epochs, batch_size,
+                               label_mode, weights_by_class, augment, seed, early_stopping,
+                               tensorboard, progress, callbacks, skipped)
+            else:
+                history = {}
+                model.save(work / "model.keras")
+            wall = time.time() - started
+            best = models.load_model(str(work / "model.keras")) if (work / "model.keras").is_file() else model
+            test = (evaluate(best, test_df, classes, prep, batch_size, bootstrap=bootstrap, seed=seed)
+                    if not test_df.empty else None)
+            untrained = (_score_untrained(model, train_df, val_df, classes, prep, batch_size, label_mode)
+                         if epochs == 0 else {})  # v0: what the untrained head scores, for the table
+
+            epochs_run = len(history.get("loss", []))
+            final = {k: (history[k][-1] if history.get(k) else untrained.get(k))
+                     for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+            record = {
+                "schema": records.SCHEMA,
+                "name": name or models.model_name(backbone, variant),
+                "created": pd.Timestamp.now(tz="UTC").isoformat(),
+                "config_key": key,
+                "dataset": {"root": manifest.attrs.get("root", ""), "layout": manifest.attrs.get("layout", ""),
+                            "split_file": str(out / "split.csv"), "classes": list(classes),
+                            "n_train": len(train_df), "n_val": len(val_df), "n_test": len(test_df),
+                            **(dataset_info or {})},
+                "model": {"backbone": backbone, "variant": variant, "weights": hyper["weights"],
+                          "image_size": image_size, "channels": channels,
+                          "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+                          "total_params": int(model.count_params())},
+                "prep": prep.to_dict(),
+                "hyperparameters": hyper,
+                "environment": environment_info(),
+                "training": {"epochs_run": epochs_run, "wall_time_s": wall, "history": history,
+                             "resumed": resumed},
+                "final": {k: (None if v is None else float(v)) for k, v in final.items()},
+                "test": test,
+                "skipped": skipped + (test or {}).get("skipped", []),
+                "artifacts": {"model": "model.keras", "history": "history.csv", "split": "split.csv"},
+            }
+            records.write_record(work, record)
+            _publish(work, out)
     finally:
         if mixed_precision:
             keras.mixed_precision.set_global_policy("float32")
-
-    epochs_run = len(history.get("loss", []))
-    final = {k: (history[k][-1] if history.get(k) else untrained.get(k))
-             for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
-    record = {
-        "schema": records.SCHEMA,
-        "name": name or models.model_name(backbone, variant),
-        "created": pd.Timestamp.now(tz="UTC").isoformat(),
-        "config_key": key,
-        "dataset": {"root": manifest.attrs.get("root", ""), "layout": manifest.attrs.get("layout", ""),
-                    "split_file": str(split_file), "classes": list(classes),
-                    "n_train": len(train_df), "n_val": len(val_df), "n_test": len(test_df),
-                    **(dataset_info or {})},
-        "model": {"backbone": backbone, "variant": variant, "weights": hyper["weights"],
-                  "image_size": image_size, "channels": channels,
-                  "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-                  "total_params": int(model.count_params())},
-        "prep": prep.to_dict(),
-        "hyperparameters": hyper,
-        "environment": environment_info(),
-        "training": {"epochs_run": epochs_run, "wall_time_s": wall, "history": history,
-                     "resumed": resumed},
-        "final": {k: (None if v is None else float(v)) for k, v in final.items()},
-        "test": test,
-        "skipped": skipped + (test or {}).get("skipped", []),
-        "artifacts": {"model": "model.keras", "history": "history.csv", "split": "split.csv"},
-    }
-    records.write_record(out, record)
     return record
+
+
+def check_arguments(backbone: str, variant: str, classes: Sequence[str], train_df: pd.DataFrame,
+                    out: Path, image_size: int, epochs: int, batch_size: int,
+                    learning_rate: float, binary: bool, init_from: str | None) -> None:
+    """Every check that needs no model, before anything is written; ValueError says what to do.
+    (The settings' own ranges, such as a batch size of at least 1, are :class:`TrainConfig`'s.)"""
+    if image_size < min_input_size(backbone):
+        raise ValueError(f"{backbone} needs images of at least {min_input_size(backbone)} px, "
+                         f"not {image_size}; use a larger --image-size.")
+    if epochs < 1 and get_variant(variant).training != "none":
+        raise ValueError(f"epochs must be at least 1, not {epochs} (for an untrained baseline "
+                         "use --variant v0).")
+    if len(classes) < 2:
+        raise ValueError(f"A classifier needs at least two classes; the data has {list(classes)}. "
+                         "Add a folder per class.")
+    if binary and len(classes) != 2:
+        raise ValueError(f"--binary needs exactly two classes, not {len(classes)}; pick two with --classes.")
+    if train_df.empty:
+        raise ValueError("The manifest has no 'train' rows; split it with split_manifest first.")
+    missing = sorted(set(classes) - set(train_df["label"]))
+    if missing:
+        raise ValueError(f"Classes {missing} have no training images; add images or leave them "
+                         "out with --classes.")
+    if init_from and not Path(init_from).is_file():
+        raise FileNotFoundError(f"No model file at {init_from} (--init-from).")
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"The run folder {out} is a file; give --out a folder path.")
+
+
+def _finished_run(out: Path, key: str) -> dict | None:
+    """The record of the finished run in ``out`` when its configuration key is ``key``."""
+    from cxrlib.runs import records
+
+    if not (out / "record.json").is_file() or not (out / "model.keras").is_file():
+        return None
+    try:
+        existing = records.read_record(out)
+    except ValueError:
+        return None
+    return existing if existing.get("config_key") == key else None
+
+
+def _read_json(path: Path) -> dict:
+    """A small JSON file's content ({} when missing, unreadable or half written)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _lock_is_stale(holder: dict) -> bool:
+    """True when the lock was taken on this host by a process that no longer exists."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold ``out/.lock`` (created exclusively) while a run works in ``out``.
+
+    A lock left by a dead process on this host is taken over; a live one raises
+    :class:`RunFolderError` naming its holder.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    mine = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": pd.Timestamp.now(tz="UTC").isoformat()}
+    for attempt in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _read_json(path)
+            if attempt == 0 and _lock_is_stale(holder):
+                log.warning("Taking over %s from process %s, which no longer runs.", path, holder["pid"])
+                path.unlink(missing_ok=True)
+                continue
+            raise RunFolderError(
+                f"{out} is in use by another run (pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}, since {holder.get('started', '?')}); wait for it to "
+                f"finish, or choose another --out (delete {path} only if that process is gone).") from None
+    with os.fdopen(fd, "w") as handle:
+        json.dump(mine, handle)
+    try:
+        yield path
+    finally:
+        if _read_json(path).get("pid") == os.getpid():
+            path.unlink(missing_ok=True)
+
+
+def _changed(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Names of the settings that differ between two configurations (nested keys dotted)."""
+    names = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += _changed(a, b, f"{prefix}{name}.")
+        elif a != b:
+            names.append(f"{prefix}{name} {a!r} → {b!r}")
+    return names
+
+
+def _staging(out: Path, key: str, config: dict, fresh: bool) -> Path:
+    """The folder the run works in: ``out/.partial``, resumed when its configuration matches.
+
+    An interrupted run with another configuration raises :class:`RunFolderError` unless
+    ``fresh``, which discards it.
+    """
+    work = out / PARTIAL
+    meta = work / "config.json"
+    if work.is_dir():
+        previous = _read_json(meta)
+        if fresh or not (work / "backup").is_dir():
+            shutil.rmtree(work)
+        elif previous.get("config_key") != key:
+            now = json.loads(json.dumps(config, default=str))  # tuples read back as lists
+            changes = _changed(previous.get("config", {}), now) or ["the data or its split"]
+            raise RunFolderError(
+                f"{out} holds an interrupted run with another configuration "
+                f"({'; '.join(changes[:3])}); rerun with its settings to resume it, or add "
+                "--force to discard it and start this one.")
+    work.mkdir(parents=True, exist_ok=True)
+    if not meta.is_file():
+        meta.write_text(json.dumps({"config_key": key, "config": config}, default=str))
+    return work
+
+
+def _publish(work: Path, out: Path) -> None:
+    """Move a finished run from ``work`` into ``out``, replacing the previous run's files.
+
+    The old record goes first and the new one last, so ``out`` never pairs a record with
+    another run's model; then ``work`` (backup state included) is removed.
+    """
+    (out / "record.json").unlink(missing_ok=True)
+    for name in ARTIFACTS:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+        if (work / name).exists():
+            os.replace(work / name, target)
+    os.replace(work / "record.json", out / "record.json")
+    shutil.rmtree(work)
 
 
 def _fit(model, train_df, val_df, classes, prep, out: Path, epochs: int, batch_size: int,

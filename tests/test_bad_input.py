@@ -1,0 +1,484 @@
+"""Bad input, one test per case of issue 9: the exit status, one line on stderr that says what
+is wrong and what to do (never a traceback), and no file outside the command's own new output
+changed or removed (the input trees are hashed before and after)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrlib.apps import cli
+from cxrlib.apps.cli import main
+from cxrlib.runs import train as training
+from cxrlib.runs.records import find_records, read_record
+
+CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def tree_hash(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """Relative path → content hash (or link target) of everything under ``root``."""
+    found: dict[str, str] = {}
+    if not root.exists():
+        return found
+    if root.is_file():
+        return {".": hashlib.sha256(root.read_bytes()).hexdigest()}
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = [d for d in dirs if d not in skip]
+        for name in files + [d for d in dirs if (Path(folder) / d).is_symlink()]:
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            if name in skip:
+                continue
+            found[rel] = ("link:" + os.readlink(path) if path.is_symlink()
+                          else hashlib.sha256(path.read_bytes()).hexdigest())
+        found.setdefault(Path(folder).relative_to(root).as_posix() + "/", "dir")
+    return found
+
+
+def cli_run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit status, stdout, stderr); argparse exits become statuses."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str, *fragments: str) -> str:
+    """stderr is exactly one 'error:' line, no traceback, mentioning every fragment."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("error:") and "Traceback" not in err and "\x1b[" not in err, err
+    assert len(line) < 700, line
+    for fragment in fragments:
+        assert fragment.lower() in line.lower(), line
+    return line
+
+
+def write_png(path: Path, seed: int = 0, size: int = 40) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", data, "--backbone", "scratch", "--variant", "scratch",
+            "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
+            "--seed", "0", "--out", out, *extra]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny synthetic set and ONE finished tiny scratch run on it (copied by the tests)."""
+    root = tmp_path_factory.mktemp("bad-input")
+    data = root / "data"
+    assert main(["synth", str(data), "--per-class", "4", "--size", "40", "--seed", "1",
+                 "--classes", *CLASSES, "--quiet"]) == 0
+    run = root / "run"
+    assert main([str(a) for a in train_args(data, run)]) == 0
+    return data, run
+
+
+@pytest.fixture
+def run_copy(made, tmp_path: Path) -> Path:
+    """A private copy of the finished run (its split still points at the module's data)."""
+    return Path(shutil.copytree(made[1], tmp_path / "run"))
+
+
+@pytest.fixture(autouse=True)
+def _logs_in_tmp(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CXR_LOG_DIR", str(tmp_path / "logs"))
+
+
+# --------------------------------------------------------------------------- data and runs lost
+
+def test_synth_never_touches_files_it_did_not_write(tmp_path: Path, capsys) -> None:
+    real = tmp_path / "kaggle"
+    for name in ("COVID", "Normal"):
+        for i in range(1, 8):
+            write_png(real / name / "images" / f"{name}-{i}.png", seed=i)
+    before = tree_hash(real)
+    code, _, err = cli_run(["synth", real, "--per-class", "2", "--quiet"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "synthetic.json", "new or empty folder")
+    assert tree_hash(real) == before
+    # a folder synth wrote, with a file the user put where synth would write next
+    own = tmp_path / "own"
+    assert cli_run(["synth", own, "--per-class", "2", "--size", "32", "--classes", "COVID",
+                    "--quiet"], capsys)[0] == 0
+    write_png(own / "COVID" / "images" / "COVID-3.png", seed=99)
+    before = tree_hash(own)
+    code, _, err = cli_run(["synth", own, "--per-class", "4", "--size", "32", "--classes", "COVID",
+                            "--quiet"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "COVID-3.png", "did not write")
+    assert tree_hash(own) == before
+    # a smaller re-run removes only what synth wrote
+    assert cli_run(["synth", own, "--per-class", "1", "--size", "32", "--classes", "COVID",
+                    "--quiet"], capsys)[0] == 0
+    assert sorted(p.name for p in (own / "COVID" / "images").iterdir()) == ["COVID-1.png", "COVID-3.png"]
+    assert tree_hash(own)["COVID/images/COVID-3.png"] == before["COVID/images/COVID-3.png"]
+
+
+def test_train_with_bad_arguments_leaves_a_finished_run_untouched(made, run_copy: Path, capsys) -> None:
+    data, _ = made
+    before, data_before = tree_hash(run_copy), tree_hash(data)
+    code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.5", "--image-size", "10"),
+                           capsys)
+    assert code == 2
+    assert_one_line_error(err, "at least 16 px", "--image-size")
+    assert tree_hash(run_copy) == before and tree_hash(data) == data_before
+
+
+def test_a_failed_new_run_never_replaces_the_finished_one(made, run_copy: Path, capsys,
+                                                          monkeypatch) -> None:
+    data, _ = made
+    before = tree_hash(run_copy)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash in the middle of training")
+
+    monkeypatch.setattr(training, "_fit", crash)
+    code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.5"), capsys)
+    assert code == 1
+    line = assert_one_line_error(err, "internal error", "full traceback in")
+    assert Path(line.split("full traceback in ")[1].split(". Please")[0]).is_file()
+    # the finished run is whole; only the new run's own staging folder was added
+    assert tree_hash(run_copy, skip=(training.PARTIAL,)) == before
+    assert not (run_copy / training.LOCK_FILE).exists()
+    shutil.copy(run_copy / "record.json", run_copy / training.PARTIAL / "record.json")
+    assert [r["_dir"] for r in find_records(run_copy)] == [str(run_copy)]  # not a half-moved one
+
+
+def test_a_second_train_into_a_busy_folder_is_refused(made, run_copy: Path, capsys) -> None:
+    data, _ = made
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "started": "2026-01-01T00:00:00"}
+    (run_copy / training.LOCK_FILE).write_text(json.dumps(holder))
+    before = tree_hash(run_copy)
+    code, _, err = cli_run(train_args(data, run_copy, "--force"), capsys)
+    assert code == 2
+    assert_one_line_error(err, "in use by another run", f"pid {os.getppid()}")
+    assert tree_hash(run_copy) == before
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # kill -9 leaves the lock of a process that no longer exists
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / training.LOCK_FILE).write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+    with training.run_lock(out) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
+def test_resume_needs_the_same_configuration(made, run_copy: Path, capsys, monkeypatch) -> None:
+    import keras
+
+    data, _ = made
+
+    class PowerCut(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("simulated power cut")
+
+    real_fit = training._fit
+    monkeypatch.setattr(training, "_fit", lambda *a: real_fit(*a[:15], [PowerCut()], a[16]))
+    code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.5", "--epochs", "3"),
+                           capsys)
+    assert code == 1 and "simulated power cut" in err
+    monkeypatch.setattr(training, "_fit", real_fit)
+    partial = run_copy / training.PARTIAL  # the interrupted run, beside the finished one
+    assert (partial / "backup").is_dir()
+    before = tree_hash(run_copy)
+    code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.002"), capsys)
+    assert code == 2
+    assert_one_line_error(err, "interrupted run with another configuration",
+                          "learning_rate 0.5 → 0.002", "epochs 3 → 1", "--force")
+    assert tree_hash(run_copy) == before
+    code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.002", "--force"), capsys)
+    assert code == 0, err
+    assert not partial.exists()  # the stale backup is gone with the finished run
+    record = read_record(run_copy)
+    assert record["hyperparameters"]["learning_rate"] == 0.002
+    assert record["training"]["resumed"] is False
+
+
+def test_evaluate_split_test_refuses_another_folder(made, run_copy: Path, tmp_path: Path,
+                                                    capsys) -> None:
+    data, _ = made
+    other = tmp_path / "other"
+    write_png(other / "COVID" / "x.png")
+    write_png(other / "Normal" / "y.png")
+    before = tree_hash(other)
+    model = run_copy / "model.keras"
+    for bad, fragments in [(other, ("--split all", "test split")),
+                           (tmp_path / "missing", ("not a folder",))]:
+        code, _, err = cli_run(["evaluate", "--model", model, "--data", bad, "--out",
+                                tmp_path / "eval"], capsys)
+        assert code == 2
+        assert_one_line_error(err, *fragments)
+    code, _, err = cli_run(["evaluate", "--model", model, "--split", "all", "--out",
+                            tmp_path / "eval"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--data")
+    assert not (tmp_path / "eval").exists() and tree_hash(other) == before
+    # the honoured meanings: the run's own folder (or none) and --split all
+    assert cli_run(["evaluate", "--model", model, "--out", tmp_path / "own"], capsys)[0] == 0
+    assert json.loads((tmp_path / "own" / "metrics.json").read_text())["data"] == str(data.resolve())
+
+
+# --------------------------------------------------------------------------- silent wrong results
+
+@pytest.mark.parametrize("epochs", ["0", "-3"])
+def test_zero_or_negative_epochs_are_refused(made, tmp_path: Path, capsys, epochs: str) -> None:
+    data, _ = made
+    argv = train_args(data, tmp_path / "run")
+    argv[argv.index("--epochs") + 1] = epochs
+    code, _, err = cli_run(argv, capsys)
+    assert code == 2
+    assert_one_line_error(err, "--epochs", "at least 1")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="--variant v0"):
+        training.check_arguments("scratch", "scratch", CLASSES, _train_rows(), tmp_path, 32, 0, 4,
+                                 1e-3, False, None)
+
+
+def _train_rows():
+    import pandas as pd
+
+    return pd.DataFrame({"label": CLASSES, "split": "train", "path": ["a", "b", "c"]})
+
+
+def test_image_size_zero_is_refused_not_the_default(made, tmp_path: Path, capsys) -> None:
+    data, _ = made
+    argv = train_args(data, tmp_path / "run")
+    argv[argv.index("--image-size") + 1] = "0"
+    code, _, err = cli_run(argv, capsys)
+    assert code == 2
+    assert_one_line_error(err, "--image-size", "at least 1")
+    with pytest.raises(ValueError, match="at least 16 px"):
+        training.check_arguments("scratch", "scratch", CLASSES, _train_rows(), tmp_path, 0, 1, 4,
+                                 1e-3, False, None)
+
+
+def test_samples_per_class_zero_is_refused_not_all(made, tmp_path: Path, capsys) -> None:
+    from cxrlib.data.splits import prepare_split
+
+    data, _ = made
+    code, _, err = cli_run(train_args(data, tmp_path / "run", "--samples-per-class", "0"), capsys)
+    assert code == 2
+    assert_one_line_error(err, "--samples-per-class", "at least 1")
+    with pytest.raises(ValueError, match="at least 1"):
+        prepare_split(data, samples_per_class=0)
+
+
+def test_scratch_run_records_no_imagenet_weights(made) -> None:
+    _, run = made
+    assert read_record(run)["model"]["weights"] is None
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        training.train(_split_of(made), CLASSES, "scratch", "scratch", run.parent / "never",
+                       weights="some.h5", image_size=32, epochs=1)
+    assert not (run.parent / "never").exists()
+
+
+def test_scratch_with_the_default_weights_records_none(made, tmp_path: Path, capsys) -> None:
+    data, _ = made
+    argv = train_args(data, tmp_path / "run")
+    del argv[argv.index("--weights"):argv.index("--weights") + 2]
+    assert cli_run(argv, capsys)[0] == 0
+    assert read_record(tmp_path / "run")["model"]["weights"] is None
+
+
+def _split_of(made):
+    from cxrlib.data.splits import prepare_split
+
+    return prepare_split(made[0])[0]
+
+
+def test_diagnose_refuses_a_model_that_does_not_fit_its_record(run_copy: Path, made, tmp_path: Path,
+                                                               capsys) -> None:
+    from cxrlib.models.build import build_model
+
+    build_model("scratch", "scratch", 2, image_size=32, weights=None, binary=True).save(
+        run_copy / "model.keras")
+    images = tmp_path / "images"
+    write_png(images / "a.png")
+    before = tree_hash(images)
+    code, _, err = cli_run(["diagnose", images, "--model", run_copy / "model.keras", "--out",
+                            tmp_path / "dx", "--quiet"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "1 output(s)", "3 classes", "different runs")
+    assert tree_hash(images) == before and not (tmp_path / "dx" / "summary.csv").exists()
+
+
+def test_loose_images_beside_the_images_folder_are_reported(tmp_path: Path, caplog) -> None:
+    from cxrlib.data.datasets import load_manifest
+
+    for name in ("COVID", "Normal"):
+        write_png(tmp_path / name / "images" / f"{name}-1.png")
+    write_png(tmp_path / "COVID" / "stray.png")
+    with caplog.at_level("WARNING"):
+        manifest = load_manifest(tmp_path)
+    assert len(manifest) == 2
+    assert any("stray.png" in r.getMessage() and "images/" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("inner", ["COVID/images", "Normal"])
+def test_a_one_class_folder_is_read_and_training_says_why_not(tmp_path: Path, capsys,
+                                                              inner: str) -> None:
+    data = tmp_path / "one"
+    for i in range(20):
+        write_png(data / inner / f"x{i}.png", seed=i)
+    before = tree_hash(data)
+    code, out, err = cli_run(["data", "check", data, "--json"], capsys)
+    assert code == 0, err
+    assert sum(json.loads(out)["classes"].values()) == 20
+    code, _, err = cli_run(train_args(data, tmp_path / "run"), capsys)
+    assert code == 2
+    assert_one_line_error(err, "at least two classes")
+    assert not (tmp_path / "run").exists() and tree_hash(data) == before
+
+
+def test_an_undefined_macro_auc_says_why() -> None:
+    from cxrlib.runs.metrics import compute_metrics
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
+    metrics = compute_metrics(np.array([0, 1, 0]), probs, CLASSES, bootstrap=10)
+    assert metrics["auc_macro"] is None
+    assert "Viral Pneumonia" in metrics["auc_macro_note"]
+
+
+# --------------------------------------------------------------------------- tracebacks
+
+def test_diagnose_with_a_symlink_loop_reports_it_as_a_row(run_copy: Path, tmp_path: Path,
+                                                          capsys) -> None:
+    images = tmp_path / "images"
+    write_png(images / "good.png")
+    (images / "loop.png").symlink_to("loop.png")
+    (images / "sub").mkdir()
+    (images / "sub" / "self").symlink_to("self")
+    before = tree_hash(images)
+    code, _, err = cli_run(["diagnose", images, "--model", run_copy / "model.keras", "--out",
+                            tmp_path / "dx", "--quiet"], capsys)
+    assert code == 0, err
+    import pandas as pd
+
+    summary = pd.read_csv(tmp_path / "dx" / "summary.csv").fillna("")
+    assert summary["file"].tolist() == ["good.png", "loop.png"]
+    assert summary.loc[0, "error"] == "" and summary.loc[1, "error"] != ""
+    assert tree_hash(images) == before
+
+
+def test_out_that_is_a_file(made, run_copy: Path, tmp_path: Path, capsys) -> None:
+    data, _ = made
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    for argv in (train_args(data, target),
+                 ["evaluate", "--model", run_copy / "model.keras", "--out", target],
+                 ["diagnose", data, "--model", run_copy / "model.keras", "--out", target, "--quiet"],
+                 ["synth", target, "--per-class", "1", "--quiet"]):
+        code, _, err = cli_run(argv, capsys)
+        assert code == 2, argv
+        assert_one_line_error(err, str(target), "file")
+        assert target.read_text() == "keep me"
+
+
+def test_a_garbage_weights_file(made, tmp_path: Path, capsys) -> None:
+    data, _ = made
+    garbage = tmp_path / "weights.h5"
+    garbage.write_bytes(b"this is not an HDF5 file" * 100)
+    code, _, err = cli_run(["train", "--data", data, "--backbone", "vgg16", "--variant", "frozen",
+                            "--weights", garbage, "--image-size", "32", "--epochs", "1",
+                            "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "Cannot load the weights file", "--weights")
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_size_zero(made, tmp_path: Path, capsys) -> None:
+    data, _ = made
+    argv = train_args(data, tmp_path / "run")
+    argv[argv.index("--batch-size") + 1] = "0"
+    code, _, err = cli_run(argv, capsys)
+    assert code == 2
+    assert_one_line_error(err, "--batch-size", "at least 1")
+
+
+def test_synth_guard_is_one_line(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("years of work")
+    code, _, err = cli_run(["synth", folder, "--per-class", "1", "--quiet"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "not empty", "synthetic.json")
+    assert (folder / "thesis.txt").read_text() == "years of work"
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.txt"]
+
+
+@pytest.mark.parametrize("backbone, variant, size, minimum", [
+    ("scratch", "scratch", "10", "16"), ("densenet121", "frozen", "20", "32")])
+def test_image_size_below_the_backbone_minimum(made, tmp_path: Path, capsys, backbone: str,
+                                               variant: str, size: str, minimum: str) -> None:
+    data, _ = made
+    code, _, err = cli_run(["train", "--data", data, "--backbone", backbone, "--variant", variant,
+                            "--weights", "none", "--image-size", size, "--out", tmp_path / "run"],
+                           capsys)
+    assert code == 2
+    assert_one_line_error(err, f"at least {minimum} px", backbone)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_truncated_model_file(run_copy: Path, tmp_path: Path, capsys) -> None:
+    model = run_copy / "model.keras"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    code, _, err = cli_run(["evaluate", "--model", model, "--out", tmp_path / "eval"], capsys)
+    assert code == 2
+    line = assert_one_line_error(err, "truncated", str(model))
+    assert "not found" not in line.lower()
+
+
+def test_a_wrong_architecture_model_file(run_copy: Path, tmp_path: Path, capsys) -> None:
+    from cxrlib.models.build import build_model
+
+    other = tmp_path / "other.keras"
+    build_model("scratch", "scratch", 5, image_size=48, weights=None).save(other)
+    model = run_copy / "model.keras"
+    mixed = tmp_path / "mixed.keras"  # this run's architecture, another model's weights
+    with zipfile.ZipFile(model) as mine, zipfile.ZipFile(other) as theirs, \
+            zipfile.ZipFile(mixed, "w") as out:
+        for name in mine.namelist():
+            source = theirs if name.endswith(".h5") else mine
+            out.writestr(name, source.read(name))
+    shutil.copy(mixed, model)
+    code, _, err = cli_run(["evaluate", "--model", model, "--out", tmp_path / "eval"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "Cannot load the model")
+
+
+def test_an_internal_error_is_one_line_and_logged(tmp_path: Path, capsys, monkeypatch) -> None:
+    def broken(args):
+        raise KeyError("a bug, not a user error")
+
+    monkeypatch.setitem(cli.COMMANDS, "report", broken)
+    code, _, err = cli_run(["report", tmp_path], capsys)
+    assert code == 1
+    line = assert_one_line_error(err, "internal error", "KeyError", "full traceback in")
+    logs = list((tmp_path / "logs").glob("cxr-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in line
+    assert "Traceback" in logs[0].read_text() and "a bug, not a user error" in logs[0].read_text()
