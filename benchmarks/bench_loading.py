@@ -19,7 +19,7 @@ loads all of them at ``--image-size`` (S, default 224, the course's size):
   iterated once.
 
 Each measurement runs in a fresh subprocess (this script with ``--method``). Time is the
-wall time of loading every image; memory is the peak RSS increase over the process's RSS
+wall time of loading every image (the CPU time of all its threads is recorded too); memory is the peak RSS increase over the process's RSS
 after its imports and the file listing (VmHWM reset through /proc/self/clear_refs, else
 ``ru_maxrss``). The methods are interleaved over ``--repeats`` rounds (A B C D A B C D ...)
 and each figure is the median over the rounds, so that load from other processes hits all
@@ -129,6 +129,12 @@ def status_mb(field: str) -> float | None:
     return None
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def maxrss_mb() -> float:
     """``ru_maxrss`` in MiB (kilobytes on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -210,11 +216,11 @@ def measure(method: str, data: Path, by_class: Path, size: int, batch: int) -> d
     paths, labels = manifest["path"].tolist(), manifest["label"].tolist()
     peak_reset = reset_peak_rss()
     base_mb = status_mb("VmRSS") if peak_reset else maxrss_mb()
-    started = time.perf_counter()
+    cpu_started, started = cpu_seconds(), time.perf_counter()
     result = LOADERS[method](paths, labels, by_class, size, batch)
-    seconds = time.perf_counter() - started
+    seconds, cpu_s = time.perf_counter() - started, cpu_seconds() - cpu_started
     peak_mb = (status_mb("VmHWM") if peak_reset else None) or maxrss_mb()
-    return {"method": method, "seconds": seconds, "base_mb": base_mb, "peak_mb": peak_mb,
+    return {"method": method, "seconds": seconds, "cpu_s": cpu_s, "base_mb": base_mb, "peak_mb": peak_mb,
             "increase_mb": peak_mb - base_mb, "peak_source": "VmHWM" if peak_reset else "ru_maxrss",
             **result}
 
@@ -241,6 +247,7 @@ def summarise(runs: list[dict]) -> dict:
             "seconds": statistics.median(r["seconds"] for r in mine),
             "increase_mb": statistics.median(r["increase_mb"] for r in mine),
             "images_per_s": mine[0]["images"] / statistics.median(r["seconds"] for r in mine),
+            "cpu_s": statistics.median(r["cpu_s"] for r in mine),
             "all_seconds": [r["seconds"] for r in mine],
             "all_increase_mb": [r["increase_mb"] for r in mine],
             "images": mine[0]["images"], "shape": mine[0]["shape"], "dtype": mine[0]["dtype"]}
@@ -299,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         for method in METHODS:
             runs.append({"round": round_, **run_child(method, args, data, by_class)})
             print(f"round {round_ + 1}/{args.repeats} {method:7s} {runs[-1]['seconds']:7.2f} s "
-                  f"+{runs[-1]['increase_mb']:7.1f} MiB", flush=True)
+                  f"(CPU {runs[-1]['cpu_s']:6.2f} s) +{runs[-1]['increase_mb']:7.1f} MiB", flush=True)
     summary = summarise(runs)
     result = {"ratios": ratios(summary), "targets": TARGETS, "methods": summary, "runs": runs,
               "n": args.n, "size": args.size, "image_size": args.image_size,
