@@ -93,7 +93,7 @@ def prepare_data(cache: Path, n: int, size: int) -> tuple[Path, Path]:
         return data, by_class
     from cxrlib.data.datasets import load_manifest
     from cxrlib.data.synthetic import generate_synthetic
-    from cxrlib.runs.records import write_json_atomic
+    from cxrlib.files import write_json_atomic
 
     stamp.unlink(missing_ok=True)
     generate_synthetic(data, per_class=wanted["per_class"], size=size, seed=0, classes=CLASSES,
@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args.method, Path(args.data), Path(args.by_class),
                                  args.image_size, args.batch)))
         return
-    from cxrlib.runs.records import environment_info, write_json_atomic
+    from cxrlib.environment import environment_info
+    from cxrlib.files import write_json_atomic
 
     data, by_class = prepare_data(Path(args.cache), args.n, args.size)
     runs = []
