@@ -221,10 +221,10 @@ def train_preset(preset: Preset, data: Mapping[str, tuple[pd.DataFrame, list[str
 
 
 def comparison(preset: Preset, records: Mapping[str, dict]) -> pd.DataFrame:
-    """Ours beside the course's: test accuracy (and loss), one row per run, from the records."""
+    """Ours beside the course's: test accuracy (and loss), one row per run given, from the records."""
     rows = []
-    for run in preset.runs:
-        record = records.get(run.key)
+    for run in (r for r in preset.runs if r.key in records):
+        record = records[run.key]
         test = (record or {}).get("test") or {}
         rows.append({"run": run.key, "ours: test accuracy": test.get("accuracy"),
                      "course: test accuracy": run.reported.get("accuracy"),
