@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
@@ -123,8 +122,6 @@ def test_region_scores_tables_and_charts(model, data, tmp_path):
     assert isinstance(hl.plot_method_scores(table, save=tmp_path / "r.png"), Figure)
     assert isinstance(hl.plot_class_regions(per_class, title="c", save=tmp_path / "c.png"), Figure)
     assert (tmp_path / "r.png").is_file() and (tmp_path / "c.png").is_file()
-    notes = hl.heatmap_notes(table, per_class)
-    assert any("No lesion masks" in n for n in notes) and any("border band" in n for n in notes)
 
 
 def test_region_scores_use_lung_masks(model, data):
@@ -150,7 +147,7 @@ def fake_result(drop: float = 0.45) -> dict:
             "border_band_area_share": 0.4375}
 
 
-def test_shortcut_table_chart_and_notes(tmp_path):
+def test_shortcut_table_and_chart(tmp_path):
     result = fake_result()
     table = hl.shortcut_table(result)
     assert list(table.index) == ["shortcut", "cropped"]
@@ -158,25 +155,6 @@ def test_shortcut_table_chart_and_notes(tmp_path):
     assert table.loc["cropped", "marker in view"] == 0.0
     assert isinstance(hl.plot_shortcut(result, save=tmp_path / "s.png"), Figure)
     assert (tmp_path / "s.png").is_file()
-    notes = hl.heatmap_notes(shortcut=result)
-    assert any("cost the shortcut model 0.45" in n for n in notes)
-    quiet = hl.heatmap_notes(shortcut=fake_result(drop=0.0))
-    assert any("did not show" in n for n in quiet)
-
-
-def test_notes_on_lesion_tables():
-    table = pd.DataFrame({"n": [30, 30], "energy_inside": [0.4, 0.2], "random_energy_inside": [0.2, 0.2],
-                          "mask_share": [0.2, 0.2], "energy_ratio": [2.0, 1.0],
-                          "pointing_rate": [0.6, 0.1], "random_pointing_rate": [0.2, 0.2],
-                          "border_share": [0.1, 0.4], "seconds": [1.0, 9.0]},
-                         index=pd.Index(["gradcam", "saliency"], name="method"))
-    notes = hl.heatmap_notes(table, subject="the scratch CNN")
-    assert "of the scratch CNN" in notes[0] and "gradcam puts the most" in notes[0]
-    assert "gradcam; not: saliency" in notes[1]
-    assert any("Pointing game: gradcam" in n for n in notes)
-    assert any("saliency took 9.0 s" in n for n in notes)
-    assert any("With 30 images" in n for n in notes)
-    assert hl.heatmap_notes() == []
 
 
 @pytest.mark.slow

@@ -1,13 +1,17 @@
 """The notebook series: committed clean, and each one runs top to bottom in a fresh kernel in
 smoke mode (``CXR_SMOKE=1``) and produces what it must (run records, figures, tables).
 
-The notebooks run in order and share one smoke results directory, as they do for students:
-``04`` reuses what ``03`` trained.
+The series runs once, through ``make notebooks SMOKE=1`` with the dataset folders pointed at
+synthetic copies of the real layouts; the notebooks share one smoke results directory, as
+they do for students (``04`` reuses what ``03`` trained).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -15,10 +19,11 @@ import pytest
 
 from cxrlib.course.setup import COURSE_BACKBONES
 from cxrlib.runs.records import find_records, validate_record
-from cxrlib.course.runner import NOTEBOOK_DIR, list_notebooks, run_notebook
+from cxrlib.course.runner import NOTEBOOK_DIR, list_notebooks
 from cxrlib.runs.train import run_dir
 
 NOTEBOOKS = list_notebooks(NOTEBOOK_DIR)
+REPO = NOTEBOOK_DIR.parent
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -29,18 +34,59 @@ def test_committed_clean_with_parameters_cell(path: Path) -> None:
     assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged parameters"
     assert all(not c.outputs and c.execution_count is None for c in code), "commit without outputs"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.lstrip().startswith("#")
-    assert "CXR_SMOKE" in "".join(c.source for c in code[:2]) or "smoke_mode" in code[1].source
+    assert "SMOKE = False" in code[0].source, "smoke mode is a parameter the runner injects"
+    assert not any("smoke_mode(" in c.source or "CXR_SMOKE_DIR" in c.source for c in code), \
+        "no notebook reads the environment for smoke mode: the runner injects it"
 
 
 def test_the_series_is_complete() -> None:
     numbers = [p.name[:2] for p in NOTEBOOKS]
-    assert numbers == ["00", "01", "02", "03", "04", "05", "06", "07"]
+    assert numbers == ["00", "01", "02", "03", "04", "05", "06", "07", "08"]
+
+
+def test_smoke_parameters_only_where_a_notebook_has_them(tmp_path: Path) -> None:
+    from cxrlib.course.runner import notebook_parameters, smoke_parameters
+
+    params = smoke_parameters("05", tmp_path)
+    assert params["SMOKE"] is True and params["SCORE_MODELS"] == "scratch"
+    assert params["RESULTS_DIR"] == str(tmp_path.resolve() / "results")
+    assert "BACKBONE" not in params and smoke_parameters("06", tmp_path)["BACKBONE"] == "scratch"
+    for path in NOTEBOOKS:   # every smoke parameter of a notebook names one of its parameters
+        known = notebook_parameters(path)
+        assert {"SMOKE", "RESULTS_DIR", "FIGURES_DIR"} <= known, path.name
+        assert set(smoke_parameters(path.name[:2])) - set(runner_common()) <= known, path.name
+
+
+def runner_common() -> dict:
+    from cxrlib.course.runner import SMOKE_COMMON
+
+    return {**SMOKE_COMMON, "RESULTS_DIR": "", "FIGURES_DIR": ""}
 
 
 @pytest.fixture(scope="module")
-def smoke_dir(tmp_path_factory) -> Path:
-    """One results/figures directory shared by the whole series, as for a student."""
-    return tmp_path_factory.mktemp("smoke")
+def series(tmp_path_factory) -> dict:
+    """``make notebooks SMOKE=1`` once, with the four dataset folders pointed at small synthetic
+    copies of the real layouts (Radiography v4 as COVID_DIR, v3 as EXTERNAL_DIR, Kermany, SIIM):
+    every notebook runs once, in order, sharing one results directory as for a student."""
+    from cxrlib.course.layouts import write_layouts
+
+    root = tmp_path_factory.mktemp("series")
+    folders = write_layouts(root / "data", per_class=12, size=96)
+    venv = Path(sys.prefix)
+    command = ["make", "-C", str(REPO), "-o", str(venv / ".installed-stamp"), "notebooks", "SMOKE=1",
+               f"VENV={venv}", f"OUT={root / 'out'}", *(f"{k}={v}" for k, v in folders.items())]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    timings = dict(re.findall(r"▶ (\S+)\n\s+done in ([\d.]+) s", done.stdout))
+    (root / "timings.json").write_text(json.dumps(timings, indent=1))
+    return {"root": root / "out", "returncode": done.returncode, "log": done.stdout[-3000:] + done.stderr[-3000:],
+            "timings": timings}
+
+
+def test_make_notebooks_passes_the_dataset_folders() -> None:
+    dry = subprocess.run(["make", "-C", str(REPO), "-n", "notebooks", "COVID_DIR=/c", "KERMANY_DIR=/k",
+                          "SIIM_DIR=/s", "EXTERNAL_DIR=/e", "PRESET=siim"], capture_output=True, text=True)
+    assert "COVID_DIR=/c KERMANY_DIR=/k SIIM_DIR=/s EXTERNAL_DIR=/e" in dry.stdout
+    assert "--preset siim" in dry.stdout
 
 
 def _expectations(number: str, results: Path) -> None:
@@ -53,25 +99,29 @@ def _expectations(number: str, results: Path) -> None:
     if number == "04":
         for backbone in COURSE_BACKBONES:
             assert (run_dir(results, backbone, "frozen") / "record.json").is_file(), backbone
-    if number in ("03", "04", "06", "07"):
+    if number in ("06", "07", "08"):   # every run of the notebook's course preset, with its record
+        from cxrlib.course.presets import NOTEBOOK_PRESETS, get_preset
+
+        runs = {(r["dataset"].get("preset"), r["dataset"].get("run")) for r in find_records(results)}
+        for name in NOTEBOOK_PRESETS[number]:
+            assert {(name, key) for key in get_preset(name).keys()} <= runs, name
+    if number in ("03", "04", "06", "07", "08"):
         records = find_records(results)
         assert records and all(validate_record(r) == [] for r in records)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_smoke_mode(path: Path, smoke_dir: Path, monkeypatch) -> None:
-    monkeypatch.setenv("CXR_SMOKE_DIR", str(smoke_dir))
-    result = run_notebook(path, smoke_dir / "executed", smoke=True, timeout=900)
-    executed = nbformat.read(result["output"], as_version=4)
-    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+def test_notebook_runs_in_smoke_mode(path: Path, series: dict) -> None:
+    executed = series["root"] / "notebooks" / path.name
+    assert executed.is_file(), f"{path.name} did not run:\n{series['log']}"
+    cells = nbformat.read(executed, as_version=4).cells
+    errors = [o for c in cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
-    assert not errors
+    assert not errors and all(c.get("execution_count") for c in cells if c.cell_type == "code")
     number = path.name[:2]
-    figures = list((smoke_dir / "figures").rglob(f"{number}_*.png"))
+    smoke = series["root"] / "smoke"
+    figures = list((smoke / "figures").rglob(f"{number}_*.png"))
     assert figures, f"notebook {number} saved no figure"
     assert all(f.stat().st_size > 1000 for f in figures)
-    _expectations(number, smoke_dir / "results")
-    timings = smoke_dir / "timings.json"
-    seen = json.loads(timings.read_text()) if timings.exists() else {}
-    timings.write_text(json.dumps({**seen, path.name: result["seconds"]}, indent=1))
+    _expectations(number, smoke / "results")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import keras
-import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
@@ -97,14 +95,6 @@ def test_as_list() -> None:
         progression.as_list("resnet50", every)
 
 
-def test_run_eagerly_sets_the_model_flag() -> None:
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd", loss="mse")
-    callback = progression.RunEagerly()
-    model.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=1, verbose=0, callbacks=[callback])
-    assert model.run_eagerly
-
-
 def test_train_or_reuse_tells_reused_from_trained(monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: Path) -> None:
     calls = []
@@ -162,39 +152,9 @@ def test_accuracy_ci() -> None:
     assert set(progression.accuracy_ci(records, ["X", "Y"])) == {"X"}
 
 
-def test_progression_notes_follow_the_numbers_either_way() -> None:
-    records = [_record("DN-V0", "v0", 0.33), _record("DN-V1", "v1", 0.8),
-               _record("DN-V2", "v2", 0.7, train_acc=0.95, val_acc=0.7),
-               _record("DN-V2-reg", "v2reg", 0.7, train_acc=0.85, val_acc=0.8),
-               _record("DN-V3", "v3", 0.9)]
-    notes = progression.progression_notes(records)
-    text = "\n".join(notes)
-    assert "chance is 0.333" in text
-    assert "DN-V1 tests at 0.800: 0.470 better than DN-V0" in text
-    assert "0.100 worse than DN-V1" in text
-    assert "the same as DN-V2" in text
-    assert "+0.250 for DN-V2, +0.050 for DN-V2-reg (dropout's gap is smaller)" in text
-    assert notes[-1] == "Best test accuracy: DN-V3 with 0.900."
-    # a subset (the table so far) gives only what it can say
-    assert len(progression.progression_notes(records[:1])) == 2
-
-
 def test_plot_tradeoff(tmp_path: Path) -> None:
     records = [_record("A", "frozen", 0.7), _record("B", "finetune", 0.8, wall=50.0),
                _record("C", "frozen", None)]
     table = progression.labelled_table(records, ["A", "B", "C"])
     figure = progression.plot_tradeoff(table, records, save=tmp_path / "t.png")
     assert isinstance(figure, Figure) and (tmp_path / "t.png").stat().st_size > 0
-
-
-def test_backbone_notes() -> None:
-    records = [_record("DN-V2-reg", "v2reg", 0.7, wall=10.0), _record("DN-V3", "v3", 0.8, wall=40.0),
-               _record("VGG16-frozen", "frozen", 0.5, backbone="vgg16", wall=5.0),
-               _record("X", "frozen", None, backbone="xception")]
-    names = ["DN-frozen", "DN-fine-tuned", "VGG16-frozen", "Xception-frozen"]
-    text = "\n".join(progression.backbone_notes(records, names))
-    assert "Best test accuracy: DN-fine-tuned with 0.800 (95 % bootstrap interval 0.700–0.850)." in text
-    assert "Intervals overlapping the best one's: DN-frozen." in text      # 0.75 >= 0.7; VGG's 0.55 not
-    assert "densenet121: fine-tuning moved test accuracy from 0.700 to 0.800 (+0.100)." in text
-    assert "Fastest to train: VGG16-frozen (5 s); slowest: DN-fine-tuned (40 s)" in text
-    assert progression.backbone_notes(records[3:], names[3:]) == ["No run has a test accuracy yet."]

@@ -287,3 +287,10 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_split, tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2 and result["epochs"] == 2 and np.isfinite(result["loss"])
+
+
+def test_run_eagerly_is_a_compile_setting() -> None:
+    """Smoke runs skip graph tracing through Keras' own ``compile(run_eagerly=...)``."""
+    model = build_model("scratch", "scratch", 2, image_size=32, weights=None)
+    assert not compile_model(model, make_optimizer("adam", 1e-3, 0.0)).run_eagerly
+    assert compile_model(model, make_optimizer("adam", 1e-3, 0.0), run_eagerly=True).run_eagerly

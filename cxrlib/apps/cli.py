@@ -117,7 +117,7 @@ def _notebooks(args: argparse.Namespace) -> int:
     from cxrlib.course.runner import run_series
 
     parameters = {name: _parse_value(value) for name, value in args.parameter or []}
-    run_series(args.out, only=args.only, smoke=args.smoke, parameters=parameters)
+    run_series(args.out, only=args.only, smoke=args.smoke, parameters=parameters, preset=args.preset)
     return 0
 
 
@@ -238,6 +238,7 @@ def _add_notebooks(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="outputs/notebooks", help="where executed copies go")
     p.add_argument("--only", nargs="+", help="notebook numbers to run, e.g. 03 05")
     p.add_argument("--smoke", action="store_true", help="CXR_SMOKE=1: about a minute each on a CPU")
+    p.add_argument("--preset", help="a course preset (cxrlib/course/presets.py): runs its notebooks with it")
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="papermill parameter, e.g. -p DATA_DIR data/covid19-radiography")
 

@@ -4,22 +4,20 @@
   it matches the notebook's settings, made and saved otherwise.
 - :func:`train_or_reuse`: :func:`cxrlib.runs.train.train`, saying whether the run was trained
   now or a finished identical run was reused (``04`` reuses what ``03`` trained).
-- :class:`RunEagerly`: a callback that makes ``fit`` skip graph tracing, for tiny CPU runs.
 - :func:`input_size`, :func:`as_list`: parameter handling for the backbone loop.
-- :func:`runs_table`, :func:`labelled_table`, :func:`accuracy_ci`, :func:`progression_notes`,
-  :func:`backbone_notes`, :func:`plot_tradeoff`:
-  summaries, sentences and a figure computed from run records only.
+- :func:`runs_table`, :func:`labelled_table`, :func:`accuracy_ci`, :func:`plot_tradeoff`:
+  summaries and a figure computed from run records only (the conclusions: ``conclusions.py``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import keras
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -28,9 +26,13 @@ from matplotlib.figure import Figure
 from cxrlib.models.backbones import default_size, get_backbone
 from cxrlib.models.variants import ALIASES
 
+if TYPE_CHECKING:
+    from cxrlib.course.presets import Preset
+
 log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.csv"
+SETTINGS_FILE = "split.json"
 
 
 # --------------------------------------------------------------------------- the shared split
@@ -48,48 +50,69 @@ def _split_matches(saved: pd.DataFrame, available: pd.DataFrame, samples_per_cla
     return bool((have.reindex(want.index) == want).all())
 
 
+def split_settings(preset: "Preset | None", samples_per_class: int | None, seed: int) -> dict:
+    """What a shared split was made with (saved beside it as ``split.json``)."""
+    return {"preset": preset.name if preset else None, "split": preset.split if preset else None,
+            "version": preset.version if preset else None, "samples_per_class": samples_per_class,
+            "seed": seed}
+
+
+def save_course_split(manifest: pd.DataFrame, results: str | os.PathLike, settings: dict) -> Path:
+    """Save the shared split (``split.csv``) and what it was made with (``split.json``)."""
+    from cxrlib.data.splits import save_split
+    from cxrlib.runs.records import write_json_atomic
+
+    path = save_split(manifest, Path(results) / SPLIT_FILE)
+    write_json_atomic(Path(results) / SETTINGS_FILE, settings)
+    return path
+
+
 def course_split(data: str | os.PathLike, results: str | os.PathLike,
                  samples_per_class: int | None, seed: int = 0,
-                 classes: Sequence[str] | None = None) -> tuple[pd.DataFrame, list[str], bool]:
+                 classes: Sequence[str] | None = None, preset: "Preset | None" = None
+                 ) -> tuple[pd.DataFrame, list[str], bool]:
     """(split manifest, classes, loaded) for ``data``, shared through ``results/split.csv``.
 
-    A saved split (from notebook ``02`` or an earlier run) is loaded when it holds images of
-    ``data`` only and ``samples_per_class`` per class (all of a smaller class); otherwise a
-    new balanced split is made with :func:`cxrlib.runs.evaluate.prepare_split` and saved over
-    it. ``loaded`` says which happened.
+    The images are the preset's database version (:func:`~cxrlib.course.reproduce.pin_version`),
+    ``samples_per_class`` of each class at most, split with the preset's fractions. A saved
+    split made with the same settings and holding exactly those images is loaded (``02``
+    saves one); otherwise a new one is made and saved over it. ``loaded`` says which.
     """
+    from cxrlib.course.reproduce import pin_version, preset_split
     from cxrlib.data.datasets import class_names, load_manifest
-    from cxrlib.data.splits import prepare_split
-    from cxrlib.data.splits import load_split, save_split
+    from cxrlib.data.splits import load_split, sample_per_class, split_manifest
 
-    path = Path(results) / SPLIT_FILE
-    if path.is_file():
+    settings = split_settings(preset, samples_per_class, seed)
+    available = load_manifest(data, classes=classes)
+    if preset is not None and (available["source"] != "synthetic").any():
+        available = pin_version(available, preset.version, seed)
+    path, saved_settings = Path(results) / SPLIT_FILE, Path(results) / SETTINGS_FILE
+    if path.is_file() and saved_settings.is_file() and json.loads(saved_settings.read_text()) == settings:
         saved = load_split(path)
-        if _split_matches(saved, load_manifest(data, classes=classes), samples_per_class):
+        if _split_matches(saved, available, samples_per_class):
             return saved, class_names(saved, classes), True
-        log.warning("%s does not match this dataset and %s images per class: making a new split.",
-                    path, samples_per_class)
-    manifest, names = prepare_split(data, classes=classes, samples_per_class=samples_per_class,
-                                    seed=seed)
-    save_split(manifest, path)
-    return manifest, names, False
+    if path.is_file():
+        log.warning("%s was made from other images or settings: making a new split.", path)
+    manifest = sample_per_class(available, samples_per_class, seed=seed) if samples_per_class else available
+    manifest = preset_split(preset, manifest, seed) if preset else split_manifest(manifest, seed=seed)
+    save_course_split(manifest, results, settings)
+    return manifest, class_names(manifest, classes), False
+
+
+def preset_run(manifest: pd.DataFrame, classes: Sequence[str], preset: "Preset", key: str,
+               results: str | os.PathLike, **options: Any) -> tuple[dict, str]:
+    """:func:`train_or_reuse` of the preset's run ``key``, in the shared results directory
+    (``RESULTS/<backbone>-<variant>``, so ``03``, ``04`` and ``05`` share their runs)."""
+    from cxrlib.course.presets import train_kwargs
+    from cxrlib.runs.train import run_dir
+
+    dirs = {r.key: run_dir(results, r.backbone, r.variant) for r in preset.runs}
+    kwargs = train_kwargs(preset, key, dirs)
+    backbone, variant = kwargs.pop("backbone"), kwargs.pop("variant")
+    return train_or_reuse(manifest, classes, backbone, variant, dirs[key], **kwargs, **options)
 
 
 # --------------------------------------------------------------------------- training
-
-class RunEagerly(keras.callbacks.Callback):
-    """Make ``model.fit`` run eagerly (no ``tf.function``), set as soon as Keras hands over the model.
-
-    Tracing the training graph of a 400-layer network such as DenseNet121 takes tens of
-    seconds on a CPU, longer than a smoke run's whole training. Eager execution skips the
-    tracing; it is slower per step, so it only pays off for a handful of steps (smoke and
-    small CPU demos), never for real training on a GPU.
-    """
-
-    def set_model(self, model) -> None:
-        super().set_model(model)
-        model.run_eagerly = True   # fit builds its train function after set_model
-
 
 def input_size(backbone: str, image_size: int | None) -> int:
     """The input size for ``backbone``: its default when ``image_size`` is None, else
@@ -190,99 +213,6 @@ def labelled_table(records: Sequence[dict], names: Sequence[str]) -> pd.DataFram
     return comparison_table(list(records)).assign(Model=list(names))
 
 
-def _by_variant(records: Sequence[dict]) -> dict[str, dict]:
-    """The last record of each variant (aliases folded: frozen = v2reg, finetune = v3)."""
-    found: dict[str, dict] = {}
-    for record in records:
-        variant = (record.get("model") or {}).get("variant", "")
-        found[_canonical(variant)] = record
-    return found
-
-
-def _num(record: dict | None, section: str, key: str) -> float:
-    value = ((record or {}).get(section) or {}).get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-
-
-def progression_notes(records: Sequence[dict]) -> list[str]:
-    """Sentences about the V0 → V3 progression, each computed from the records given.
-
-    Every sentence states a comparison and its numbers as they came out, whichever way they
-    came out, so the conclusions of a notebook stay true for any data, weights and settings.
-    """
-    runs = _by_variant(records)
-    notes: list[str] = []
-    names = {v: str(r.get("name", v)) for v, r in runs.items()}
-    classes = next(((r.get("dataset") or {}).get("classes") for r in runs.values()), None) or []
-    chance = 1 / len(classes) if classes else math.nan
-
-    def test(v: str) -> float:
-        return _num(runs.get(v), "test", "accuracy")
-
-    if "v0" in runs:
-        notes.append(f"{names['v0']} (untrained softmax) scores {test('v0'):.3f} on the test set; "
-                     f"chance is {chance:.3f}.")
-    for before, after in (("v0", "v1"), ("v1", "v2"), ("v2", "v2reg"), ("v2reg", "v3")):
-        if before in runs and after in runs:
-            delta = test(after) - test(before)
-            if delta == 0:
-                notes.append(f"{names[after]} tests at {test(after):.3f}, the same as {names[before]}.")
-            else:
-                word = "better" if delta > 0 else "worse"
-                notes.append(f"{names[after]} tests at {test(after):.3f}: {abs(delta):.3f} {word} "
-                             f"than {names[before]} ({test(before):.3f}).")
-    gaps = {v: _num(runs.get(v), "final", "accuracy") - _num(runs.get(v), "final", "val_accuracy")
-            for v in ("v2", "v2reg") if v in runs}
-    if len(gaps) == 2 and not any(math.isnan(g) for g in gaps.values()):
-        smaller = "smaller" if abs(gaps["v2reg"]) < abs(gaps["v2"]) else "not smaller"
-        notes.append(f"Train − validation accuracy gap in the last epoch: {gaps['v2']:+.3f} for "
-                     f"{names['v2']}, {gaps['v2reg']:+.3f} for {names['v2reg']} (dropout's gap "
-                     f"is {smaller}). Dropout is active when the training accuracy is measured, "
-                     "so it lowers that number too.")
-    tested = {names[v]: test(v) for v in runs if not math.isnan(test(v))}
-    if tested:
-        best = max(tested, key=tested.get)
-        notes.append(f"Best test accuracy: {best} with {tested[best]:.3f}.")
-    return notes
-
-
-def backbone_notes(records: Sequence[dict], names: Sequence[str]) -> list[str]:
-    """Sentences comparing runs (best, those the test set cannot tell from it, what fine-tuning
-    changed per backbone, fastest and slowest), each computed from the records given."""
-    acc = {n: _num(r, "test", "accuracy") for n, r in zip(names, records)}
-    acc = {n: a for n, a in acc.items() if not math.isnan(a)}
-    if not acc:
-        return ["No run has a test accuracy yet."]
-    ci = accuracy_ci(records, names)
-    best = max(acc, key=acc.get)
-    notes = [f"Best test accuracy: {best} with {acc[best]:.3f}"
-             + (f" (95 % bootstrap interval {ci[best][0]:.3f}–{ci[best][1]:.3f})." if best in ci else ".")]
-    if best in ci:
-        close = [n for n in acc if n != best and n in ci and ci[n][1] >= ci[best][0]]
-        notes.append(("Intervals overlapping the best one's: " + ", ".join(close)
-                      + ". This test set cannot rank these models reliably.") if close else
-                     "No other model's interval reaches the best one's: the lead is larger than "
-                     "the test set's uncertainty.")
-    by_backbone: dict[str, dict[str, float]] = {}
-    for name, record in zip(names, records):
-        model = record.get("model") or {}
-        variant = _canonical(model.get("variant", ""))
-        if name in acc:
-            by_backbone.setdefault(model.get("backbone", ""), {})[variant] = acc[name]
-    for backbone, scores in by_backbone.items():
-        if "v2reg" in scores and "v3" in scores:
-            delta = scores["v3"] - scores["v2reg"]
-            notes.append(f"{backbone}: fine-tuning moved test accuracy from {scores['v2reg']:.3f} "
-                         f"to {scores['v3']:.3f} ({delta:+.3f}).")
-    wall = {n: _num(r, "training", "wall_time_s") for n, r in zip(names, records)}
-    wall = {n: w for n, w in wall.items() if not math.isnan(w)}
-    if len(wall) > 1:
-        fast, slow = min(wall, key=wall.get), max(wall, key=wall.get)
-        notes.append(f"Fastest to train: {fast} ({wall[fast]:.0f} s); slowest: {slow} "
-                     f"({wall[slow]:.0f} s), on this run's hardware.")
-    return notes
-
-
 def plot_tradeoff(table: pd.DataFrame, records: Sequence[dict],
                   save: str | os.PathLike | None = None) -> Figure:
     """Test accuracy against wall time and against parameter count, one labelled point per run.
@@ -315,5 +245,3 @@ def plot_tradeoff(table: pd.DataFrame, records: Sequence[dict],
     return figure
 
 
-__all__ = ["course_split", "RunEagerly", "input_size", "as_list", "train_or_reuse", "runs_table",
-           "labelled_table", "accuracy_ci", "progression_notes", "backbone_notes", "plot_tradeoff"]

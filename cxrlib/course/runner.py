@@ -3,6 +3,10 @@
 Each notebook executes in a fresh kernel with the working directory set to ``notebooks/``,
 so it behaves exactly as when a student opens it. Executed copies (with outputs) go to an
 output folder; the committed notebooks stay output-free.
+
+Smoke mode (``--smoke`` or ``CXR_SMOKE=1``) is injected here, as papermill parameters
+(:func:`smoke_parameters`): the notebooks carry the course's settings in their parameters
+cell and nothing else, so a student opening one in Jupyter gets the course as taught.
 """
 
 from __future__ import annotations
@@ -11,11 +15,83 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+SMOKE_DIR = NOTEBOOK_DIR.parent / "outputs" / "smoke"
+
+# Smoke mode: about a minute per notebook on a CPU. Applied to every notebook that has the
+# parameter, then the notebook's own entries; what the caller passes with -p wins over both.
+SMOKE_COMMON: dict[str, Any] = {"SMOKE": True, "IMAGE_SIZE": 64, "SAMPLES_PER_CLASS": 12,
+                                "EPOCHS": 1, "WEIGHTS": None, "BOOTSTRAP": 100}
+SMOKE_BY_NOTEBOOK: dict[str, dict[str, Any]] = {
+    "04": {"FINETUNE_BACKBONES": "densenet121"},   # frozen for all five, fine-tuned for one
+    "05": {"N_EXAMPLES": 2, "MAX_N": 4, "SMOOTH_SAMPLES": 3, "SCORE_IMAGES": 6, "SCRATCH_EPOCHS": 2,
+           "SHORTCUT_PER_CLASS": 12, "SHORTCUT_EPOCHS": 2, "SCORE_MODELS": "scratch"},
+    # building a pretrained backbone's graph alone takes a minute on a CPU: the scratch CNN
+    "06": {"BACKBONE": "scratch"},
+    "07": {"BACKBONE": "scratch"},
+}
+
+
+def smoke_requested(smoke: bool = False) -> bool:
+    """``smoke`` or ``CXR_SMOKE=1`` in the environment."""
+    return smoke or os.environ.get("CXR_SMOKE", "") not in ("", "0")
+
+
+def smoke_parameters(number: str, smoke_dir: str | Path | None = None) -> dict[str, Any]:
+    """The papermill parameters that put notebook ``number`` in smoke mode.
+
+    Results and figures go to ``smoke_dir`` (default ``CXR_SMOKE_DIR``, else ``outputs/smoke``),
+    never into the course's folders.
+    """
+    folder = Path(smoke_dir or os.environ.get("CXR_SMOKE_DIR") or SMOKE_DIR).resolve()
+    return {**SMOKE_COMMON, "RESULTS_DIR": str(folder / "results"),
+            "FIGURES_DIR": str(folder / "figures"), **SMOKE_BY_NOTEBOOK.get(number, {})}
+
+
+def dataset_folders() -> dict[str, str]:
+    """``COVID_DIR``, ``KERMANY_DIR``, ``SIIM_DIR``, ``EXTERNAL_DIR`` from the environment, as
+    parameters (a ``-p`` of the same name wins)."""
+    from cxrlib.course.reproduce import FOLDER_VARIABLES
+
+    return {v: os.environ[v] for v in FOLDER_VARIABLES.values() if os.environ.get(v)}
+
+
+def notebook_parameters(path: str | Path) -> set[str]:
+    """The names defined in a notebook's ``parameters`` cell."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(path)))
+
+
+def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict | None = None,
+                 smoke: bool = False, timeout: int = 3600) -> dict:
+    """Execute one notebook with papermill; returns {"notebook", "output", "seconds", "parameters"}.
+
+    In smoke mode the smoke parameters the notebook defines are injected under ``parameters``.
+    """
+    import papermill
+
+    path = Path(path).resolve()
+    out = Path(out_dir).resolve() / path.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernel inherits it: quiet TF start-up
+    known = notebook_parameters(path)
+    injected = {**(smoke_parameters(path.name[:2]) if smoke_requested(smoke) else {}),
+                **dataset_folders(), **(parameters or {})}
+    unused = sorted(set(injected) - known)
+    if unused:   # the series shares one set of parameters; each notebook takes its own
+        log.info("%s has no parameter %s: not passed.", path.name, ", ".join(unused))
+    injected = {k: v for k, v in injected.items() if k in known}
+    started = time.time()
+    papermill.execute_notebook(str(path), str(out), parameters=injected, cwd=str(path.parent),
+                               kernel_name="python3", progress_bar=False,
+                               execution_timeout=timeout)
+    return {"notebook": path.name, "output": str(out), "seconds": round(time.time() - started, 1),
+            "parameters": injected}
 
 
 def list_notebooks(folder: str | Path = NOTEBOOK_DIR, only: Sequence[str] | None = None) -> list[Path]:
@@ -28,35 +104,21 @@ def list_notebooks(folder: str | Path = NOTEBOOK_DIR, only: Sequence[str] | None
     return found
 
 
-def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict | None = None,
-                 smoke: bool = False, timeout: int = 3600) -> dict:
-    """Execute one notebook with papermill; returns {"notebook", "output", "seconds"}."""
-    import papermill
-
-    path = Path(path).resolve()
-    out = Path(out_dir).resolve() / path.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernel inherits it: quiet TF start-up
-    previous = os.environ.get("CXR_SMOKE")
-    if smoke:
-        os.environ["CXR_SMOKE"] = "1"
-    started = time.time()
-    try:
-        papermill.execute_notebook(str(path), str(out), parameters=parameters or {},
-                                   cwd=str(path.parent), kernel_name="python3",
-                                   progress_bar=False, execution_timeout=timeout)
-    finally:
-        if smoke:
-            if previous is None:
-                os.environ.pop("CXR_SMOKE", None)
-            else:
-                os.environ["CXR_SMOKE"] = previous
-    return {"notebook": path.name, "output": str(out), "seconds": round(time.time() - started, 1)}
-
-
 def run_series(out_dir: str | Path, only: Sequence[str] | None = None, smoke: bool = False,
-               parameters: dict | None = None, folder: str | Path = NOTEBOOK_DIR) -> list[dict]:
-    """Run every numbered notebook in order (stopping at the first failure)."""
+               parameters: dict | None = None, folder: str | Path = NOTEBOOK_DIR,
+               preset: str | None = None) -> list[dict]:
+    """Run every numbered notebook in order (stopping at the first failure).
+
+    ``preset`` runs the notebooks of that course preset (those of ``only`` if given) with
+    ``PRESET`` set to it.
+    """
+    from cxrlib.course.presets import get_preset, notebooks_of
+
+    parameters = dict(parameters or {})
+    if preset:
+        get_preset(preset)
+        parameters["PRESET"] = preset
+        only = only or notebooks_of(preset)
     results = []
     for path in list_notebooks(folder, only):
         print(f"▶ {path.name}", flush=True)

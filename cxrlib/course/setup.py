@@ -1,8 +1,8 @@
 """Helpers the notebooks call in their first cells, so that every notebook starts the same way.
 
-- :func:`smoke_mode`: ``CXR_SMOKE=1`` in the environment makes every notebook finish in about a
-  minute on a CPU (synthetic data, small images, one epoch, ``weights=None``). Reviewers and
-  the test suite run the series this way.
+- :func:`smoke_mode`: whether ``CXR_SMOKE=1`` is set (the runner then injects the smoke
+  parameters, see :mod:`cxrlib.course.runner`; the notebooks only see their ``SMOKE`` parameter).
+- :func:`output_folders`: the results and figures folders, created.
 - :func:`environment_report`: versions, devices, and whether mixed precision would pay off.
 - :func:`choose_data`: the real dataset when its path is given and present, else the synthetic
   default, said plainly.
@@ -43,6 +43,14 @@ def smoke_mode() -> bool:
     return os.environ.get("CXR_SMOKE", "") not in ("", "0")
 
 
+def output_folders(results_dir: str | Path, figures_dir: str | Path) -> tuple[Path, Path]:
+    """The notebook's results and figures folders as paths, created when missing."""
+    folders = Path(results_dir), Path(figures_dir)
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folders
+
+
 def environment_report() -> dict:
     """Library versions, visible devices, and what mixed precision and XLA would do here."""
     from cxrlib.environment import environment_info
@@ -53,13 +61,15 @@ def environment_report() -> dict:
 def choose_data(data_dir: str | None, results_dir: str | Path, per_class: int = 300,
                 size: int = 256, seed: int = 0,
                 classes: Sequence[str] = COURSE_CLASSES) -> tuple[Path, bool]:
-    """(dataset directory, is_real). Prints which one the notebook is using and why."""
+    """(dataset directory, is_real) of the COVID-19 Radiography Database: ``data_dir``, else the
+    ``COVID_DIR`` environment variable, else the synthetic default. Prints which and why."""
+    data_dir = data_dir or os.environ.get("COVID_DIR") or None
     path, real = course_data(data_dir, Path(results_dir) / "synthetic", per_class=per_class,
                              size=size, seed=seed, classes=classes)
     if real:
         print(f"Using the real dataset in {path}.")
     else:
-        reason = f"{data_dir} was not found" if data_dir else "no DATA_DIR was given"
+        reason = f"{data_dir} was not found" if data_dir else "no COVID_DIR was given"
         print(f"Using the SYNTHETIC default dataset in {path} ({reason}). The lessons run the same; "
               "the numbers are about procedural images, not patients. See data/README.md to get "
               "the real data.")

@@ -59,13 +59,17 @@ def last_conv_layer(model: keras.Model, backbone: str) -> str:
     return name
 
 
-def _head(x, n_classes: int, variant: str, dropout: float, binary: bool, seed: int):
-    """The classification head on a feature map, as the variant's registry entry says."""
-    head = get_variant(variant).head
+def _head(x, n_classes: int, variant: str, dropout: float, binary: bool, seed: int,
+          head: str = "course"):
+    """The classification head on a feature map: the variant's own (``head="course"``, from
+    its registry entry) or pooling → BatchNorm → output (``head="batchnorm"``, SIIM course)."""
+    layout = "batchnorm" if head == "batchnorm" else get_variant(variant).head
     x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(x)
-    if head != "linear":
+    if layout == "batchnorm":
+        x = keras.layers.BatchNormalization(name=HEAD_PREFIX + "bn")(x)
+    elif layout != "linear":
         x = keras.layers.Dense(500, activation="relu", name=HEAD_PREFIX + "dense500")(x)
-        if head == "deep-dropout":
+        if layout == "deep-dropout":
             x = keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout")(x)
         x = keras.layers.Dense(200, activation="relu", name=HEAD_PREFIX + "dense200")(x)
     return _output(x, n_classes, binary)
@@ -126,14 +130,37 @@ def scratch_features(inputs, seed: int = 0):
     return x
 
 
+def flat_cnn(inputs, n_classes: int, binary: bool, seed: int = 0):
+    """The 3-class Kermany course's CNN: Conv 16…256 (valid padding) with pooling, then
+    Flatten and Dense 128-64-32-16 (1,583,011 parameters at 256×256×1 and three classes)."""
+    x = inputs
+    for block, filters in enumerate((16, 32, 64, 128, 256), start=1):
+        x = keras.layers.Conv2D(filters, 3, activation="relu",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed + block),
+                                name=f"scratch_conv{block}")(x)
+        x = keras.layers.MaxPooling2D(name=f"scratch_pool{block}")(x)
+    x = keras.layers.Flatten(name=HEAD_PREFIX + "flatten")(x)
+    for units in (128, 64, 32, 16):
+        x = keras.layers.Dense(units, activation="relu", name=f"{HEAD_PREFIX}dense{units}")(x)
+    return _output(x, n_classes, binary)
+
+
+HEADS = ("course", "batchnorm", "flat")
+
+
 def build_model(backbone: str, variant: str, n_classes: int, image_size: int | None = None,
                 weights: str | None = "imagenet", channels: int = 3, dropout: float = 0.5,
-                binary: bool = False, seed: int = 0) -> keras.Model:
+                binary: bool = False, seed: int = 0, head: str = "course") -> keras.Model:
     """Build a flat model for ``backbone`` × ``variant`` with its layers frozen as the variant says.
 
     ``weights`` is ``"imagenet"``, ``None`` or a local weights file. ``binary=True`` (two
-    classes only) ends in one sigmoid unit instead of a softmax.
+    classes only) ends in one sigmoid unit instead of a softmax. ``head`` is the course's
+    head (``"course"``), pooling + BatchNorm + output (``"batchnorm"``, SIIM course), or for the
+    scratch backbone the 3-class Kermany course's flat CNN (``"flat"``).
     """
+    if head not in HEADS or (head == "flat" and backbone != SCRATCH):
+        raise ValueError(f"Unknown head {head!r} for {backbone}; choose one of {', '.join(HEADS)} "
+                         "('flat' with the scratch backbone only).")
     if (backbone == SCRATCH) != (get_variant(variant).head == "scratch"):
         raise ValueError("The 'scratch' backbone goes with the 'scratch' variant and only with it.")
     if binary and n_classes != 2:
@@ -146,6 +173,8 @@ def build_model(backbone: str, variant: str, n_classes: int, image_size: int | N
                          f"not {image_size}; use a larger --image-size.")
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size, channels), name="image")
+    if backbone == SCRATCH and head == "flat":
+        return keras.Model(inputs, flat_cnn(inputs, n_classes, binary, seed), name="scratch-flat")
     if backbone == SCRATCH:
         x = scratch_features(inputs, seed)
         x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(x)
@@ -154,7 +183,7 @@ def build_model(backbone: str, variant: str, n_classes: int, image_size: int | N
         model = keras.Model(inputs, _output(x, n_classes, binary), name=model_name(backbone, variant))
         return model
     features = _backbone_features(inputs, backbone, resolve_weights(backbone, weights), image_size, channels)
-    model = keras.Model(inputs, _head(features, n_classes, variant, dropout, binary, seed),
+    model = keras.Model(inputs, _head(features, n_classes, variant, dropout, binary, seed, head),
                         name=model_name(backbone, variant))
     set_trainable(model, variant, pretrained=weights is not None)
     return model

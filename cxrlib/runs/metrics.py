@@ -41,6 +41,14 @@ CI_LEVEL = 0.95
 _BOOTSTRAP_CELLS = 2_000_000  # resamples x samples per chunk: bounds the memory of the bootstrap
 
 
+def cross_entropy(y_true: np.ndarray, y_prob: np.ndarray) -> float | None:
+    """Mean cross-entropy of the true class (the test loss the courses' tables report)."""
+    if not len(y_true):
+        return None
+    picked = np.clip(y_prob[np.arange(len(y_true)), y_true], 1e-7, 1.0)
+    return float(-np.mean(np.log(picked)))
+
+
 def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str],
                     bootstrap: int = 1000, seed: int = 0,
                     target_sensitivity: float = 0.99) -> dict:
@@ -62,6 +70,7 @@ def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[st
         "classes": classes,
         "n": int(len(y_true)),
         "accuracy": float(np.mean(y_pred == y_true)) if len(y_true) else None,
+        "loss": cross_entropy(y_true, y_prob),
         "per_class": per_class,
         "auc_macro": None if any(a is None for a in aucs) else float(np.mean(aucs)),
         "confusion_matrix": matrix.tolist(),

@@ -70,6 +70,7 @@ class TrainConfig(_Section):
     mixed_precision: bool = False
     xla: bool = False
     run_eagerly: bool = False
+    head: str = "course"
     strategy: str | None = None
     init_from: str | None = None
     weights: str | None = None

@@ -115,8 +115,8 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
           learning_rate: float | None = None, decay: float | None = None, seed: int = 0,
           class_weight: bool = False, augment: Augment | bool | None = None, crop: bool = False,
           equalize: str | None = None, channels: int = 3, binary: bool = False,
-          early_stopping: int | None = None, tensorboard: bool = False, strategy=None,
-          mixed_precision: bool = False, xla: bool = False, run_eagerly: bool = False,
+          early_stopping: int | None = None, head: str = "course", tensorboard: bool = False,
+          strategy=None, mixed_precision: bool = False, xla: bool = False, run_eagerly: bool = False,
           init_from: str | None = None, name: str | None = None, dataset_info: dict | None = None, reuse: bool = True,
           progress: bool = True, callbacks: Sequence = (), bootstrap: int = 1000) -> dict:
     """Train ``backbone`` × ``variant`` on the ``train`` split of ``manifest``; return the record.
@@ -165,7 +165,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
         decay=decay, seed=seed, class_weight=class_weight, augment=asdict(augment), binary=binary,
         early_stopping=early_stopping, mixed_precision=mixed_precision, xla=xla,
         run_eagerly=run_eagerly, strategy=str(strategy) if strategy is not None else None,
-        init_from=init_from, weights=None if weights is None else str(weights))
+        init_from=init_from, weights=None if weights is None else str(weights), head=head)
     config = {"backbone": backbone, "variant": recipe.name,
               "classes": list(classes), "prep": prep.to_dict(), "hyper": hyper}
     key = config_key({**config, "data": sorted(zip(manifest["path"], manifest["split"]))})
@@ -187,7 +187,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
         # built before the folder is touched: a bad weights file or --init-from stops here
         with _strategy(strategy).scope():
             model = models.build_model(backbone, variant, len(classes), image_size, weights,
-                                       channels=channels, binary=binary, seed=seed)
+                                       channels=channels, binary=binary, seed=seed, head=head)
             if init_from:
                 copied = models.copy_matching_weights(models.load_model(init_from), model)
                 log.info("Initialised %d layers from %s.", copied, init_from)
@@ -231,7 +231,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
                             "n_train": len(train_df), "n_val": len(val_df), "n_test": len(test_df),
                             **(dataset_info or {})},
                 "model": {"backbone": backbone, "variant": variant, "weights": hyper["weights"],
-                          "image_size": image_size, "channels": channels,
+                          "image_size": image_size, "channels": channels, "head": head,
                           "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
                           "total_params": int(model.count_params())},
                 "prep": prep.to_dict(),

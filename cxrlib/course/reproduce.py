@@ -1,0 +1,254 @@
+"""Reproduce a course preset: its data (real where given, synthetic for the rest), its runs,
+and its results table with the course's reported number beside ours.
+
+- :func:`dataset_folder`: a notebook's dataset folder from its parameter or the environment
+  (``COVID_DIR``, ``KERMANY_DIR``, ``SIIM_DIR``, ``EXTERNAL_DIR``).
+- :func:`pin_version`: the COVID-19 Radiography Database as a given version had it (class
+  sizes of :data:`~cxrlib.course.presets.RADIOGRAPHY_VERSIONS`, or a file list).
+- :func:`preset_split`: a manifest split with the preset's fractions (Kermany: official test).
+- :func:`preset_data`: every data set a preset's runs train on, split.
+- :func:`train_preset`: every run of a preset, each with its record.
+- :func:`comparison`: ours against the course's numbers, from the records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from cxrlib.course.presets import RADIOGRAPHY_VERSIONS, Preset, train_kwargs
+
+log = logging.getLogger(__name__)
+
+FOLDER_VARIABLES: dict[str, str] = {"covid19-radiography": "COVID_DIR", "kermany": "KERMANY_DIR",
+                                    "siim": "SIIM_DIR", "external": "EXTERNAL_DIR"}
+KERMANY_CLASSES = ("Normal", "Bacterial Pneumonia", "Viral Pneumonia")
+SIIM_BINARY = {"Negative": "No Opacity", "Typical": "Opacity", "Indeterminate": "Opacity",
+               "Atypical": "Opacity"}
+EXTERNAL_BINARY = {"COVID": "Opacity", "Viral Pneumonia": "Opacity", "Lung Opacity": "Opacity",
+                   "Normal": "No Opacity"}
+
+
+def dataset_folder(dataset: str, given: str | None = None) -> Path | None:
+    """The folder of ``dataset``: the notebook's parameter, else its environment variable
+    (:data:`FOLDER_VARIABLES`); ``None`` when neither names an existing folder."""
+    value = given or os.environ.get(FOLDER_VARIABLES[dataset])
+    if value and Path(value).expanduser().is_dir():
+        return Path(value).expanduser()
+    if value:
+        print(f"{FOLDER_VARIABLES[dataset]}={value} was not found.")
+    return None
+
+
+def pin_version(manifest: pd.DataFrame, version: str | None, seed: int = 0) -> pd.DataFrame:
+    """The images a database version had.
+
+    ``version`` is a key of :data:`RADIOGRAPHY_VERSIONS` (a seeded sample of that version's
+    class sizes from a later copy, said so), a file with one image file name per line (the
+    version's own files), or ``None`` (everything).
+    """
+    if not version:
+        return manifest
+    if version in RADIOGRAPHY_VERSIONS:
+        sizes = RADIOGRAPHY_VERSIONS[version]
+        kept = manifest[manifest["label"].isin(sizes)]
+        parts = [group.sample(min(len(group), sizes[label]), random_state=seed)
+                 for label, group in kept.groupby("label", sort=True)]
+        out = pd.concat(parts).sort_index() if parts else kept
+        short = {c: n for c, n in sizes.items() if (out["label"] == c).sum() < n}
+        print(f"Database pinned to {version}: " + ", ".join(f"{c} {n}" for c, n in sizes.items())
+              + (f" (fewer here: {', '.join(short)})" if short else "")
+              + ". A same-size sample, not necessarily that version's own files: pass a file "
+              "list for those.")
+    else:
+        names = {line.strip() for line in Path(version).read_text().splitlines() if line.strip()}
+        out = manifest[manifest["path"].map(lambda p: Path(p).name in names)]
+        print(f"Database pinned to the {len(out)} of {len(names)} files listed in {version}.")
+    out = out.copy()
+    out.attrs = dict(manifest.attrs)
+    return out.reset_index(drop=True)
+
+
+def preset_split(preset: Preset, manifest: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """``manifest`` split as the preset says: test share (or the official test split), then
+    the validation share of what is left (an official validation split joins training)."""
+    from cxrlib.data.splits import split_manifest
+
+    manifest = manifest.copy()
+    official = preset.official_test and (manifest["split"] == "test").any()
+    if official:
+        manifest.loc[manifest["split"] == "val", "split"] = "train"
+    else:
+        manifest["split"] = ""
+    return split_manifest(manifest, val=preset.val * (1 - preset.test), test=preset.test,
+                          seed=seed, keep_official=official)
+
+
+def _say_synthetic(dataset: str, path: Path) -> None:
+    print(f"{FOLDER_VARIABLES[dataset]} not given: using the SYNTHETIC stand-in in {path}. The "
+          "lessons run the same; the numbers are about procedural images, not patients.")
+
+
+def radiography_manifest(folder: Path | None, work_dir: Path, per_class: int, size: int,
+                         seed: int = 0, version: str | None = None,
+                         classes: Sequence[str] = ("COVID", "Normal", "Viral Pneumonia")) -> pd.DataFrame:
+    """The Radiography images of ``classes`` (those present), pinned to ``version`` when real;
+    synthetic when ``folder`` is None."""
+    from cxrlib.course.setup import course_data
+    from cxrlib.data.datasets import load_manifest
+    from cxrlib.data.synthetic import SYNTH_CLASSES
+
+    path, real = course_data(folder, work_dir / "synthetic", per_class=per_class, size=size,
+                             seed=seed, classes=[c for c in classes if c in SYNTH_CLASSES])
+    if not real:
+        _say_synthetic("covid19-radiography", path)
+    manifest = load_manifest(path)
+    manifest = manifest[manifest["label"].isin(classes)].reset_index(drop=True)
+    return pin_version(manifest, version, seed) if real else manifest
+
+
+def kermany_manifest(folder: Path | None, work_dir: Path, per_class: int, size: int,
+                     seed: int = 0) -> pd.DataFrame:
+    """Kermany's images labelled Normal / Bacterial Pneumonia / Viral Pneumonia, with the
+    official split where the data has one (synthetic when ``folder`` is None)."""
+    from cxrlib.course.setup import course_data
+    from cxrlib.data.datasets import load_manifest
+
+    path, real = course_data(folder, work_dir / "synthetic_kermany", per_class=per_class,
+                             size=size, seed=seed, classes=KERMANY_CLASSES)
+    if not real:
+        _say_synthetic("kermany", path)
+    manifest = load_manifest(path)
+    if manifest.attrs.get("layout") == "kermany":   # the kind of pneumonia is in the file name
+        manifest["label"] = manifest["subtype"].where(manifest["label"] == "Pneumonia", manifest["label"])
+    manifest = manifest[manifest["label"].isin(KERMANY_CLASSES)].reset_index(drop=True)
+    if not real:   # balanced by construction: keep two normal films in three, about 1 : 3 overall
+        normal = manifest.index[manifest["label"] == "Normal"]
+        manifest = manifest.drop(normal[: len(normal) // 3]).reset_index(drop=True)
+    return manifest
+
+
+def siim_manifest(folder: Path | None, work_dir: Path, n_studies: int, size: int,
+                  seed: int = 0) -> pd.DataFrame:
+    """SIIM's images with their study-level class (``label``), synthetic when ``folder`` is None."""
+    from cxrlib.data.datasets import load_manifest
+    from cxrlib.data.synthetic import generate_siim_like
+
+    path = folder
+    if path is None:
+        path = generate_siim_like(work_dir / "synthetic_siim", n_studies=n_studies, size=size, seed=seed)
+        _say_synthetic("siim", path)
+    return load_manifest(path, layout="siim", target="study")
+
+
+def preset_data(preset: Preset, work_dir: str | Path, folders: Mapping[str, str | None] | None = None,
+                per_class: int | None = None, size: int = 256, seed: int = 0
+                ) -> dict[str, tuple[pd.DataFrame, list[str]]]:
+    """Every data set the preset's runs train on: name → (split manifest, classes).
+
+    ``folders`` maps dataset names (``covid19-radiography``, ``kermany``, ``siim``,
+    ``external``) to folders; what is missing comes from the environment, else synthetic.
+    ``per_class`` caps the images per class (synthetic size, or a quick look at real data).
+    """
+    from cxrlib.data.datasets import relabel
+    from cxrlib.data.splits import sample_per_class
+
+    work = Path(work_dir)
+    folder = {name: dataset_folder(name, (folders or {}).get(name)) for name in FOLDER_VARIABLES}
+    n = per_class or 300
+
+    def capped(frame: pd.DataFrame) -> pd.DataFrame:
+        return sample_per_class(frame, per_class, seed=seed) if per_class else frame
+
+    if preset.dataset == "covid19-radiography":
+        manifest = capped(radiography_manifest(folder["covid19-radiography"], work, n, size, seed,
+                                               preset.version, preset.classes))
+        return {"main": (preset_split(preset, manifest, seed), list(preset.classes))}
+    if preset.dataset == "kermany":
+        split = preset_split(preset, capped(kermany_manifest(folder["kermany"], work, n, size, seed)), seed)
+        binary = relabel(split, {"Bacterial Pneumonia": "Pneumonia", "Viral Pneumonia": "Pneumonia"})
+        pneumonia = split[split["label"] != "Normal"].reset_index(drop=True)
+        return {"main": (split if len(preset.classes) == 3 else binary, list(preset.classes)),
+                "stage1": (binary, ["Normal", "Pneumonia"]),
+                "stage2": (pneumonia, ["Bacterial Pneumonia", "Viral Pneumonia"])}
+    if preset.dataset == "siim":
+        studies = capped(siim_manifest(folder["siim"], work, 4 * n, size, seed))
+        study_split = preset_split(preset, studies, seed)
+        competition = relabel(study_split, SIIM_BINARY)
+        external = radiography_manifest(folder["external"], work / "external", n, size, seed,
+                                        classes=tuple(EXTERNAL_BINARY))
+        external = relabel(capped(external), EXTERNAL_BINARY).assign(split="train")  # used whole
+        union = pd.concat([external, competition], ignore_index=True)
+        union.attrs = dict(competition.attrs)
+        return {"study": (study_split, sorted(SIIM_BINARY)), "main": (competition, list(preset.classes)),
+                "union": (union, list(preset.classes))}
+    raise ValueError(f"No data recipe for dataset {preset.dataset!r}.")
+
+
+def preset_dirs(preset: Preset, results_dir: str | Path) -> dict[str, Path]:
+    """Where each run of the preset lives: ``RESULTS/<preset>/<run>``."""
+    return {key: Path(results_dir) / preset.name / key for key in preset.keys()}
+
+
+def train_preset(preset: Preset, data: Mapping[str, tuple[pd.DataFrame, list[str]]],
+                 results_dir: str | Path, weights: str | None = "imagenet", seed: int = 0,
+                 only: Sequence[str] | None = None, **options: Any) -> dict[str, dict]:
+    """Train (or reuse) the preset's runs in order; run key → record.
+
+    ``options`` go to :func:`cxrlib.runs.train.train` (``progress``, ``bootstrap``, ``callbacks``).
+    """
+    from cxrlib.course.progression import train_or_reuse
+    from cxrlib.course.setup import usable_weights
+
+    dirs = preset_dirs(preset, results_dir)
+    records = {}
+    for run in preset.runs:
+        if only and run.key not in only:
+            continue
+        manifest, classes = data[run.data]
+        kwargs = train_kwargs(preset, run.key, dirs)
+        backbone, variant = kwargs.pop("backbone"), kwargs.pop("variant")
+        run_weights = usable_weights(weights, backbone)
+        records[run.key], how = train_or_reuse(manifest, classes, backbone, variant, dirs[run.key],
+                                               weights=run_weights, seed=seed,
+                                               name=f"{preset.name}: {run.key}", **kwargs, **options)
+        print(f"{run.key:<28} {how:>7}: test accuracy {records[run.key]['test']['accuracy']:.3f}")
+    return records
+
+
+def comparison(preset: Preset, records: Mapping[str, dict]) -> pd.DataFrame:
+    """Ours beside the course's: test accuracy (and loss), one row per run given, from the records."""
+    rows = []
+    for run in (r for r in preset.runs if r.key in records):
+        record = records[run.key]
+        test = (record or {}).get("test") or {}
+        rows.append({"run": run.key, "ours: test accuracy": test.get("accuracy"),
+                     "course: test accuracy": run.reported.get("accuracy"),
+                     "ours: test loss": test.get("loss"), "course: test loss": run.reported.get("loss"),
+                     "test images": test.get("n"),
+                     "epochs run": ((record or {}).get("training") or {}).get("epochs_run")})
+    table = pd.DataFrame(rows).set_index("run")
+    return table.dropna(axis=1, how="all")
+
+
+def plot_against_course(table: pd.DataFrame, title: str = "", save: str | Path | None = None):
+    """Bars of our test accuracy beside the course's, one pair per run (a :func:`comparison`)."""
+    import matplotlib.pyplot as plt
+
+    from cxrlib.plots import save_figure
+
+    columns = [c for c in ("ours: test accuracy", "course: test accuracy") if c in table]
+    figure, ax = plt.subplots(figsize=(1.2 + 1.1 * len(table), 3.2))
+    table[columns].astype(float).plot.bar(ax=ax, rot=30, color=["tab:blue", "tab:gray"][:len(columns)])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    figure.tight_layout()
+    if save:
+        save_figure(figure, save)
+    plt.close(figure)
+    return figure
