@@ -170,9 +170,10 @@ def test_a_failed_new_run_never_replaces_the_finished_one(made, run_copy: Path, 
 def test_a_second_train_into_a_busy_folder_is_refused(made, run_copy: Path, capsys) -> None:
     data, _ = made
     holder = subprocess.Popen(  # another process holding the run folder, as a running train does
-        [sys.executable, "-c", "import sys; from pathlib import Path; "
-         "from cxrlib.runs.train import run_lock\n"
-         f"with run_lock(Path({str(run_copy)!r})):\n print('held', flush=True); sys.stdin.read()"],
+        [sys.executable, "-c", ("import sys; from pathlib import Path; "
+                                "from cxrlib.runs.train import run_lock\n"
+                                f"with run_lock(Path({str(run_copy)!r})):\n"
+                                " print('held', flush=True); sys.stdin.read()")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:
