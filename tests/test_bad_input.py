@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -168,13 +169,23 @@ def test_a_failed_new_run_never_replaces_the_finished_one(made, run_copy: Path, 
 
 def test_a_second_train_into_a_busy_folder_is_refused(made, run_copy: Path, capsys) -> None:
     data, _ = made
-    holder = {"pid": os.getppid(), "host": socket.gethostname(), "started": "2026-01-01T00:00:00"}
-    (run_copy / training.LOCK_FILE).write_text(json.dumps(holder))
-    before = tree_hash(run_copy)
-    code, _, err = cli_run(train_args(data, run_copy, "--force"), capsys)
-    assert code == 2
-    assert_one_line_error(err, "in use by another run", f"pid {os.getppid()}")
-    assert tree_hash(run_copy) == before
+    holder = subprocess.Popen(  # another process holding the run folder, as a running train does
+        [sys.executable, "-c", ("import sys; from pathlib import Path; "
+                                "from cxrlib.runs.train import run_lock\n"
+                                f"with run_lock(Path({str(run_copy)!r})):\n"
+                                " print('held', flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = tree_hash(run_copy)
+        code, _, err = cli_run(train_args(data, run_copy, "--force"), capsys)
+        assert code == 2
+        assert_one_line_error(err, "in use by another run", f"pid {holder.pid}")
+        assert tree_hash(run_copy) == before
+    finally:
+        holder.communicate("", timeout=60)
+    assert not (run_copy / training.LOCK_FILE).exists()
 
 
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path) -> None:

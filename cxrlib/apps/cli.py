@@ -344,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - anything else is a bug: log it, say one line
         where = _log_traceback(argv)
         print(f"error: internal error ({type(error).__name__}: {one_line(error, 200)}); "
               + (f"full traceback in {where}" if where else "no log could be written")
