@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,3 +26,28 @@ def test_bench_metrics_writes_a_ratio_and_agreeing_intervals(tmp_path) -> None:
         low, high = result["vectorised"][key]
         assert 0 < low < high <= 1
     assert result["n"] == 300 and result["resamples"] == 200
+
+
+@pytest.mark.slow  # four fresh processes that each import TensorFlow: about a minute
+def test_bench_loading_measures_four_methods_in_fresh_processes(tmp_path) -> None:
+    out = tmp_path / "bench_loading.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_loading.py"),
+                           "--n", "60", "--size", "64", "--repeats", "1",
+                           "--cache", str(tmp_path / "data"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = dict(item.split("=") for item in done.stdout.strip().splitlines()[-1].split())
+    assert list(last) == ["time_ratio", "memory_ratio", "vs_keras", "vs_floor"]
+    result = json.loads(out.read_text())
+    methods = result["methods"]
+    assert set(methods) == {"seed", "keras", "cxrlib", "floor"}
+    for method in methods.values():
+        assert method["images"] == 60 and method["seconds"] > 0 and method["increase_mb"] >= 0
+    assert methods["seed"]["shape"] == [60, 64, 64, 3] and methods["seed"]["dtype"] == "float32"
+    assert methods["cxrlib"]["shape"][1:] == [64, 64, 3]
+    ratios = result["ratios"]
+    assert ratios["time_ratio"] == methods["seed"]["seconds"] / methods["cxrlib"]["seconds"]
+    assert ratios["vs_floor"] == methods["cxrlib"]["seconds"] / methods["floor"]["seconds"]
+    for key, printed in last.items():
+        assert float(printed) == pytest.approx(ratios[key], abs=0.006)
+    assert len(result["runs"]) == 4 and result["n"] == 60 and result["image_size"] == 64
