@@ -4,7 +4,9 @@ Each entry records the Keras application, its default input size, its own
 ``preprocess_input`` (the normalisation its ImageNet weights were trained with), the last
 convolutional layer (the one heat maps read), and the weights file Keras downloads.
 
-ImageNet weights come from one of three places, in this order:
+Weights come in three kinds: ``None`` (random), ``"imagenet"`` and ``"synthetic"`` (pretrained
+by cxrlib on synthetic films, cached per backbone and size; see :mod:`cxrlib.models.pretrain`),
+or a local weights file. ImageNet weights come from one of three places, in this order:
 
 1. ``$CXR_WEIGHTS_DIR/<weights_file>``: an offline cache for classrooms without internet;
 2. Keras' own cache (``~/.keras/models``, or ``$KERAS_HOME/models``);
@@ -107,15 +109,24 @@ def _keras_cache() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def resolve_weights(name: str, weights: str | None) -> str | None:
-    """Turn ``"imagenet"``/``None``/a path into what a Keras application accepts.
+SYNTHETIC = "synthetic"
 
-    Prefers the offline cache directory; raises :class:`WeightsUnavailableError` when
+
+def resolve_weights(name: str, weights: str | None, image_size: int | None = None) -> str | None:
+    """Turn ``"imagenet"``/``"synthetic"``/``None``/a path into what a Keras application accepts.
+
+    ``"synthetic"`` becomes the cached synthetic-pretrained weights file of ``name`` at
+    ``image_size`` (default: the backbone's size), pretrained first when missing. For ImageNet,
+    prefers the offline cache directory; raises :class:`WeightsUnavailableError` when
     ``CXR_OFFLINE=1`` and the file is nowhere on disk, and ``FileNotFoundError`` for a
     local path that does not exist.
     """
     if weights is None or str(weights).lower() == "none":
         return None
+    if str(weights).lower() == SYNTHETIC:
+        from cxrlib.models.pretrain import ensure_pretrained
+
+        return str(ensure_pretrained(name, image_size or default_size(name)))
     if str(weights).lower() != "imagenet":
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -132,6 +143,23 @@ def resolve_weights(name: str, weights: str | None) -> str | None:
     return "imagenet"
 
 
+def weights_source(name: str, weights: str | None, image_size: int | None = None) -> dict:
+    """The weights file a model of ``name`` loads and the JSON that describes it (for run records).
+
+    ``{"file": None, "info": None}`` for random weights, the scratch CNN, or ImageNet weights
+    that Keras fetches itself; ``"synthetic"`` is pretrained first when missing.
+    """
+    if name == SCRATCH:
+        return {"file": None, "info": None}
+    resolved = resolve_weights(name, weights, image_size)
+    if resolved is None or resolved == "imagenet":
+        return {"file": None, "info": None}
+    from cxrlib.models.pretrain import info_path
+
+    info = info_path(resolved)
+    return {"file": resolved, "info": str(info) if info.is_file() else None}
+
+
 def missing_weights_message(name: str) -> str:
     """What to do when the ImageNet weights of ``name`` cannot be had."""
     entry = get_backbone(name)
@@ -139,5 +167,6 @@ def missing_weights_message(name: str) -> str:
     return (f"ImageNet weights for {name} are not available offline and could not be downloaded. "
             f"Fetch {entry.weights_url}{entry.weights_file} on a machine with internet and put it "
             f"in {target}/ (or set CXR_WEIGHTS_DIR to the folder that holds it). "
-            "To run without them, use weights=None (--weights none): the network then starts "
-            "from random weights, which is fine for smoke tests but not for transfer learning.")
+            "Offline, use weights='synthetic' (--weights synthetic): a backbone pretrained by "
+            "cxrlib on synthetic films, not ImageNet; or weights=None (--weights none): random "
+            "weights, fine for smoke tests but not for transfer learning.")

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.models.backbones import VARIANT_ALIASES, default_size
+from cxrlib.models.backbones import VARIANT_ALIASES, default_size, weights_source
 from cxrlib.data.pipeline import NO_AUGMENT, Augment, Prep, make_dataset, with_crop_reference
 from cxrlib.data.splits import class_weights as balanced_weights
 from cxrlib.data.splits import save_split, subset
@@ -197,9 +197,12 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
              "early_stopping": early_stopping, "mixed_precision": mixed_precision, "xla": xla,
              "strategy": str(strategy) if strategy is not None else None,
              "init_from": init_from, "weights": None if weights is None else str(weights)}
+    weights_info = weights_source(backbone, weights, image_size)  # pretrains "synthetic" if missing
     key = config_key({"backbone": backbone, "variant": VARIANT_ALIASES.get(variant, variant), "classes": list(classes),
                       "prep": prep.to_dict(), "hyper": hyper,
-                      "data": sorted(zip(manifest["path"], manifest["split"]))})
+                      "data": sorted(zip(manifest["path"], manifest["split"])),
+                      **({"weights_file": _fingerprint_file(weights_info["file"])}
+                         if weights_info["file"] else {})})
     if reuse and (out / "record.json").is_file():
         try:
             existing = records.read_record(out)
@@ -231,6 +234,8 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
                 log.info("Initialised %d layers from %s.", copied, init_from)
             models.compile_model(model, models.make_optimizer(optimizer, learning_rate, decay),
                                  jit_compile=True if xla else False)
+        if not init_from and variant != "v1":   # v1 adapts on its cached features
+            _standardise(model, train_df, classes, prep, batch_size)
         weights_by_class = balanced_weights(train_df["label"], classes) if class_weight else None
         started = time.time()
         resumed = (out / "backup").is_dir()
@@ -267,6 +272,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
                     "n_train": len(train_df), "n_val": len(val_df), "n_test": len(test_df),
                     **(dataset_info or {})},
         "model": {"backbone": backbone, "variant": variant, "weights": hyper["weights"],
+                  "weights_file": weights_info["file"], "weights_info": weights_info["info"],
                   "image_size": image_size, "channels": channels,
                   "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
                   "total_params": int(model.count_params())},
@@ -350,7 +356,7 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, ba
     """V1: extract the frozen features once (cached in ``features.npz``), train the softmax on them."""
     import keras
 
-    from cxrlib.models.build import classifier_head, feature_extractor
+    from cxrlib.models.build import adapt_head_norm, classifier_head, feature_extractor
 
     cache = out / "features.npz"
     backbone_bytes = hashlib.sha256()
@@ -367,6 +373,7 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, ba
             data["x_val"], data["y_val"] = extract_features(model, val_df, classes, prep, batch_size,
                                                             label_mode, skipped)
         np.savez(cache, key=np.array(key), **data)
+    adapt_head_norm(model, data["x_train"])
     head = classifier_head(model)
     head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
     validation = (data["x_val"], data["y_val"]) if "x_val" in data else None
@@ -378,6 +385,15 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, ba
              shuffle=True, verbose=0)
     model.save(out / "model.keras")  # the head shares its layers with the full model
     return read_history(out / "history.csv")
+
+
+def _standardise(model, train_df: pd.DataFrame, classes, prep: Prep, batch_size: int) -> None:
+    """Adapt the head's Normalization (when it has one) on the training split's pooled features."""
+    from cxrlib.models.build import HEAD_NORM, adapt_head_norm
+
+    if HEAD_NORM in {layer.name for layer in model.layers}:
+        features, _ = extract_features(model, train_df, classes, prep, batch_size, "categorical")
+        adapt_head_norm(model, features)
 
 
 def _score_untrained(model, train_df, val_df, classes, prep, batch_size: int, label_mode: str) -> dict:
