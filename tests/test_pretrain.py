@@ -128,3 +128,21 @@ def test_pretraining_on_the_source_task_transfers_to_a_fresh_target(target_split
             assert record["model"]["weights_info"] == str(pretrain.info_path(path))
     print(f"V1 test accuracy: synthetic-pretrained {scores['synthetic']:.3f}, random {scores[None]:.3f}")
     assert scores["synthetic"] >= scores[None] + 0.1
+
+
+def test_cli_pretrain_reuses_the_cache_and_raises_the_size_to_the_minimum(tmp_path, monkeypatch,
+                                                                           capsys) -> None:
+    from cxrlib.apps.cli import main
+
+    monkeypatch.setenv("CXR_PRETRAINED_DIR", str(tmp_path / "elsewhere"))
+    for backbone, size in (("densenet121", 64), ("inceptionv3", 75)):
+        path = pretrain.weights_path(backbone, size, cache=tmp_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"cached")
+        pretrain.info_path(path).write_text(json.dumps({"images": 7, "epochs": 1, "wall_time_s": 2.0}))
+    monkeypatch.setattr(pretrain, "pretrain", lambda *a, **k: pytest.fail("the cache was not reused"))
+    for backbone in ("densenet121", "inceptionv3"):
+        assert main(["pretrain", "--backbone", backbone, "--image-size", "64", "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "densenet121 at 64 px" in out and "inceptionv3 at 75 px" in out and "7 films" in out
+    assert pretrain.cache_dir() == tmp_path   # later look-ups in this process use --cache
