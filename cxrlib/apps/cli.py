@@ -88,6 +88,29 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("pretrain")
+def _pretrain(args: argparse.Namespace) -> int:
+    import os
+
+    from cxrlib.course.setup import COURSE_BACKBONES
+    from cxrlib.models.backbones import get_backbone
+    from cxrlib.runs.pretrain import describe, info_path, pretrain, weights_path
+
+    if args.cache:
+        os.environ["CXR_PRETRAINED_DIR"] = args.cache   # so that later look-ups find them too
+    names = list(COURSE_BACKBONES) if args.backbone == "course" else [args.backbone]
+    for name in names:
+        size = max(args.image_size, get_backbone(name).min_size)
+        path = weights_path(name, size, args.seed)
+        if args.force or not (path.is_file() and info_path(path).is_file()):
+            path = pretrain(name, size, n_images=args.images, epochs=args.epochs, seed=args.seed,
+                            progress=not args.quiet)
+        info = describe(path)
+        print(f"{name} at {size} px: {path} ({info.get('images')} films, {info.get('epochs')} epochs, "
+              f"{info.get('wall_time_s')} s)")
+    return 0
+
+
 @command("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
     from cxrlib.runs.evaluate import evaluate_saved_model
@@ -191,7 +214,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset directory (any supported layout)")
     p.add_argument("--backbone", required=True, choices=sorted(BACKBONES) + ["scratch"])
     p.add_argument("--variant", required=True, choices=VARIANT_NAMES)
-    p.add_argument("--weights", default="imagenet", help="imagenet, none, or a local weights file")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet, synthetic (pretrained by cxrlib on synthetic films), none, or a weights file")
     p.add_argument("--image-size", type=positive_int, help="input size (default: the backbone's)")
     p.add_argument("--epochs", type=positive_int, help="default: the variant's recipe")
     p.add_argument("--batch-size", type=positive_int, default=32)
@@ -217,6 +241,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", help="copy matching weights from this .keras model first")
     p.add_argument("--force", action="store_true",
                    help="retrain even if a finished identical run exists; discard an interrupted run")
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    from cxrlib.models.backbones import BACKBONES
+    from cxrlib.runs.pretrain import PRETRAIN_EPOCHS, PRETRAIN_IMAGES
+
+    p = sub.add_parser("pretrain", help="pretrain a backbone on the synthetic source task (weights 'synthetic')")
+    p.add_argument("--backbone", required=True, choices=sorted(BACKBONES) + ["course"],
+                   help="a registry backbone, or 'course' for the five of the course")
+    p.add_argument("--image-size", type=int, default=64,
+                   help="input size (default 64; raised to the backbone's minimum)")
+    p.add_argument("--cache", "--out", dest="cache",
+                   help="cache folder (default: $CXR_PRETRAINED_DIR or ~/.cache/cxrlib/pretrained)")
+    p.add_argument("--images", type=int, default=PRETRAIN_IMAGES, help="source-task films")
+    p.add_argument("--epochs", type=int, default=PRETRAIN_EPOCHS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="pretrain again even when cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -262,7 +304,7 @@ def _add_diagnose(sub: argparse._SubParsersAction) -> None:
 
 
 PARSER_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_synth, _add_data, _add_train, _add_evaluate, _add_report, _add_diagnose, _add_notebooks]
+    _add_synth, _add_data, _add_train, _add_pretrain, _add_evaluate, _add_report, _add_diagnose, _add_notebooks]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -8,6 +8,7 @@
   default, said plainly.
 - :func:`usable_weights`: ImageNet weights when they can be had; otherwise a clear message and
   ``None``, so a classroom without internet can still run the notebook top to bottom.
+  ``"synthetic"`` (weights pretrained by cxrlib on synthetic films) is always usable offline.
 """
 
 from __future__ import annotations
@@ -77,11 +78,21 @@ def choose_data(data_dir: str | None, results_dir: str | Path, per_class: int = 
 
 
 def usable_weights(weights: str | None, backbone: str) -> str | None:
-    """``weights`` if they can be loaded for ``backbone``; else print why and return ``None``."""
-    from cxrlib.models.backbones import SCRATCH, WeightsUnavailableError, get_backbone, resolve_weights
+    """``weights`` if they can be loaded for ``backbone``; else print why and return ``None``.
+
+    ``"synthetic"`` is returned as it is, with a note on what those weights are: they are
+    pretrained (and cached) when a model first needs them, at that model's input size.
+    """
+    from cxrlib.models.backbones import (SCRATCH, SYNTHETIC, WeightsUnavailableError, get_backbone,
+                                         resolve_weights)
 
     if weights is None or backbone == SCRATCH or str(weights).lower() == "none":
         return None
+    if str(weights).lower() == SYNTHETIC:
+        print(f"{get_backbone(backbone).name}: weights='synthetic', pretrained by cxrlib on synthetic "
+              "films (a multi-label lung-zone task, not this one), NOT ImageNet. They make the "
+              "transfer-learning steps work offline; on a course machine use 'imagenet'.")
+        return SYNTHETIC
     try:
         resolved = resolve_weights(backbone, weights)
         if resolved == "imagenet":  # not on disk yet: try the download once, now
@@ -96,8 +107,9 @@ def usable_weights(weights: str | None, backbone: str) -> str | None:
 
         message = str(error) if isinstance(error, (WeightsUnavailableError, FileNotFoundError)) \
             else missing_weights_message(backbone)
-        print(f"NOTE: {message}\n→ Continuing with weights=None: frozen-backbone results will sit "
-              "near chance, which is itself worth seeing.")
+        print(f"NOTE: {message}\n→ Continuing with weights=None: random features, which a "
+              "standardised linear head can still use a little; set WEIGHTS = 'synthetic' for "
+              "weights that transfer offline.")
         return None
 
 

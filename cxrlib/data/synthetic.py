@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -348,8 +348,12 @@ def _marker_layer(text: str, corner: str, shape: tuple[int, int], scale: float =
 
 def render_layers(rng: np.random.Generator, label: str, size: int | tuple[int, int] = 256,
                   severity: float = 1.0, marker: str | None = None,
-                  marker_corner: str | None = None) -> dict[str, np.ndarray]:
+                  marker_corner: str | None = None,
+                  lesion: Callable | None = None) -> dict[str, np.ndarray]:
     """Render one radiograph and return its layers.
+
+    ``lesion`` replaces the class's lesion with ``lesion(rng, lungs, shape, unit)`` (the
+    source task of :func:`render_source_film` draws its own findings this way).
 
     Keys: ``image`` (uint8 HxW), ``mask`` (lesion, uint8 0/255), ``lungs`` (bool, the lung
     fields) and ``marker`` (bool, the burned-in text pixels). ``size`` is an int or a
@@ -392,7 +396,8 @@ def render_layers(rng: np.random.Generator, label: str, size: int | tuple[int, i
 
     # 4. lesion: fluid replaces air inside the lungs, scaled by severity; blurred like the
     #    lung edge so that a lesion touching the pleura leaves no dark rim
-    raw = _lesion(label, lesion_rng, lungs, shape, unit) * lung_bool * float(severity)
+    draw = lesion or (lambda *a: _lesion(label, *a))
+    raw = draw(lesion_rng, lungs, shape, unit) * lung_bool * float(severity)
     lesion = gaussian_filter(raw, sigma=max(0.5, 0.003 * px)) if raw.any() else raw
     img += lesion
     mask = (lesion > _MASK_THRESHOLD) & lung_bool
@@ -612,6 +617,85 @@ def generate_synthetic(out_dir: str | Path, per_class: int = 300, size: int = 25
         writer.writerows(rows)
     meta_path.write_text(json.dumps({**meta, "files": targets}, indent=2) + "\n")
     return out
+
+
+# --------------------------------------------------------------------------- source task
+
+#: Version of the pretraining source task (part of the pretrained weights' cache key): bump
+#: it whenever :func:`render_source_film` draws differently.
+SOURCE_TASK = "lung-zones-v1"
+#: The three zones of each lung, as ranges of ``t`` (0 at the apex, 1 at the diaphragm).
+_ZONES: dict[str, tuple[float, float]] = {"upper": (0.08, 0.3), "middle": (0.4, 0.6),
+                                          "lower": (0.7, 0.9)}
+#: The source task's labels, multi-label: a focal opacity in each of the six lung zones (the
+#: patient's right lung is on the image's left), a diffuse interstitial pattern, a lobar
+#: consolidation, and a burned-in marker.
+SOURCE_LABELS: tuple[str, ...] = tuple(
+    f"opacity_{side}_{zone}" for side in ("right", "left") for zone in _ZONES
+) + ("interstitial", "consolidation", "marker")
+#: Chance of each finding on a source film, independently.
+SOURCE_PREVALENCE = 0.3
+
+
+def _zone_opacity(rng: np.random.Generator, t: np.ndarray, r: np.ndarray,
+                  zone: tuple[float, float], shape: tuple[int, int], unit: float) -> np.ndarray:
+    """One fuzzy, patchy opacity centred inside ``zone`` of one lung (severity 1)."""
+    tc, rc = rng.uniform(*zone), rng.uniform(0.25, 0.85)
+    st, sr = rng.uniform(0.06, 0.1), rng.uniform(0.12, 0.22)
+    patchy = 0.8 + 0.2 * _smooth_noise(rng, shape, 0.04 * unit)
+    blob = np.exp(-((t - tc) / st) ** 2 - ((r - rc) / sr) ** 2) * (t > 0) * (t < 1)
+    return rng.uniform(0.25, 0.4) * blob * patchy
+
+
+def _source_lesion(findings: np.ndarray) -> Callable:
+    """The lesion function of one source film: every finding flagged in ``findings``."""
+    def draw(rng: np.random.Generator, lungs: list, shape: tuple[int, int], unit: float) -> np.ndarray:
+        density = np.zeros(shape, _F)
+        for k, (zone, side) in enumerate((z, s) for s in (0, 1) for z in _ZONES.values()):
+            if findings[k]:
+                _, t, r = lungs[side]
+                density += _zone_opacity(rng, t, r, zone, shape, unit)
+        if findings[6]:
+            density += 0.8 * _lesion("Viral Pneumonia", rng, lungs, shape, unit)
+        if findings[7]:
+            density += _lesion("Bacterial Pneumonia", rng, lungs, shape, unit)
+        return density
+    return draw
+
+
+def render_source_film(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One film of the pretraining source task: (uint8 size×size image, float32 labels).
+
+    The labels follow :data:`SOURCE_LABELS`; each finding is present with probability
+    :data:`SOURCE_PREVALENCE`, independently, at a random severity. The film is drawn at a
+    random frame size (0.85–1.25 × ``size`` per side, as :func:`generate_synthetic` does) and
+    resized to ``size`` the way the input pipeline resizes files.
+    """
+    from cxrlib.data.pipeline import resize
+
+    findings = rng.uniform(size=len(SOURCE_LABELS)) < SOURCE_PREVALENCE
+    h, w = (max(MIN_SIZE, round(size * f)) for f in rng.uniform(0.85, 1.25, size=2))
+    marker = RANDOM_MARKERS[rng.integers(len(RANDOM_MARKERS))] if findings[8] else None
+    layers = render_layers(rng, "Normal", (h, w), rng.uniform(0.6, 1.0), marker,
+                           lesion=_source_lesion(findings))
+    return resize(layers["image"], size), findings.astype(_F)
+
+
+def source_task_arrays(n: int, size: int, seed: int = 0, progress: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` source-task films: uint8 images (n, size, size) and labels (n, len(SOURCE_LABELS)).
+
+    Film ``i`` depends only on (seed, i), so the set is reproducible and a larger ``n``
+    extends a smaller one.
+    """
+    indices = range(int(n))
+    if progress:
+        from tqdm.auto import tqdm
+        indices = tqdm(indices, desc="source films", unit="img")
+    films = [render_source_film(np.random.default_rng([seed, 7_001, i]), size) for i in indices]
+    images = np.stack([f[0] for f in films]) if films else np.zeros((0, size, size), np.uint8)
+    labels = np.stack([f[1] for f in films]) if films else np.zeros((0, len(SOURCE_LABELS)), _F)
+    return images, labels
 
 
 # --------------------------------------------------------------------------- SIIM format

@@ -4,7 +4,9 @@ Each entry records the Keras application, its default input size, its own
 ``preprocess_input`` (the normalisation its ImageNet weights were trained with), the last
 convolutional layer (the one heat maps read), and the weights file Keras downloads.
 
-ImageNet weights come from one of three places, in this order:
+Weights come in three kinds: ``None`` (random), ``"imagenet"`` and ``"synthetic"`` (pretrained
+by cxrlib on synthetic films, cached per backbone and size; see :mod:`cxrlib.runs.pretrain`),
+or a local weights file. ImageNet weights come from one of three places, in this order:
 
 1. ``$CXR_WEIGHTS_DIR/<weights_file>``: an offline cache for classrooms without internet;
 2. Keras' own cache (``~/.keras/models``, or ``$KERAS_HOME/models``);
@@ -108,15 +110,23 @@ def _keras_cache() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
+SYNTHETIC = "synthetic"
+
+
 def resolve_weights(name: str, weights: str | None) -> str | None:
     """Turn ``"imagenet"``/``None``/a path into what a Keras application accepts.
 
-    Prefers the offline cache directory; raises :class:`WeightsUnavailableError` when
+    ``"synthetic"`` is not resolved here: it names a file that may have to be pretrained first,
+    which :func:`cxrlib.runs.pretrain.weights_source` does (``train`` calls it). For ImageNet,
+    prefers the offline cache directory; raises :class:`WeightsUnavailableError` when
     ``CXR_OFFLINE=1`` and the file is nowhere on disk, and ``FileNotFoundError`` for a
     local path that does not exist.
     """
     if weights is None or str(weights).lower() == "none":
         return None
+    if str(weights).lower() == SYNTHETIC:
+        raise ValueError("weights='synthetic' names cxrlib's pretrained cache: resolve it with "
+                         "cxrlib.runs.pretrain.weights_source (train does), then pass the file.")
     if str(weights).lower() != "imagenet":
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -140,5 +150,6 @@ def missing_weights_message(name: str) -> str:
     return (f"ImageNet weights for {name} are not available offline and could not be downloaded. "
             f"Fetch {entry.weights_url}{entry.weights_file} on a machine with internet and put it "
             f"in {target}/ (or set CXR_WEIGHTS_DIR to the folder that holds it). "
-            "To run without them, use weights=None (--weights none): the network then starts "
-            "from random weights, which is fine for smoke tests but not for transfer learning.")
+            "Offline, use weights='synthetic' (--weights synthetic): a backbone pretrained by "
+            "cxrlib on synthetic films, not ImageNet; or weights=None (--weights none): random "
+            "weights, fine for smoke tests but not for transfer learning.")

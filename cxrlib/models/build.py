@@ -9,7 +9,7 @@ The course's progression, as named variants:
 ======== =====================================================================================
 ``v0``    frozen backbone → global average pooling → softmax, never trained (chance level:
           the point is that ImageNet features alone do not know our classes)
-``v1``    v0 with the softmax trained, on features extracted once and cached
+``v1``    v0 with the softmax trained, on standardised features extracted once and cached
 ``v2``    frozen backbone, augmentation, deeper head Dense(500) → Dense(200) → softmax
 ``v2reg`` v2 with Dropout(0.5) after the first dense layer (= ``frozen`` for every backbone)
 ``v3``    the whole network fine-tuned from its pretrained weights (= ``finetune``)
@@ -44,6 +44,7 @@ from cxrlib.models.variants import get_variant
 log = logging.getLogger(__name__)
 
 HEAD_PREFIX = "head_"
+HEAD_NORM = HEAD_PREFIX + "norm"
 SCRATCH_LAST_CONV = "scratch_conv5"
 
 
@@ -62,12 +63,21 @@ def last_conv_layer(model: keras.Model, backbone: str) -> str:
 def _head(x, n_classes: int, variant: str, dropout: float, binary: bool, seed: int,
           head: str = "course"):
     """The classification head on a feature map: the variant's own (``head="course"``, from
-    its registry entry) or pooling → BatchNorm → output (``head="batchnorm"``, SIIM course)."""
-    layout = "batchnorm" if head == "batchnorm" else get_variant(variant).head
+    its registry entry) or pooling → BatchNorm → output (``head="batchnorm"``, SIIM course).
+
+    Every trained variant's course head standardises the pooled features (:data:`HEAD_NORM`,
+    adapted on the training features by :func:`adapt_head_norm`): pooled features of a frozen
+    backbone can have tiny means and spreads (random weights: about 0.03 ± 0.002), on which a
+    softmax trained with SGD barely moves. ``v0`` stays the untrained head on raw features.
+    """
+    entry = get_variant(variant)
+    layout = "batchnorm" if head == "batchnorm" else entry.head
     x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(x)
     if layout == "batchnorm":
         x = keras.layers.BatchNormalization(name=HEAD_PREFIX + "bn")(x)
-    elif layout != "linear":
+    elif entry.training != "none":
+        x = keras.layers.Normalization(axis=-1, name=HEAD_NORM)(x)
+    if layout not in ("linear", "batchnorm"):
         x = keras.layers.Dense(500, activation="relu", name=HEAD_PREFIX + "dense500")(x)
         if layout == "deep-dropout":
             x = keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout")(x)
@@ -103,12 +113,18 @@ def _application(backbone: str, weights: str | None, input_tensor=None, input_sh
 
 
 def _backbone_features(inputs, backbone: str, weights: str | None, image_size: int, channels: int):
-    """Backbone layers applied to ``inputs`` in the same (flat) graph; returns the feature map."""
-    if channels == 3:
+    """Backbone layers applied to ``inputs`` in the same (flat) graph; returns the feature map.
+
+    Weight files load by layer order, so with the 1-channel adapter, or with a Keras 3
+    ``.weights.h5`` file (cxrlib's synthetic pretraining), they are loaded into a plain copy
+    of the backbone and copied into the flat graph by layer name.
+    """
+    keras3_file = weights is not None and str(weights).endswith(".weights.h5")
+    if channels == 3 and not keras3_file:
         return _application(backbone, weights, input_tensor=inputs).output
-    x = keras.layers.Conv2D(3, 1, name="adapter_conv")(inputs)   # 1 → 3 channels, learnt
+    x = inputs if channels == 3 else keras.layers.Conv2D(3, 1, name="adapter_conv")(inputs)
     flat = _application(backbone, None, input_tensor=x)
-    if weights is not None:  # weight files load by layer order, so load them into a plain copy
+    if weights is not None:
         pretrained = _application(backbone, weights, input_shape=(image_size, image_size, 3))
         for layer in pretrained.layers:
             if layer.weights:
@@ -182,7 +198,8 @@ def build_model(backbone: str, variant: str, n_classes: int, image_size: int | N
         x = keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout")(x)
         model = keras.Model(inputs, _output(x, n_classes, binary), name=model_name(backbone, variant))
         return model
-    features = _backbone_features(inputs, backbone, resolve_weights(backbone, weights), image_size, channels)
+    features = _backbone_features(inputs, backbone, resolve_weights(backbone, weights),
+                                  image_size, channels)
     model = keras.Model(inputs, _head(features, n_classes, variant, dropout, binary, seed, head),
                         name=model_name(backbone, variant))
     set_trainable(model, variant, pretrained=weights is not None)
@@ -210,6 +227,16 @@ def set_trainable(model: keras.Model, variant: str, pretrained: bool = True) -> 
             layer.momentum = 0.9           # from scratch: running statistics must catch up fast
         else:
             layer.trainable = not frozen
+
+
+def adapt_head_norm(model: keras.Model, features) -> bool:
+    """Standardise the head's input: adapt its Normalization layer on pooled training features
+    (N, D). Returns False (and does nothing) for a model without one (``v0``, scratch)."""
+    names = {layer.name for layer in model.layers}
+    if HEAD_NORM not in names:
+        return False
+    model.get_layer(HEAD_NORM).adapt(features)
+    return True
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
@@ -301,5 +328,7 @@ def copy_matching_weights(source: keras.Model, target: keras.Model,
             dest = target.get_layer(layer.name)
             if [w.shape for w in dest.weights] == [w.shape for w in layer.weights]:
                 dest.set_weights(layer.get_weights())
+                if hasattr(dest, "finalize_state"):   # Normalization: refresh its mean/variance
+                    dest.finalize_state()
                 copied += 1
     return copied

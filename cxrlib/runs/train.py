@@ -39,6 +39,7 @@ import pandas as pd
 from cxrlib.environment import environment_info
 from cxrlib.models.backbones import SCRATCH, default_size, min_input_size
 from cxrlib.models.variants import get_variant
+from cxrlib.runs.pretrain import weights_source
 from cxrlib.data.pipeline import NO_AUGMENT, Augment, Prep, make_dataset, with_crop_reference
 from cxrlib.data.splits import class_weights as balanced_weights
 from cxrlib.data.splits import save_split, subset
@@ -89,6 +90,11 @@ def data_fingerprint(manifest: pd.DataFrame) -> list:
         except OSError:
             return -1, -1
     return sorted((p, s, *stat(p)) for p, s in zip(manifest["path"], manifest["split"]))
+
+
+def _fingerprint_file(path: str) -> list:
+    """Size and mtime of a file (a weights file): a re-pretrained file changes the run's key."""
+    return data_fingerprint(pd.DataFrame({"path": [path], "split": [""]}))
 
 
 def config_key(config: dict) -> str:
@@ -166,8 +172,10 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
         early_stopping=early_stopping, mixed_precision=mixed_precision, xla=xla,
         run_eagerly=run_eagerly, strategy=str(strategy) if strategy is not None else None,
         init_from=init_from, weights=None if weights is None else str(weights), head=head)
+    weights_info = weights_source(backbone, weights, image_size)  # pretrains "synthetic" if missing
     config = {"backbone": backbone, "variant": recipe.name,
-              "classes": list(classes), "prep": prep.to_dict(), "hyper": hyper}
+              "classes": list(classes), "prep": prep.to_dict(), "hyper": hyper,
+              **({"weights_file": _fingerprint_file(weights_info["file"])} if weights_info["file"] else {})}
     key = config_key({**config, "data": sorted(zip(manifest["path"], manifest["split"]))})
     if reuse:
         existing = _finished_run(out, key)
@@ -186,7 +194,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
     try:
         # built before the folder is touched: a bad weights file or --init-from stops here
         with _strategy(strategy).scope():
-            model = models.build_model(backbone, variant, len(classes), image_size, weights,
+            model = models.build_model(backbone, variant, len(classes), image_size, weights_info["file"] or weights,
                                        channels=channels, binary=binary, seed=seed, head=head)
             if init_from:
                 copied = models.copy_matching_weights(models.load_model(init_from), model)
@@ -196,6 +204,8 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
         with run_lock(out):
             work = _staging(out, key, config, fresh=not reuse)
             save_split(manifest, work / "split.csv")
+            if not init_from and recipe.training != "features":   # v1 adapts on its cached features
+                _standardise(model, train_df, classes, prep, batch_size)
             weights_by_class = balanced_weights(train_df["label"], classes) if class_weight else None
             started = time.time()
             resumed = (work / "backup").is_dir()
@@ -231,6 +241,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
                             "n_train": len(train_df), "n_val": len(val_df), "n_test": len(test_df),
                             **(dataset_info or {})},
                 "model": {"backbone": backbone, "variant": variant, "weights": hyper["weights"],
+                          "weights_file": weights_info["file"], "weights_info": weights_info["info"],
                           "image_size": image_size, "channels": channels, "head": head,
                           "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
                           "total_params": int(model.count_params())},
@@ -470,7 +481,7 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, ba
     """V1: extract the frozen features once (cached in ``features.npz``), train the softmax on them."""
     import keras
 
-    from cxrlib.models.build import classifier_head, feature_extractor
+    from cxrlib.models.build import adapt_head_norm, classifier_head, feature_extractor
 
     cache = out / "features.npz"
     backbone_bytes = hashlib.sha256()
@@ -487,6 +498,7 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, ba
             data["x_val"], data["y_val"] = extract_features(model, val_df, classes, prep, batch_size,
                                                             label_mode, skipped)
         np.savez(cache, key=np.array(key), **data)
+    adapt_head_norm(model, data["x_train"])
     head = classifier_head(model)
     head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
     validation = (data["x_val"], data["y_val"]) if "x_val" in data else None
@@ -498,6 +510,15 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, ba
              shuffle=True, verbose=0)
     model.save(out / "model.keras")  # the head shares its layers with the full model
     return read_history(out / "history.csv")
+
+
+def _standardise(model, train_df: pd.DataFrame, classes, prep: Prep, batch_size: int) -> None:
+    """Adapt the head's Normalization (when it has one) on the training split's pooled features."""
+    from cxrlib.models.build import HEAD_NORM, adapt_head_norm
+
+    if HEAD_NORM in {layer.name for layer in model.layers}:
+        features, _ = extract_features(model, train_df, classes, prep, batch_size, "categorical")
+        adapt_head_norm(model, features)
 
 
 def _score_untrained(model, train_df, val_df, classes, prep, batch_size: int, label_mode: str) -> dict:

@@ -1,0 +1,228 @@
+"""Backbones pretrained by cxrlib on a synthetic source task: the offline stand-in for ImageNet.
+
+Without ImageNet weights every backbone is random, and the course's transfer-learning lessons
+(V0 → V1 → V3, the five frozen backbones) teach nothing. ``weights="synthetic"`` gives each
+backbone weights learnt on a *different* task from the same film renderer: multi-label findings
+(a focal opacity in each of six lung zones, an interstitial pattern, a consolidation, a burned-in
+marker; see :func:`cxrlib.data.synthetic.render_source_film`). The target task (which of three
+classes a film shows) is never seen in pretraining.
+
+The backbone, without its head, is saved as ``<cache>/<backbone>-<size>px-<task>-seed<seed>
+.weights.h5`` with a JSON beside it saying how it was made. The cache folder is
+``$CXR_PRETRAINED_DIR``, else ``$XDG_CACHE_HOME/cxrlib/pretrained`` (``~/.cache/...``).
+These weights are **not** ImageNet weights: they know synthetic films, nothing about real
+radiographs or natural images (the README reports what they do on the real sample).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cxrlib.models.backbones import (SCRATCH, SYNTHETIC, default_size, get_backbone, resolve_weights)
+
+log = logging.getLogger(__name__)
+
+#: Default pretraining budget (measured on a busy 2-core CPU: see the README).
+PRETRAIN_IMAGES = 1200
+PRETRAIN_EPOCHS = 3
+PRETRAIN_BATCH = 32
+PRETRAIN_LR = 1e-3
+_TIMING_STEPS = 2   # steps timed before the estimate is printed
+
+
+def cache_dir() -> Path:
+    """Where pretrained weights live: ``$CXR_PRETRAINED_DIR`` or the user's cache folder."""
+    if os.environ.get("CXR_PRETRAINED_DIR"):
+        return Path(os.environ["CXR_PRETRAINED_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "cxrlib" / "pretrained"
+
+
+def weights_path(backbone: str, image_size: int, seed: int = 0, cache: str | Path | None = None) -> Path:
+    """The cache file of one pretrained backbone (the key: backbone, size, task version, seed)."""
+    from cxrlib.data.synthetic import SOURCE_TASK
+
+    name = get_backbone(backbone).name
+    return Path(cache or cache_dir()) / f"{name}-{int(image_size)}px-{SOURCE_TASK}-seed{seed}.weights.h5"
+
+
+def info_path(weights_file: str | Path) -> Path:
+    """The JSON that describes a weights file (``x.weights.h5`` → ``x.json``)."""
+    path = Path(weights_file)
+    return path.with_name(path.name.removesuffix(".weights.h5") + ".json")
+
+
+def source_films(n: int, image_size: int, seed: int, cache: Path, progress: bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The source-task films, generated once per (size, seed, n) and kept in the cache."""
+    from cxrlib.data.synthetic import SOURCE_TASK, source_task_arrays
+
+    path = cache / f"films-{SOURCE_TASK}-{image_size}px-seed{seed}-n{n}.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            return data["images"], data["labels"]
+    images, labels = source_task_arrays(n, image_size, seed=seed, progress=progress)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, images=images, labels=labels)
+    os.replace(tmp, path)
+    return images, labels
+
+
+def _model(backbone: str, image_size: int, n_labels: int):
+    """(backbone without top, random weights; the backbone + a multi-label sigmoid head)."""
+    import keras
+
+    from cxrlib.models.backbones import application
+
+    base = application(backbone)(include_top=False, weights=None,
+                                 input_shape=(image_size, image_size, 3))
+    for layer in base.layers:   # a short run: the statistics that get saved must catch up fast
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    x = keras.layers.GlobalAveragePooling2D(name="source_pool")(base.output)
+    out = keras.layers.Dense(n_labels, activation="sigmoid", name="source_findings")(x)
+    return base, keras.Model(base.input, out, name=f"{backbone}_source_task")
+
+
+def _inputs(images: np.ndarray, backbone: str) -> np.ndarray:
+    """uint8 grayscale films → the backbone's preprocessed 3-channel float inputs."""
+    from cxrlib.models.backbones import preprocess_function
+
+    rgb = np.repeat(images[..., None].astype("float32"), 3, axis=-1)
+    return np.asarray(preprocess_function(backbone)(rgb), dtype="float32")
+
+
+def _progress(total_steps: int, backbone: str, image_size: int, n: int, epochs: int,
+              target: Path, show: bool):
+    """Keras callback: times the first steps, prints one line with the estimate, shows a bar."""
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.bar, self.step, self.start = None, 0, None
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.step += 1
+            if self.step == 1:
+                self.start = time.time()     # the first step includes tracing: not timed
+            elif self.step == 1 + _TIMING_STEPS:
+                per_step = (time.time() - self.start) / _TIMING_STEPS
+                left = per_step * (total_steps - self.step)
+                print(f"Pretraining {backbone} at {image_size} px on {n} synthetic films "
+                      f"(source task: lung-zone findings), {epochs} epochs: about "
+                      f"{max(1, round(left / 60))} min more on this machine; it is cached in {target}.",
+                      flush=True)
+                if show:
+                    from tqdm.auto import tqdm
+                    self.bar = tqdm(total=total_steps, initial=self.step, desc=f"pretrain {backbone}",
+                                    unit="step")
+            elif self.bar is not None:
+                self.bar.update(1)
+                if logs and "loss" in logs:
+                    self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+
+        def on_train_end(self, logs=None):
+            if self.bar is not None:
+                self.bar.close()
+
+    return Progress()
+
+
+def pretrain(backbone: str, image_size: int, cache: str | Path | None = None,
+             n_images: int = PRETRAIN_IMAGES, epochs: int = PRETRAIN_EPOCHS, seed: int = 0,
+             batch_size: int = PRETRAIN_BATCH, progress: bool = True) -> Path:
+    """Pretrain ``backbone`` on the synthetic source task; save it (no head) and its JSON.
+
+    Returns the weights file. The weights and the JSON are written atomically, so an
+    interrupted run never leaves a half-written file that a later run would load.
+    """
+    import keras
+
+    from cxrlib.data.synthetic import SOURCE_LABELS, SOURCE_TASK
+    from cxrlib.environment import environment_info
+    from cxrlib.files import write_json_atomic
+
+    entry = get_backbone(backbone)
+    if image_size < entry.min_size:
+        raise ValueError(f"{backbone} needs images of at least {entry.min_size} px, not {image_size}.")
+    target = weights_path(backbone, image_size, seed, cache)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    images, labels = source_films(n_images, image_size, seed, target.parent, progress)
+    n_val = max(1, len(images) // 10)
+    x, y = _inputs(images, entry.name), labels
+    keras.utils.set_random_seed(seed)
+    base, model = _model(entry.name, image_size, len(SOURCE_LABELS))
+    model.compile(optimizer=keras.optimizers.Adam(PRETRAIN_LR), loss="binary_crossentropy",
+                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy")])
+    steps = epochs * -(-(len(x) - n_val) // batch_size)
+    started = time.time()
+    history = model.fit(x[n_val:], y[n_val:], validation_data=(x[:n_val], y[:n_val]),
+                        epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
+                        callbacks=[_progress(steps, entry.name, image_size, len(x), epochs,
+                                             target, progress)])
+    wall = time.time() - started
+    val = np.asarray(model.predict(x[:n_val], verbose=0)) > 0.5
+    tmp = target.with_name(f".{target.name.removesuffix('.weights.h5')}.{os.getpid()}.weights.h5")
+    base.save_weights(tmp)
+    info = {
+        "what": "a backbone pretrained by cxrlib on synthetic chest films, NOT ImageNet weights",
+        "backbone": entry.name, "image_size": int(image_size), "weights_file": target.name,
+        "source_task": {"name": SOURCE_TASK, "labels": list(SOURCE_LABELS),
+                        "generator": "cxrlib.data.synthetic.render_source_film",
+                        "loss": "binary cross-entropy (multi-label)"},
+        "images": int(len(x)), "validation_images": int(n_val), "epochs": int(epochs),
+        "batch_size": int(batch_size), "optimizer": f"adam lr={PRETRAIN_LR}", "seed": int(seed),
+        "wall_time_s": round(wall, 1),
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "validation_accuracy_per_label": dict(zip(SOURCE_LABELS, (val == (y[:n_val] > 0.5)).mean(0).round(3).tolist())),
+        "environment": environment_info(),
+    }
+    write_json_atomic(info_path(target), info)
+    os.replace(tmp, target)
+    log.info("Pretrained %s at %d px in %.0f s → %s", entry.name, image_size, wall, target)
+    return target
+
+
+def ensure_pretrained(backbone: str, image_size: int, seed: int = 0, progress: bool = True) -> Path:
+    """The cached synthetic-pretrained weights of ``backbone`` at ``image_size``, pretraining
+    them first (with a message and a progress bar) when they are missing."""
+    path = weights_path(backbone, image_size, seed)
+    if path.is_file() and info_path(path).is_file():
+        return path
+    print(f"No synthetic-pretrained {get_backbone(backbone).name} at {image_size} px in {path.parent}: "
+          "pretraining it now (once; later runs reuse it).", flush=True)
+    return pretrain(backbone, image_size, seed=seed, progress=progress)
+
+
+def describe(weights_file: str | Path) -> dict:
+    """The JSON written beside a pretrained weights file ({} when there is none)."""
+    path = info_path(weights_file)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def weights_source(name: str, weights: str | None, image_size: int | None = None) -> dict:
+    """The weights file a model of ``name`` loads and the JSON that describes it (for run records).
+
+    ``{"file": None, "info": None}`` for random weights, the scratch CNN, or ImageNet weights
+    that Keras fetches itself; ``"synthetic"`` is pretrained first when missing.
+    """
+    if name == SCRATCH or weights is None or str(weights).lower() == "none":
+        return {"file": None, "info": None}
+    if str(weights).lower() == SYNTHETIC:
+        resolved = str(ensure_pretrained(name, image_size or default_size(name)))
+    else:
+        resolved = resolve_weights(name, weights)
+    if resolved is None or resolved == "imagenet":
+        return {"file": None, "info": None}
+    info = info_path(resolved)
+    return {"file": resolved, "info": str(info) if info.is_file() else None}

@@ -1,0 +1,150 @@
+"""Weights: the synthetic source task, cxrlib's pretraining and its cache, the ImageNet file path
+checked offline, and the standardised heads; the slow test checks that pretraining transfers."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from cxrlib.data.datasets import load_manifest
+from cxrlib.data.splits import split_manifest
+from cxrlib.data.synthetic import SOURCE_LABELS, generate_synthetic, source_task_arrays
+from cxrlib.runs import pretrain
+from cxrlib.models.backbones import get_backbone, resolve_weights
+from cxrlib.runs.pretrain import weights_source
+from cxrlib.models.build import HEAD_NORM, build_model
+from cxrlib.runs import train as training
+
+
+def _layer_values(model, name: str) -> list[np.ndarray]:
+    return [np.asarray(w) for w in model.get_layer(name).weights]
+
+
+def test_source_task_is_reproducible_and_multilabel() -> None:
+    images, labels = source_task_arrays(24, 48, seed=3, progress=False)
+    again, _ = source_task_arrays(12, 48, seed=3, progress=False)
+    assert images.shape == (24, 48, 48) and images.dtype == np.uint8
+    assert labels.shape == (24, len(SOURCE_LABELS)) and set(np.unique(labels)) <= {0.0, 1.0}
+    assert np.array_equal(images[:12], again)          # film i depends on (seed, i) only
+    assert 0 < labels.mean() < 0.6 and (labels.sum(1) > 1).any()   # several findings per film
+    assert (labels.sum(0) > 0).all()                   # every finding occurs
+
+
+def _save_as_synthetic(backbone: str, size: int, cache) -> tuple[keras.Model, str]:
+    """A random backbone saved where ``weights='synthetic'`` looks for it (no pretraining)."""
+    base = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(size, size, 3))
+    path = pretrain.weights_path(backbone, size, cache=cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base.save_weights(path)
+    pretrain.info_path(path).write_text(json.dumps({"backbone": backbone, "images": 0}))
+    return base, str(path)
+
+
+def test_synthetic_weights_load_from_the_cache_by_layer_name(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CXR_PRETRAINED_DIR", str(tmp_path))
+    base, path = _save_as_synthetic("densenet121", 32, tmp_path)
+    assert weights_source("densenet121", "synthetic", 32) == {
+        "file": path, "info": str(pretrain.info_path(path))}
+    with pytest.raises(ValueError, match="weights_source"):   # the registry never pretrains
+        resolve_weights("densenet121", "synthetic")
+    for channels in (3, 1):
+        model = build_model("densenet121", "v3", 3, image_size=32, weights=path, channels=channels)
+        for name in ("conv1_conv", "conv5_block16_2_conv", "bn"):
+            for got, want in zip(_layer_values(model, name), _layer_values(base, name)):
+                np.testing.assert_array_equal(got, want)
+        bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        assert not any(layer.trainable for layer in bn)   # synthetic weights count as pretrained
+
+
+def test_imagenet_file_in_cxr_weights_dir_loads_offline(tmp_path, monkeypatch) -> None:
+    from keras.src.legacy.saving import legacy_h5_format
+    import h5py
+
+    entry = get_backbone("densenet121")
+    source = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(32, 32, 3))
+    rng = np.random.default_rng(0)
+    layer = source.get_layer("conv1_conv")
+    layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in layer.get_weights()])
+    with h5py.File(tmp_path / entry.weights_file, "w") as f:   # the exact Keras file name and format
+        legacy_h5_format.save_weights_to_hdf5_group(f, source)
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("CXR_OFFLINE", "1")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no-keras-cache"))
+    model = build_model("densenet121", "v1", 3, image_size=32, weights="imagenet")
+    for name in ("conv1_conv", "conv3_block2_1_conv", "conv5_block16_2_conv", "bn"):
+        for got, want in zip(_layer_values(model, name), _layer_values(source, name)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_frozen_heads_standardise_their_features_and_v0_does_not() -> None:
+    names = {v: {layer.name for layer in build_model("densenet121", v, 3, image_size=32,
+                                                     weights=None).layers} for v in ("v0", "v1", "v2reg")}
+    assert HEAD_NORM not in names["v0"]
+    assert HEAD_NORM in names["v1"] and HEAD_NORM in names["v2reg"]
+
+
+@pytest.fixture(scope="module")
+def target_split(tmp_path_factory):
+    """A fresh three-class target set (another seed than any film pretraining saw)."""
+    out = tmp_path_factory.mktemp("target")
+    generate_synthetic(out, per_class=40, size=48, seed=11, classes=["COVID", "Normal", "Viral Pneumonia"],
+                       progress=False)
+    return split_manifest(load_manifest(out), val=0.25, test=0.25, seed=0)
+
+
+def test_frozen_run_adapts_its_normalization_on_training_features(target_split, tmp_path) -> None:
+    classes = ["COVID", "Normal", "Viral Pneumonia"]
+    training.train(target_split, classes, "densenet121", "v2reg", tmp_path / "f", weights=None,
+                   image_size=32, epochs=1, batch_size=16, progress=False, bootstrap=20)
+    from cxrlib.models.build import feature_extractor, load_model
+
+    model = load_model(str(tmp_path / "f" / "model.keras"))
+    norm = model.get_layer(HEAD_NORM)
+    mean, variance = np.asarray(norm.adapt_mean), np.asarray(norm.adapt_variance)
+    assert feature_extractor(model).output_shape[-1] == mean.shape[-1]
+    live = variance > 0           # some of a random backbone's channels are dead (ReLU at 0)
+    assert live.mean() > 0.3 and np.abs(mean[live]).max() > 0
+    spread = mean + np.sqrt(variance)     # one standard deviation above the mean → 1
+    np.testing.assert_allclose(np.asarray(norm(spread[None]))[0][live], 1.0, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_pretraining_on_the_source_task_transfers_to_a_fresh_target(target_split, tmp_path,
+                                                                      monkeypatch) -> None:
+    monkeypatch.setenv("CXR_PRETRAINED_DIR", str(tmp_path / "cache"))
+    classes = ["COVID", "Normal", "Viral Pneumonia"]
+    path = pretrain.pretrain("densenet121", 48, n_images=640, epochs=2, progress=False)
+    info = pretrain.describe(path)
+    assert info["source_task"]["labels"] == list(SOURCE_LABELS) and info["images"] == 640
+    scores = {}
+    for weights in ("synthetic", None):
+        record = training.train(target_split, classes, "densenet121", "v1", tmp_path / str(weights),
+                                weights=weights, image_size=48, epochs=30, batch_size=16,
+                                progress=False, bootstrap=20)
+        scores[weights] = record["test"]["accuracy"]
+        if weights:
+            assert record["model"]["weights_file"] == str(path)
+            assert record["model"]["weights_info"] == str(pretrain.info_path(path))
+    print(f"V1 test accuracy: synthetic-pretrained {scores['synthetic']:.3f}, random {scores[None]:.3f}")
+    assert scores["synthetic"] >= scores[None] + 0.1
+
+
+def test_cli_pretrain_reuses_the_cache_and_raises_the_size_to_the_minimum(tmp_path, monkeypatch,
+                                                                           capsys) -> None:
+    from cxrlib.apps.cli import main
+
+    monkeypatch.setenv("CXR_PRETRAINED_DIR", str(tmp_path / "elsewhere"))
+    for backbone, size in (("densenet121", 64), ("inceptionv3", 75)):
+        path = pretrain.weights_path(backbone, size, cache=tmp_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"cached")
+        pretrain.info_path(path).write_text(json.dumps({"images": 7, "epochs": 1, "wall_time_s": 2.0}))
+    monkeypatch.setattr(pretrain, "pretrain", lambda *a, **k: pytest.fail("the cache was not reused"))
+    for backbone in ("densenet121", "inceptionv3"):
+        assert main(["pretrain", "--backbone", backbone, "--image-size", "64", "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "densenet121 at 64 px" in out and "inceptionv3 at 75 px" in out and "7 films" in out
+    assert pretrain.cache_dir() == tmp_path   # later look-ups in this process use --cache
