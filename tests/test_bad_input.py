@@ -107,6 +107,14 @@ def _logs_in_tmp(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CXR_LOG_DIR", str(tmp_path / "logs"))
 
 
+@pytest.fixture(autouse=True)
+def _shared_inputs_untouched(made):
+    """Whatever a test does, the module's dataset and finished run stay byte for byte."""
+    before = [tree_hash(path) for path in made]
+    yield
+    assert [tree_hash(path) for path in made] == before
+
+
 # --------------------------------------------------------------------------- data and runs lost
 
 def test_synth_never_touches_files_it_did_not_write(tmp_path: Path, capsys) -> None:
@@ -283,6 +291,7 @@ def test_image_size_zero_is_refused_not_the_default(made, tmp_path: Path, capsys
     code, _, err = cli_run(argv, capsys)
     assert code == 2
     assert_one_line_error(err, "--image-size", "at least 1")
+    assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="at least 16 px"):
         training.check_arguments("scratch", "scratch", CLASSES, _train_rows(), tmp_path, 0, 1, 4,
                                  1e-3, False, None)
@@ -295,6 +304,7 @@ def test_samples_per_class_zero_is_refused_not_all(made, tmp_path: Path, capsys)
     code, _, err = cli_run(train_args(data, tmp_path / "run", "--samples-per-class", "0"), capsys)
     assert code == 2
     assert_one_line_error(err, "--samples-per-class", "at least 1")
+    assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="at least 1"):
         prepare_split(data, samples_per_class=0)
 
@@ -429,6 +439,7 @@ def test_batch_size_zero(made, tmp_path: Path, capsys) -> None:
     code, _, err = cli_run(argv, capsys)
     assert code == 2
     assert_one_line_error(err, "--batch-size", "at least 1")
+    assert not (tmp_path / "run").exists()
 
 
 def test_synth_guard_is_one_line(tmp_path: Path, capsys) -> None:
@@ -458,10 +469,12 @@ def test_image_size_below_the_backbone_minimum(made, tmp_path: Path, capsys, bac
 def test_a_truncated_model_file(run_copy: Path, tmp_path: Path, capsys) -> None:
     model = run_copy / "model.keras"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    before = tree_hash(run_copy)
     code, _, err = cli_run(["evaluate", "--model", model, "--out", tmp_path / "eval"], capsys)
     assert code == 2
     line = assert_one_line_error(err, "truncated", str(model))
     assert "not found" not in line.lower()
+    assert tree_hash(run_copy) == before and not (tmp_path / "eval").exists()
 
 
 def test_a_wrong_architecture_model_file(run_copy: Path, tmp_path: Path, capsys) -> None:
@@ -477,9 +490,11 @@ def test_a_wrong_architecture_model_file(run_copy: Path, tmp_path: Path, capsys)
             source = theirs if name.endswith(".h5") else mine
             out.writestr(name, source.read(name))
     shutil.copy(mixed, model)
+    before = tree_hash(run_copy)
     code, _, err = cli_run(["evaluate", "--model", model, "--out", tmp_path / "eval"], capsys)
     assert code == 2
     assert_one_line_error(err, "Cannot load the model")
+    assert tree_hash(run_copy) == before and not (tmp_path / "eval").exists()
 
 
 def test_an_internal_error_is_one_line_and_logged(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -487,8 +502,10 @@ def test_an_internal_error_is_one_line_and_logged(tmp_path: Path, capsys, monkey
         raise KeyError("a bug, not a user error")
 
     monkeypatch.setitem(cli.COMMANDS, "report", broken)
-    code, _, err = cli_run(["report", tmp_path], capsys)
+    (tmp_path / "runs").mkdir()
+    code, _, err = cli_run(["report", tmp_path / "runs"], capsys)
     assert code == 1
+    assert not any((tmp_path / "runs").iterdir())
     line = assert_one_line_error(err, "internal error", "KeyError", "full traceback in")
     logs = list((tmp_path / "logs").glob("cxr-*.log"))
     assert len(logs) == 1 and str(logs[0]) in line
