@@ -12,12 +12,13 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Callable, Sequence
+
+from cxrlib.text import one_line
 
 log = logging.getLogger("cxrlib")
 
@@ -329,13 +330,6 @@ def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
     if getattr(args, "data_command", None):
         name = f"{name} {args.data_command}"
     return COMMANDS[name]
-
-
-def one_line(text: str, limit: int = 600) -> str:
-    """A message as one line: colour codes dropped, lines joined, cut to ``limit`` characters."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(text))
-    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def log_dir() -> Path:

@@ -29,7 +29,6 @@ grayscale radiographs go in as they are and the network learns its own colour ma
 from __future__ import annotations
 
 import logging
-import re
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -40,6 +39,7 @@ from cxrlib.models.backbones import (SCRATCH, WeightsUnavailableError, applicati
                                      get_backbone, min_input_size, missing_weights_message,
                                      resolve_weights)
 from cxrlib.models.variants import get_variant
+from cxrlib.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _application(backbone: str, weights: str | None, input_tensor=None, input_sh
             raise WeightsUnavailableError(missing_weights_message(backbone)) from error
         if weights not in (None, "imagenet"):
             raise ValueError(f"Cannot load the weights file {weights} into {backbone} "
-                             f"({type(error).__name__}: {short_error(error)}); give a Keras .h5 "
+                             f"({type(error).__name__}: {one_line(error, 160, first_line=True)}); give a Keras .h5 "
                              f"weights file saved from {backbone} without its top, or "
                              "--weights imagenet / none.") from error
         raise
@@ -292,13 +292,6 @@ def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     return model
 
 
-def short_error(error: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's text, without terminal colour codes, cut to ``limit``."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
-    first = text.splitlines()[0] if text else type(error).__name__
-    return first if len(first) <= limit else first[:limit - 1] + "…"
-
-
 def load_model(path: str) -> keras.Model:
     """Load a ``.keras`` model with ``safe_mode`` on (no arbitrary code from the file).
 
@@ -314,7 +307,7 @@ def load_model(path: str) -> keras.Model:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as error:
         raise ValueError(f"Cannot load the model {path}: {type(error).__name__}: "
-                         f"{short_error(error)}. The file is truncated, corrupt, or not a model "
+                         f"{one_line(error, 160, first_line=True)}. The file is truncated, corrupt, or not a model "
                          "saved by cxrlib; train the run again or point to its model.keras.") from error
 
 
