@@ -283,7 +283,7 @@ def _add_notebooks(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke", action="store_true", help="CXR_SMOKE=1: about a minute each on a CPU")
     p.add_argument("--preset", help="a course preset (cxrlib/course/presets.py): runs its notebooks with it")
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="papermill parameter, e.g. -p DATA_DIR data/covid19-radiography")
+                   help="papermill parameter, e.g. -p COVID_DIR data/covid19-radiography")
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
