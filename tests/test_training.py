@@ -63,7 +63,8 @@ def test_every_backbone_builds_flat_and_trains_a_step(backbone, variant) -> None
     assert model.get_layer(last_conv_layer(model, backbone)) in model.layers  # flat: CAM-ready
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)
     trainable = {w.path for w in model.trainable_weights}
-    head = {w.path for layer in model.layers if layer.name.startswith("head_") for w in layer.weights}
+    head = {w.path for layer in model.layers if layer.name.startswith("head_")
+            for w in layer.trainable_weights}
     if variant == "frozen":
         assert trainable == head
     else:
