@@ -142,3 +142,40 @@ def test_real_sample_through_the_pipeline(pneumonia_sample: Path) -> None:
     x, y = _all(make_dataset(m, classes, Prep(64, "densenet121", equalize="clahe"), batch_size=8))
     assert x.shape == (12, 64, 64, 3) and np.isfinite(x).all()
     assert y.sum(0).tolist() == [4.0, 4.0, 4.0]
+
+
+def test_native_png_decoding_gives_the_pixels_of_prepare_image(tmp_path: Path) -> None:
+    """8-bit grey PNGs are decoded and resized by TensorFlow, bit for bit as PIL does it
+    (down, up, one axis, none); other PNGs still go through read_image."""
+    import io
+
+    import tensorflow as tf
+
+    from cxrlib.data.native import is_native_png, native_png_size
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i, (w, h) in enumerate([(299, 299), (64, 64), (40, 90), (500, 333), (17, 5), (33, 64)]):
+        pixels = np.clip(np.cumsum(rng.normal(0, 9, (h, w)), axis=1) + 128, 0, 255).astype(np.uint8)
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(pixels).save(path)
+        rows.append({"path": str(path), "label": "A"})
+    frame = pd.DataFrame(rows)
+    for size in (64, 224):
+        x, _ = _all(make_dataset(frame, ["A"], Prep(size, "scratch"), preprocess=False))
+        raw, _ = load_arrays(frame, ["A"], Prep(size, "scratch"))
+        np.testing.assert_array_equal(x, raw.astype(np.float32))
+
+    def png(array, **options) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG", **options)
+        return buffer.getvalue()
+
+    grey = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    cases = {"grey": (png(grey), True), "rgb": (png(np.stack([grey] * 3, -1)), False),
+             "16 bit": (png(grey.astype(np.uint16) * 200), False),
+             "transparency": (png(grey, transparency=3), False),
+             "truncated": (png(grey)[:-30], False)}
+    for name, (data, native) in cases.items():
+        assert bool(is_native_png(tf.constant(data)).numpy()) is native, name
+        assert (native_png_size(data) is not None) is native, name

@@ -470,8 +470,8 @@ def extract_features(model, manifest: pd.DataFrame, classes, prep: Prep, batch_s
     ds = make_dataset(manifest, classes, prep, batch_size, label_mode=label_mode, cache=False,
                       skip_log=skipped)
     feats, labels = [], []
-    for x, y in ds:  # predict_on_batch: one compiled inference function, not eager layer calls
-        feats.append(np.asarray(extractor.predict_on_batch(x)))
+    for x, y in ds:
+        feats.append(np.asarray(extractor(x, training=False)))
         labels.append(np.asarray(y))
     return np.concatenate(feats), np.concatenate(labels)
 
