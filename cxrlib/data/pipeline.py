@@ -4,9 +4,7 @@ The order of the steps matters, and each has a reason:
 
 1. **decode** every file in parallel with :func:`cxrlib.data.images.read_image` (any format, 8/16
    bit, DICOM); a file that cannot be read is skipped with a warning and listed in a skip
-   log, never a crash mid-epoch. Intact 8-bit greyscale PNGs (most radiograph sets) are
-   decoded and resized by TensorFlow itself, to the same pixels, with no Python and so no
-   GIL in the way of the parallel calls (:mod:`cxrlib.data.native`);
+   log, never a crash mid-epoch;
 2. **prepare** (optional proportional border crop, optional histogram equalisation or CLAHE,
    resize to the backbone's size) while the image is still a small uint8 array;
 3. **cache** the prepared uint8 images (in memory or on disk): decoding is by far the most
@@ -26,7 +24,6 @@ model always sees its images prepared the same way.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -38,7 +35,6 @@ from PIL import Image
 
 from cxrlib.models.backbones import preprocess_function
 from cxrlib.data.images import ImageReadError, read_image
-from cxrlib.data.native import decode_native, is_native_png
 
 log = logging.getLogger(__name__)
 # Filtering out unreadable files leaves a dataset of unknown length, and Keras then warns at
@@ -283,21 +279,10 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
         image, _ = _prepare_or_skip(path.decode(), prep, skip_log)
         return (np.zeros((size, size), np.uint8), False) if image is None else (image, True)
 
-    def decode_python(path):
+    def decode(path, label):
         image, ok = tf.numpy_function(load, [path], [tf.uint8, tf.bool], name="prepare_image")
         image.set_shape((size, size))
         ok.set_shape(())
-        return image, ok
-
-    def decode(path, label, exists):
-        if not native:
-            image, ok = decode_python(path)
-            return image, label, ok
-        contents = tf.cond(exists, lambda: tf.io.read_file(path), lambda: tf.constant(b""))
-        image, ok = tf.cond(is_native_png(contents),
-                            lambda: (decode_native(contents, size), tf.constant(True)),
-                            lambda: decode_python(path))
-        image.set_shape((size, size))
         return image, label, ok
 
     def readable(image, label, ok):
@@ -306,15 +291,8 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
     def drop_flag(image, label, ok):
         return image, label
 
-    # plain 8-bit grey PNGs are decoded by TensorFlow (no GIL, the same pixels); a missing
-    # file never reaches tf.io.read_file, it goes to read_image and its skip log
-    native = not prep.crop and prep.equalize is None and prep.interpolation == "bilinear"
-    exists = np.array([os.path.isfile(p) for p in paths] if native else [False] * len(paths))
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels, exists))
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # a PNG that passes is_native_png yet fails to decode (a broken stream or CRC inside) is
-    # dropped with TensorFlow's warning instead of ending the epoch
-    ds = ds.ignore_errors(log_warning=True)
     ds = ds.filter(readable).map(drop_flag)
     if cache:
         ds = ds.cache("" if cache is True else str(cache))
@@ -344,11 +322,7 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
         return x, _encode(labels, len(classes), label_mode)
 
     ds = ds.batch(batch_size).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    # parallelism comes from the parallel maps; ops split over threads inside one image or
-    # batch only add hand-offs (and on a busy machine, waiting for a time slice)
-    options.threading.max_intra_op_parallelism = 1
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _prepare_or_skip(path: str, prep: Prep, skip_log: list | None = None
