@@ -15,7 +15,7 @@ from typing import Sequence
 
 log = logging.getLogger(__name__)
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"   # cxrlib/course/ → repo root
 
 
 def list_notebooks(folder: str | Path = NOTEBOOK_DIR, only: Sequence[str] | None = None) -> list[Path]:
