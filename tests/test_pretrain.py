@@ -63,8 +63,6 @@ def test_inception_layers_named_by_a_global_counter_still_load(tmp_path, monkeyp
     monkeypatch.setenv("CXR_PRETRAINED_DIR", str(tmp_path))
     base, _ = _save_as_synthetic("inceptionv3", 75, tmp_path)
     model = build_model("inceptionv3", "frozen", 3, image_size=75, weights="synthetic")
-    for name in ("mixed10", base.layers[1].name):   # a fresh copy's conv names differ from the file's
-        assert name in {layer.name for layer in base.layers}
     convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
     source = [l for l in base.layers if isinstance(l, keras.layers.Conv2D)]
     for got, want in ((convs[0], source[0]), (convs[-1], source[-1])):
@@ -117,10 +115,11 @@ def test_frozen_run_adapts_its_normalization_on_training_features(target_split, 
     norm = model.get_layer(HEAD_NORM)
     mean, variance = np.asarray(norm.adapt_mean), np.asarray(norm.adapt_variance)
     assert feature_extractor(model).output_shape[-1] == mean.shape[-1]
-    live = variance > 0           # some of a random backbone's channels are dead (ReLU at 0)
-    assert live.mean() > 0.3 and np.abs(mean[live]).max() > 0
+    # some of a random backbone's channels are dead (ReLU at 0 on every training image): their
+    # variance is floored, so a test image where they are not 0 cannot blow the head up
+    assert variance.min() >= 0.01 * np.median(variance) * 0.999 and np.abs(mean).max() > 0
     spread = mean + np.sqrt(variance)     # one standard deviation above the mean → 1
-    np.testing.assert_allclose(np.asarray(norm(spread[None]))[0][live], 1.0, rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(norm(spread[None]))[0], 1.0, rtol=1e-3)
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ import logging
 from typing import Sequence
 
 import keras
+import numpy as np
 
 from cxrlib.models.backbones import (SCRATCH, VARIANTS, WeightsUnavailableError, application,
                               default_size, get_backbone, missing_weights_message, resolve_weights)
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 FROZEN_VARIANTS = ("v0", "v1", "v2", "v2reg", "frozen")
 HEAD_PREFIX = "head_"
 HEAD_NORM = HEAD_PREFIX + "norm"
+VARIANCE_FLOOR = 0.01   # × the median feature variance: the smallest variance the head divides by
 SCRATCH_LAST_CONV = "scratch_conv5"
 VARIANT_LABELS = {"v0": "V0", "v1": "V1", "v2": "V2", "v2reg": "V2-reg", "v3": "V3",
                   "frozen": "frozen", "finetune": "fine-tuned", "scratch": "scratch"}
@@ -215,7 +217,15 @@ def adapt_head_norm(model: keras.Model, features) -> bool:
     names = {layer.name for layer in model.layers}
     if HEAD_NORM not in names:
         return False
-    model.get_layer(HEAD_NORM).adapt(features)
+    norm = model.get_layer(HEAD_NORM)
+    norm.adapt(features)
+    # A feature that never varied on the training images (a dead ReLU: exactly 0) would be
+    # divided by ~1e-7 and blow up on any test image where it is not 0: floor its variance.
+    variance = np.asarray(norm.adapt_variance)
+    live = variance[variance > 0]
+    floor = VARIANCE_FLOOR * float(np.median(live)) if live.size else 1.0
+    norm.adapt_variance.assign(np.maximum(variance, floor).astype(variance.dtype))
+    norm.finalize_state()
     return True
 
 
