@@ -60,7 +60,7 @@ def split_settings(preset: "Preset | None", samples_per_class: int | None, seed:
 def save_course_split(manifest: pd.DataFrame, results: str | os.PathLike, settings: dict) -> Path:
     """Save the shared split (``split.csv``) and what it was made with (``split.json``)."""
     from cxrlib.data.splits import save_split
-    from cxrlib.runs.records import write_json_atomic
+    from cxrlib.files import write_json_atomic
 
     path = save_split(manifest, Path(results) / SPLIT_FILE)
     write_json_atomic(Path(results) / SETTINGS_FILE, settings)

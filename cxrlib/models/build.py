@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 import keras
+import numpy as np
 
 from cxrlib.models.backbones import (SCRATCH, WeightsUnavailableError, application, default_size,
                                      get_backbone, min_input_size, missing_weights_message,
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 HEAD_PREFIX = "head_"
 HEAD_NORM = HEAD_PREFIX + "norm"
+VARIANCE_FLOOR = 0.01   # × the median feature variance: the smallest variance the head divides by
 SCRATCH_LAST_CONV = "scratch_conv5"
 
 
@@ -117,7 +119,7 @@ def _backbone_features(inputs, backbone: str, weights: str | None, image_size: i
 
     Weight files load by layer order, so with the 1-channel adapter, or with a Keras 3
     ``.weights.h5`` file (cxrlib's synthetic pretraining), they are loaded into a plain copy
-    of the backbone and copied into the flat graph by layer name.
+    of the backbone and copied into the flat graph layer by layer.
     """
     keras3_file = weights is not None and str(weights).endswith(".weights.h5")
     if channels == 3 and not keras3_file:
@@ -126,10 +128,24 @@ def _backbone_features(inputs, backbone: str, weights: str | None, image_size: i
     flat = _application(backbone, None, input_tensor=x)
     if weights is not None:
         pretrained = _application(backbone, weights, input_shape=(image_size, image_size, 3))
-        for layer in pretrained.layers:
-            if layer.weights:
-                flat.get_layer(layer.name).set_weights(layer.get_weights())
+        _copy_in_order(pretrained, flat)
     return flat.output
+
+
+def _copy_in_order(source: keras.Model, target: keras.Model) -> None:
+    """Copy a plain backbone's weights into the same backbone inside the flat graph.
+
+    By layer order, not name: some applications (InceptionV3) name their layers ``conv2d_94``
+    with a global counter, so a second copy gets other names. The shapes are checked.
+    """
+    sources = [layer for layer in source.layers if layer.weights]
+    targets = [layer for layer in target.layers if layer.weights and layer.name != "adapter_conv"]
+    if len(sources) != len(targets):
+        raise ValueError(f"Backbone copies differ: {len(sources)} and {len(targets)} weighted layers.")
+    for src, dst in zip(sources, targets):
+        if [w.shape for w in src.weights] != [w.shape for w in dst.weights]:
+            raise ValueError(f"Layer {src.name} does not match {dst.name}.")
+        dst.set_weights(src.get_weights())
 
 
 def scratch_features(inputs, seed: int = 0):
@@ -235,7 +251,15 @@ def adapt_head_norm(model: keras.Model, features) -> bool:
     names = {layer.name for layer in model.layers}
     if HEAD_NORM not in names:
         return False
-    model.get_layer(HEAD_NORM).adapt(features)
+    norm = model.get_layer(HEAD_NORM)
+    norm.adapt(features)
+    # A feature that never varied on the training images (a dead ReLU: exactly 0) would be
+    # divided by ~1e-7 and blow up on any test image where it is not 0: floor its variance.
+    variance = np.asarray(norm.adapt_variance)
+    live = variance[variance > 0]
+    floor = VARIANCE_FLOOR * float(np.median(live)) if live.size else 1.0
+    norm.adapt_variance.assign(np.maximum(variance, floor).astype(variance.dtype))
+    norm.finalize_state()
     return True
 
 
