@@ -63,8 +63,8 @@ def test_synthetic_weights_load_from_the_cache_layer_by_layer(tmp_path, monkeypa
 
 def test_inception_layers_named_by_a_global_counter_still_load(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("CXR_PRETRAINED_DIR", str(tmp_path))
-    base, _ = _save_as_synthetic("inceptionv3", 75, tmp_path)
-    model = build_model("inceptionv3", "frozen", 3, image_size=75, weights="synthetic")
+    base, path = _save_as_synthetic("inceptionv3", 75, tmp_path)
+    model = build_model("inceptionv3", "frozen", 3, image_size=75, weights=path)
     convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
     source = [l for l in base.layers if isinstance(l, keras.layers.Conv2D)]
     for got, want in ((convs[0], source[0]), (convs[-1], source[-1])):
