@@ -45,7 +45,7 @@ demo: $(STAMP)
 		-p FINETUNE_BACKBONES densenet121
 	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 05 $(DEMO_DIRS) $(DEMO_DATA)
 	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 06 07 $(DEMO_DIRS) \
-		-p BACKBONE scratch -p VARIANT scratch -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 \
+		-p BACKBONE scratch -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 \
 		-p EPOCHS 8 -p WEIGHTS none
 	$(BIN)/python -m cxrlib report $(OUT)/results --out $(OUT)/report
 
