@@ -226,3 +226,19 @@ def test_evaluate_two_stage_with_real_runs(tmp_path: Path) -> None:
     model_file = tmp_path / "s1" / "model.keras"
     os.utime(model_file, ns=(model_file.stat().st_atime_ns, model_file.stat().st_mtime_ns + 1))
     assert load_run(tmp_path / "s1").model is not first
+
+
+def test_a_diverged_model_is_scored_not_a_crash(tmp_path: Path) -> None:
+    """NaN outputs (a diverged run) count as uniform guesses, and the metrics say how many."""
+    from cxrlib.runs.evaluate import evaluate
+
+    manifest = _write_images(tmp_path / "imgs", [("Normal", 0.1, 0.5), ("Pneumonia", 0.9, 0.5)] * 2)
+
+    def diverged(x, training=False):
+        return np.full((len(x), 2), np.nan)
+
+    diverged.output_shape = (None, 2)
+    metrics = evaluate(diverged, manifest, S1, Prep(image_size=8, backbone="scratch", channels=1),
+                       batch_size=2, bootstrap=0)
+    assert metrics["non_finite_outputs"] == 4 and metrics["n"] == 4
+    assert metrics["accuracy"] == 0.5  # every image "predicted" the first class

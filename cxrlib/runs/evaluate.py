@@ -113,7 +113,8 @@ def evaluate(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
              batch_size: int = 32, bootstrap: int = 1000, seed: int = 0,
              target_sensitivity: float = 0.99) -> dict:
     """Score a model on a manifest: the metrics of :func:`cxrlib.runs.metrics.compute_metrics`
-    plus ``skipped`` (the unreadable files, with their errors)."""
+    plus ``skipped`` (the unreadable files, with their errors) and ``non_finite_outputs`` (how
+    many images a diverged model gave NaN for: scored as uniform guesses, never a crash)."""
     from cxrlib.runs.metrics import compute_metrics
 
     binary = model.output_shape[-1] == 1
@@ -123,9 +124,15 @@ def evaluate(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
     probs, labels = predict(model, ds, len(classes), with_labels=True)
     if len(labels) == 0:
         raise ValueError("No readable images to evaluate.")
+    broken = ~np.isfinite(probs).all(axis=1)
+    if broken.any():  # a diverged model: its run is still scored and recorded, and says so
+        log.warning("%d of %d outputs are not finite (the training diverged); they count as "
+                    "uniform guesses.", int(broken.sum()), len(probs))
+        probs = np.where(broken[:, None], 1.0 / len(classes), probs)
     metrics = compute_metrics(labels, probs, classes, bootstrap=bootstrap, seed=seed,
                               target_sensitivity=target_sensitivity)
     metrics["skipped"] = skipped
+    metrics["non_finite_outputs"] = int(broken.sum())
     return metrics
 
 

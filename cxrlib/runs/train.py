@@ -443,6 +443,10 @@ def _fit(model, train_df, val_df, classes, prep, out: Path, epochs: int, batch_s
         callbacks.append(_epoch_bar(epochs))
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, class_weight=weights_by_class,
               callbacks=callbacks, shuffle=False, verbose=0)
+    if not (out / "model.keras").is_file():  # no epoch had a finite monitor value: diverged
+        log.warning("No epoch of %s had a finite %s (the training diverged); keeping the last "
+                    "epoch's model so that the run is still recorded.", out, monitor)
+        model.save(out / "model.keras")
     return read_history(out / "history.csv")
 
 
