@@ -49,6 +49,8 @@ def load_run(path: str | Path) -> Run:
     from cxrlib.runs.records import RECORD_FILE, read_record
 
     path = Path(path)
+    if path.suffix == ".keras" and not path.is_file():
+        raise FileNotFoundError(f"No model file at {path}; train the run first.")
     run_dir = path if path.is_dir() else path.parent
     if not (run_dir / RECORD_FILE).is_file():
         raise FileNotFoundError(f"No {RECORD_FILE} in {run_dir}: the run's classes and image "
