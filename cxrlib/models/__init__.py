@@ -1,9 +1,8 @@
-"""Models: the backbone registry and the variants, built as flat functional graphs.
+"""Models: the backbone and variant registries, and the models built from them as flat graphs.
 
-- ``backbones``: the registry (sizes, preprocessing, last conv layer, weights files), the
-  variant registry, and where weights come from.
+- ``backbones``: the registry (sizes, preprocessing, last conv layer, weights files) and where
+  ImageNet weights come from (Keras-free).
+- ``variants``: what each variant builds, freezes and trains, and its defaults (Keras-free).
 - ``build``: flat models, heads (standardised features), optimisers and schedules, loading
   ``.keras`` files safely.
-- ``pretrain``: the ``synthetic`` weights: backbones pretrained by cxrlib on a synthetic source
-  task, cached per backbone and size (the offline stand-in for ImageNet in ``make demo``).
 """
