@@ -260,7 +260,7 @@ def test_finished_run_is_reused_and_report_built_from_records(tiny_split, tmp_pa
     records = find_records(runs)
     assert [validate_record(r) for r in records] == [[], []]
     table = comparison_table(records)
-    assert table["Model"].tolist() == ["CNN-scratch", "DN-V0"]
+    assert table["Model"].tolist() == ["scratch-scratch", "densenet121-v0"]  # the library's names
     assert table.loc[0, "Test Accuracy"] == pytest.approx(records[0]["test"]["accuracy"])
     written = write_report(runs)
     assert (runs / "table.md").read_text().count("CNN-scratch") == 1

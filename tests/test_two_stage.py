@@ -201,7 +201,7 @@ def test_evaluate_two_stage_skips_unreadable_files(tmp_path: Path, monkeypatch) 
 
 @pytest.mark.slow
 def test_evaluate_two_stage_with_real_runs(tmp_path: Path) -> None:
-    """Two untrained scratch CNNs saved by train(): records, preps and models load and chain."""
+    """Two barely trained scratch CNNs saved by train(): records, preps and models load and chain."""
     from cxrlib.data.datasets import relabel
     from cxrlib.runs.train import train
 
@@ -210,7 +210,7 @@ def test_evaluate_two_stage_with_real_runs(tmp_path: Path) -> None:
     manifest["split"] = ["train", "val", "test", "test"] * 3
     stage1_data = relabel(manifest, {c: "Pneumonia" for c in S2})
     stage2_data = manifest[manifest["label"] != "Normal"].reset_index(drop=True)
-    kw = dict(weights=None, image_size=32, epochs=0, batch_size=4, progress=False, bootstrap=0)
+    kw = dict(weights=None, image_size=32, epochs=1, batch_size=4, progress=False, bootstrap=0)
     train(stage1_data, S1, "scratch", "scratch", tmp_path / "s1", binary=True, channels=1, **kw)
     train(stage2_data, S2, "scratch", "scratch", tmp_path / "s2", **kw)
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)

@@ -38,15 +38,16 @@ def occlusion_figure(model, record: dict, test: pd.DataFrame, n: int = 4, seed: 
                      patch: int = 15, stride: int = 10, save: str | os.PathLike | None = None) -> Figure:
     """Occlusion maps of the predicted class for ``n`` test films of each class."""
     from cxrlib.course import heatmaps as hl
-    from cxrlib.explain import maps as explain
+    from cxrlib.data.pipeline import model_inputs, prep_from_record, read_prepared
+    from cxrlib.runs.evaluate import predict
 
-    prep = explain.prep_from_record(record)
+    prep = prep_from_record(record)
     classes = record["dataset"]["classes"]
     examples = hl.pick_examples(test, classes, n, seed=seed)
-    images, _ = explain.load_images(examples["path"].tolist(), prep)
-    x = explain.model_inputs(np.stack(images), prep)
+    images, _ = read_prepared(examples["path"].tolist(), prep)
+    x = model_inputs(np.stack(images), prep)
     maps, _ = hl.explain_methods(model, x, ["occlusion"],
                                  options=hl.method_options(patch=patch, stride=stride))
-    probs = explain.predict_proba(model, x)
+    probs = predict(model, x)
     rows = [f"{t} →\n{classes[p.argmax()]} ({p.max():.0%})" for t, p in zip(examples["label"], probs)]
     return hl.overlay_grid(images, maps, rows, title=f"{record['name']}: occlusion", save=save)

@@ -204,7 +204,9 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
         with run_lock(out):
             work = _staging(out, key, config, fresh=not reuse)
             save_split(manifest, work / "split.csv")
-            if not init_from and recipe.training != "features":   # v1 adapts on its cached features
+            # the frozen heads standardise their features (v1 on its cached ones); a fine-tuned
+            # backbone's features move, so V3 keeps what it inherits (init_from) or the identity
+            if not init_from and recipe.frozen and recipe.training == "fit":
                 _standardise(model, train_df, classes, prep, batch_size)
             weights_by_class = balanced_weights(train_df["label"], classes) if class_weight else None
             started = time.time()
