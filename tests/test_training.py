@@ -263,7 +263,7 @@ def test_finished_run_is_reused_and_report_built_from_records(tiny_split, tmp_pa
     assert table["Model"].tolist() == ["scratch-scratch", "densenet121-v0"]  # the library's names
     assert table.loc[0, "Test Accuracy"] == pytest.approx(records[0]["test"]["accuracy"])
     written = write_report(runs)
-    assert (runs / "table.md").read_text().count("CNN-scratch") == 1
+    assert (runs / "table.md").read_text().count("scratch-scratch") == 1
     assert all(Path(p).stat().st_size > 0 for p in written.values())
 
 
