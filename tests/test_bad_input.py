@@ -262,17 +262,22 @@ def test_evaluate_split_test_refuses_another_folder(made, run_copy: Path, tmp_pa
     assert json.loads((tmp_path / "own" / "metrics.json").read_text())["data"] == str(data.resolve())
 
 
+def assert_train_flag_refused(made, tmp_path: Path, capsys, flag: str, value: str) -> None:
+    """``train`` with ``flag value`` exits 2 with one line naming the flag, and writes nothing."""
+    data, _ = made
+    argv = train_args(data, tmp_path / "run")
+    argv[argv.index(flag) + 1] = value
+    code, _, err = cli_run(argv, capsys)
+    assert code == 2
+    assert_one_line_error(err, flag, "at least 1")
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- silent wrong results
 
 @pytest.mark.parametrize("epochs", ["0", "-3"])
 def test_zero_or_negative_epochs_are_refused(made, tmp_path: Path, capsys, epochs: str) -> None:
-    data, _ = made
-    argv = train_args(data, tmp_path / "run")
-    argv[argv.index("--epochs") + 1] = epochs
-    code, _, err = cli_run(argv, capsys)
-    assert code == 2
-    assert_one_line_error(err, "--epochs", "at least 1")
-    assert not (tmp_path / "run").exists()
+    assert_train_flag_refused(made, tmp_path, capsys, "--epochs", epochs)
     with pytest.raises(ValueError, match="--variant v0"):
         training.check_arguments("scratch", "scratch", CLASSES, _train_rows(), tmp_path, 32, 0, 4,
                                  1e-3, False, None)
@@ -285,13 +290,7 @@ def _train_rows():
 
 
 def test_image_size_zero_is_refused_not_the_default(made, tmp_path: Path, capsys) -> None:
-    data, _ = made
-    argv = train_args(data, tmp_path / "run")
-    argv[argv.index("--image-size") + 1] = "0"
-    code, _, err = cli_run(argv, capsys)
-    assert code == 2
-    assert_one_line_error(err, "--image-size", "at least 1")
-    assert not (tmp_path / "run").exists()
+    assert_train_flag_refused(made, tmp_path, capsys, "--image-size", "0")
     with pytest.raises(ValueError, match="at least 16 px"):
         training.check_arguments("scratch", "scratch", CLASSES, _train_rows(), tmp_path, 0, 1, 4,
                                  1e-3, False, None)
@@ -433,13 +432,7 @@ def test_a_garbage_weights_file(made, tmp_path: Path, capsys) -> None:
 
 
 def test_batch_size_zero(made, tmp_path: Path, capsys) -> None:
-    data, _ = made
-    argv = train_args(data, tmp_path / "run")
-    argv[argv.index("--batch-size") + 1] = "0"
-    code, _, err = cli_run(argv, capsys)
-    assert code == 2
-    assert_one_line_error(err, "--batch-size", "at least 1")
-    assert not (tmp_path / "run").exists()
+    assert_train_flag_refused(made, tmp_path, capsys, "--batch-size", "0")
 
 
 def test_synth_guard_is_one_line(tmp_path: Path, capsys) -> None:
