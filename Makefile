@@ -11,7 +11,8 @@ export PYTHONHASHSEED ?= 0
 
 # Demo settings: the whole series on the synthetic default in under 30 minutes on 2 CPU cores.
 # 00-05 share one synthetic set and split (same size and sample); 04 fine-tunes DenseNet121
-# only; 06-07 use the from-scratch CNN, which learns in a few CPU epochs. The five backbones
+# only; 06-07 use the from-scratch CNN, which learns in a few CPU epochs; 08 (the Kermany
+# courses) runs at the demo settings like 00-05. The five backbones
 # use WEIGHTS synthetic: pretrained by cxrlib on a synthetic source task (not ImageNet, which
 # needs the internet), once, into the cache (~/.cache/cxrlib/pretrained or $CXR_PRETRAINED_DIR);
 # a second `make demo` reuses it.
@@ -31,8 +32,11 @@ install: $(STAMP)
 
 # The whole suite: unit tests and every notebook once, in smoke mode (tests/test_notebooks.py
 # checks that each cell ran without an error and that each notebook left what it must).
+# One pytest worker per core (pytest-xdist), each test module on one worker, so a module's
+# fixtures (the notebook series, the synthetic sets) are built once. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # Unit tests only, without the slow ones: the inner loop while developing.
 test-fast: $(STAMP)
@@ -47,6 +51,7 @@ demo: $(STAMP)
 	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 06 07 $(DEMO_DIRS) \
 		-p BACKBONE scratch -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 \
 		-p EPOCHS 8 -p WEIGHTS none
+	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 08 $(DEMO_DIRS) $(DEMO_DATA)
 	$(BIN)/python -m cxrlib report $(OUT)/results --out $(OUT)/report
 
 # The series at course settings (each notebook's course preset), for a GPU machine. One folder

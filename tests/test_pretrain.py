@@ -91,6 +91,25 @@ def test_imagenet_file_in_cxr_weights_dir_loads_offline(tmp_path, monkeypatch) -
             np.testing.assert_array_equal(got, want)
 
 
+def test_batchnorm_recalibration_sets_the_moving_statistics_to_the_batch_average() -> None:
+    inputs = keras.Input((6,))
+    first = keras.layers.BatchNormalization(momentum=0.99)
+    hidden = keras.layers.Dense(4, activation="relu")(first(inputs))
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(hidden))
+    x = np.random.default_rng(0).normal(3.0, 2.0, (96, 6)).astype("float32")
+    stale = np.asarray(model(x, training=False))         # moving stats at their initial 0 / 1
+    assert pretrain.recalibrate_batchnorm(model, x, batch_size=32, max_batches=3) == 3
+    batches = x.reshape(3, 32, 6)
+    np.testing.assert_allclose(np.asarray(first.moving_mean), batches.mean(1).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(first.moving_variance), batches.var(1).mean(0), rtol=1e-4)
+    assert first.momentum == 0.99                          # restored
+    # inference mode now normalises like training mode did: outputs near 0 mean, unit spread
+    fresh = np.asarray(model(x, training=False))
+    assert np.abs(fresh.mean(0)).max() < 0.2 < np.abs(stale.mean(0)).max()
+    assert pretrain.recalibrate_batchnorm(keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)]),
+                                          x) == 0          # nothing to do without BatchNorm
+
+
 def test_frozen_heads_standardise_their_features_and_v0_does_not() -> None:
     names = {v: {layer.name for layer in build_model("densenet121", v, 3, image_size=32,
                                                      weights=None).layers} for v in ("v0", "v1", "v2reg")}
