@@ -17,7 +17,7 @@ export PYTHONHASHSEED ?= 0
 # needs the internet), once, into the cache (~/.cache/cxrlib/pretrained or $CXR_PRETRAINED_DIR);
 # a second `make demo` reuses it.
 DEMO_DIRS := -p RESULTS_DIR $(CURDIR)/$(OUT)/results -p FIGURES_DIR $(CURDIR)/figures
-DEMO_DATA := -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 60 -p EPOCHS 3 -p WEIGHTS synthetic
+DEMO_DATA := -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 -p EPOCHS 10 -p WEIGHTS synthetic
 
 .PHONY: install test test-fast demo notebooks notebooks-smoke bench clean
 
@@ -47,7 +47,8 @@ demo: $(STAMP)
 	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 00 01 02 03 $(DEMO_DIRS) $(DEMO_DATA)
 	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 04 $(DEMO_DIRS) $(DEMO_DATA) \
 		-p FINETUNE_BACKBONES densenet121
-	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 05 $(DEMO_DIRS) $(DEMO_DATA)
+	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 05 $(DEMO_DIRS) $(DEMO_DATA) \
+		-p SCORE_IMAGES 48
 	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 06 07 $(DEMO_DIRS) \
 		-p BACKBONE scratch -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 \
 		-p EPOCHS 8 -p WEIGHTS none

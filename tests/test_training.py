@@ -295,3 +295,22 @@ def test_run_eagerly_is_a_compile_setting() -> None:
     model = build_model("scratch", "scratch", 2, image_size=32, weights=None)
     assert not compile_model(model, make_optimizer("adam", 1e-3, 0.0)).run_eagerly
     assert compile_model(model, make_optimizer("adam", 1e-3, 0.0), run_eagerly=True).run_eagerly
+
+
+def test_sgd_clips_a_huge_gradient_and_every_optimiser_is_set_to() -> None:
+    """An exploding gradient (V3 at the course's SGD lr 0.01 reached a loss of 3e6) moves the
+    weights by a learning-rate-sized step, not by the gradient's size."""
+    from cxrlib.models.build import CLIPNORM
+
+    step = {}
+    for clipnorm in (CLIPNORM, None):
+        weights = keras.Variable(np.zeros(10, "float32"))
+        optimizer = make_optimizer("sgd", 0.01, 0.0, clipnorm=clipnorm)
+        optimizer.apply_gradients([(keras.ops.full((10,), 1e6), weights)])
+        step[clipnorm] = float(np.linalg.norm(np.asarray(weights)))
+    # the first Nesterov step is (1 + momentum) x lr x the (clipped) gradient
+    np.testing.assert_allclose(step[CLIPNORM], 1.9 * 0.01 * CLIPNORM, rtol=1e-3)
+    assert step[None] > 1e4
+    # Adam and its kin are scale-free per step, but a clipped gradient also bounds their moments
+    assert all(make_optimizer(name, 1e-3, 0.0).clipnorm == CLIPNORM
+               for name in ("sgd", "adam", "nadam", "rmsprop"))

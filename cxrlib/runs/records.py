@@ -63,6 +63,7 @@ class TrainConfig(_Section):
     learning_rate: float = Field(gt=0)
     seed: int
     decay: float = Field(default=0.0, ge=0)
+    clipnorm: float | None = Field(default=None, gt=0)   # each gradient's norm clipped to this
     class_weight: bool = False
     augment: dict | bool = False
     binary: bool = False

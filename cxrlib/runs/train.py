@@ -168,7 +168,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
                                     crop=crop, equalize=equalize), train_df)
     hyper = records.train_config(
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, learning_rate=learning_rate,
-        decay=decay, seed=seed, class_weight=class_weight, augment=asdict(augment), binary=binary,
+        decay=decay, clipnorm=models.CLIPNORM, seed=seed, class_weight=class_weight, augment=asdict(augment), binary=binary,
         early_stopping=early_stopping, mixed_precision=mixed_precision, xla=xla,
         run_eagerly=run_eagerly, strategy=str(strategy) if strategy is not None else None,
         init_from=init_from, weights=None if weights is None else str(weights), head=head)
@@ -199,7 +199,8 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
             if init_from:
                 copied = models.copy_matching_weights(models.load_model(init_from), model)
                 log.info("Initialised %d layers from %s.", copied, init_from)
-            models.compile_model(model, models.make_optimizer(optimizer, learning_rate, decay),
+            models.compile_model(model, models.make_optimizer(optimizer, learning_rate, decay,
+                                                                   clipnorm=hyper["clipnorm"]),
                                  jit_compile=True if xla else False, run_eagerly=run_eagerly)
         with run_lock(out):
             work = _staging(out, key, config, fresh=not reuse)
