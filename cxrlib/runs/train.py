@@ -168,7 +168,8 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
                                     crop=crop, equalize=equalize), train_df)
     hyper = records.train_config(
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, learning_rate=learning_rate,
-        decay=decay, clipnorm=models.CLIPNORM, seed=seed, class_weight=class_weight, augment=asdict(augment), binary=binary,
+        decay=decay, clipnorm=models.CLIPNORM, seed=seed, class_weight=class_weight,
+        augment=asdict(augment), binary=binary,
         early_stopping=early_stopping, mixed_precision=mixed_precision, xla=xla,
         run_eagerly=run_eagerly, strategy=str(strategy) if strategy is not None else None,
         init_from=init_from, weights=None if weights is None else str(weights), head=head)
