@@ -164,6 +164,7 @@ def test_v0_is_untrained_and_recorded(tiny_split, tmp_path) -> None:
     record = training.train(tiny_split, ["COVID", "Normal"], "densenet121", "v0", tmp_path / "v0",
                             weights=None, image_size=32, batch_size=8, progress=False, bootstrap=50)
     assert record["training"]["epochs_run"] == 0 and record["training"]["history"] == {}
+    assert record["hyperparameters"]["clipnorm"] == 1.0   # the optimiser's clipping is recorded
     assert 0.0 <= record["final"]["accuracy"] <= 1.0 and record["test"]["n"] > 0
     assert validate_record(read_record(tmp_path / "v0")) == []
 
@@ -297,7 +298,7 @@ def test_run_eagerly_is_a_compile_setting() -> None:
     assert compile_model(model, make_optimizer("adam", 1e-3, 0.0), run_eagerly=True).run_eagerly
 
 
-def test_sgd_clips_a_huge_gradient_and_every_optimiser_is_set_to() -> None:
+def test_sgd_clips_a_huge_gradient_and_every_optimiser_clips() -> None:
     """An exploding gradient (V3 at the course's SGD lr 0.01 reached a loss of 3e6) moves the
     weights by a learning-rate-sized step, not by the gradient's size."""
     from cxrlib.models.build import CLIPNORM
