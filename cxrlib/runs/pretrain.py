@@ -28,7 +28,7 @@ from cxrlib.models.backbones import (SCRATCH, SYNTHETIC, default_size, get_backb
 
 log = logging.getLogger(__name__)
 
-#: Default pretraining budget (measured on a busy 2-core CPU: see the README).
+#: Default pretraining budget (timings on 2 CPU cores: see the README).
 PRETRAIN_IMAGES = 1200
 PRETRAIN_EPOCHS = 3
 PRETRAIN_BATCH = 16   # more, smaller steps in the same budget: at 64 px a linear probe of
