@@ -6,7 +6,7 @@
     the two alternate over ``--rounds`` rounds after a warm-up, and the speedup is the median
     of the per-round ratios, so that a busy machine slows both alike. Target ≥ 10.
 (b) ``pipeline_efficiency``: training throughput when the cxrlib tf.data pipeline feeds the
-    model from files on disk (decode once, cache, shuffle, batch, preprocess, prefetch),
+    model from files on disk (decoded once into memory, then shuffle, batch, preprocess, prefetch),
     divided by the throughput of the same model fed from tensors already in memory. Target ≥ 0.9.
 
     python benchmarks/bench_training.py [--quick] [--rounds 3] [--out outputs/benchmarks/bench_training.json]
@@ -105,19 +105,17 @@ def pipeline_vs_memory(manifest, size: int, rounds: int, batch: int) -> dict:
     onehot = keras.utils.to_categorical(y, len(CLASSES))
     memory = (tf.data.Dataset.from_tensor_slices((x, onehot)).cache()
               .shuffle(len(x), seed=0).batch(batch).prefetch(tf.data.AUTOTUNE))
-    with tempfile.TemporaryDirectory() as scratch_dir:
-        disk = make_dataset(manifest, CLASSES, prep, batch, training=True, augment=NO_AUGMENT,
-                            cache=str(Path(scratch_dir) / "cache"))
-        models = {}
+    disk = make_dataset(manifest, CLASSES, prep, batch, training=True, augment=NO_AUGMENT)
+    models = {}
+    for name, ds in (("memory", memory), ("pipeline", disk)):
+        models[name] = build_model("scratch", "scratch", len(CLASSES), size, weights=None, seed=0)
+        compile_model(models[name], make_optimizer("adam", 1e-3, 0))
+        models[name].fit(ds, epochs=1, shuffle=False, verbose=0)
+    seconds = {"memory": [], "pipeline": []}
+    for _ in range(rounds):
         for name, ds in (("memory", memory), ("pipeline", disk)):
-            models[name] = build_model("scratch", "scratch", len(CLASSES), size, weights=None, seed=0)
-            compile_model(models[name], make_optimizer("adam", 1e-3, 0))
-            models[name].fit(ds, epochs=1, shuffle=False, verbose=0)
-        seconds = {"memory": [], "pipeline": []}
-        for _ in range(rounds):
-            for name, ds in (("memory", memory), ("pipeline", disk)):
-                seconds[name].append(timed(lambda: models[name].fit(ds, epochs=1, shuffle=False,
-                                                                    verbose=0)))
+            seconds[name].append(timed(lambda: models[name].fit(ds, epochs=1, shuffle=False,
+                                                                verbose=0)))
     ratios = np.array(seconds["memory"]) / np.array(seconds["pipeline"])
     return {"memory_img_s": len(manifest) / float(np.median(seconds["memory"])),
             "pipeline_img_s": len(manifest) / float(np.median(seconds["pipeline"])),

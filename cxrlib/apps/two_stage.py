@@ -113,7 +113,7 @@ def _predict(model, manifest: pd.DataFrame, label_classes: Sequence[str], prep, 
     """(N, n_out) probabilities over the readable images of a manifest, in order."""
     from cxrlib.data.pipeline import make_dataset
 
-    ds = make_dataset(manifest, label_classes, prep, batch_size=batch_size, cache=False,
+    ds = make_dataset(manifest, label_classes, prep, batch_size=batch_size,
                       label_mode="int", skip_log=skipped)
     return predict(model, ds, n_out)
 

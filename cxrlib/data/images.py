@@ -40,7 +40,7 @@ DICOM_SUFFIXES: frozenset[str] = frozenset({".dcm", ".dicom"})
 
 _DICOM_MAGIC_OFFSET = 128
 _DICOM_MAGIC = b"DICM"
-_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+LUMA_WEIGHTS = tuple(np.float32(w) for w in (0.299, 0.587, 0.114))  # ITU-R 601-2
 _HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
 _truncation_lock = threading.Lock()
 
@@ -120,6 +120,78 @@ def _has_dicom_magic(path: Path) -> bool:
 def _is_dicom(path: Path) -> bool:
     """DICOM by suffix or by magic bytes (files without suffix exist)."""
     return path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_magic(path)
+
+
+# ----------------------------------------------------------------------- plain files
+
+PLAIN_FORMATS = ("grey-png", "rgb-png", "grey-jpeg", "rgb-jpeg")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks before the image data that change no pixel for either decoder; any other (text,
+# which may hold EXIF, eXIf, tRNS, gAMA, ...) leaves the file to read_image.
+_NEUTRAL_PNG_CHUNKS = frozenset({b"IHDR", b"pHYs", b"sRGB", b"iCCP", b"tIME"})
+_HEAD_BYTES = 65536
+
+
+def plain_format(path: str | Path) -> tuple[str, int, int] | None:
+    """(which of :data:`PLAIN_FORMATS`, height, width) of a file, from its first bytes, or None.
+
+    Plain files are those whose pixels any PNG/JPEG decoder gives exactly as
+    :func:`read_image` does: 8-bit grey or RGB PNG with no chunk before the image data
+    other than neutral ones, and 1- or 3-component JPEG with no APP1 (EXIF/XMP) segment,
+    so no orientation to apply. The input pipeline decodes those in TF's threads and leaves
+    every other file (and every file this cannot open) to :func:`read_image`.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+    except OSError:
+        return None
+    if head.startswith(_PNG_SIGNATURE):
+        return _plain_png(head)
+    if head.startswith(b"\xff\xd8\xff"):
+        return _plain_jpeg(head)
+    return None
+
+
+def _plain_png(head: bytes) -> tuple[str, int, int] | None:
+    """('grey-png' / 'rgb-png', H, W) for an 8-bit grey/RGB PNG whose chunks before IDAT
+    are neutral."""
+    if len(head) < 33 or head[24] != 8 or head[25] not in (0, 2):
+        return None
+    position = 8
+    while position + 8 <= len(head):
+        length = int.from_bytes(head[position:position + 4], "big")
+        kind = head[position + 4:position + 8]
+        if kind == b"IDAT":
+            width, height = (int.from_bytes(head[o:o + 4], "big") for o in (16, 20))
+            return ("grey-png" if head[25] == 0 else "rgb-png"), height, width
+        if kind not in _NEUTRAL_PNG_CHUNKS:
+            return None
+        position += 12 + length
+    return None
+
+
+def _plain_jpeg(head: bytes) -> tuple[str, int, int] | None:
+    """('grey-jpeg' / 'rgb-jpeg', H, W) for an 8-bit 1/3-component JPEG without APP1, from
+    its frame header."""
+    position = 2
+    while position + 4 <= len(head):
+        if head[position] != 0xFF:
+            return None
+        marker = head[position + 1]
+        length = int.from_bytes(head[position + 2:position + 4], "big")
+        if marker == 0xE1:  # APP1: EXIF (an orientation) or XMP
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header
+            if position + 10 > len(head) or head[position + 4] != 8:  # 12-bit: read_image
+                return None
+            kind = {1: "grey-jpeg", 3: "rgb-jpeg"}.get(head[position + 9])
+            height, width = (int.from_bytes(head[o:o + 2], "big") for o in (position + 5, position + 7))
+            return None if kind is None or not height or not width else (kind, height, width)
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame
+            return None
+        position += 2 + length
+    return None
 
 
 # ------------------------------------------------------------------------------- PIL
@@ -406,8 +478,14 @@ def window_to_uint8(
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 601-2 luma of an (..., 3) float array."""
-    return rgb[..., :3] @ _LUMA_WEIGHTS
+    """ITU-R 601-2 luma of an (..., 3) float32 array.
+
+    Written as three float32 multiplies and two adds in this order, so that the in-graph
+    decoder of :mod:`cxrlib.data.pipeline` (which computes the same expression) gives the
+    same pixels bit for bit.
+    """
+    r, g, b = LUMA_WEIGHTS
+    return rgb[..., 0] * r + rgb[..., 1] * g + rgb[..., 2] * b
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:

@@ -23,23 +23,20 @@ model always sees its images prepared the same way.
 
 from __future__ import annotations
 
+import functools
 import logging
-import warnings
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from cxrlib.models.backbones import preprocess_function
-from cxrlib.data.images import ImageReadError, read_image
+from cxrlib.data.images import ImageReadError, plain_format, read_image
 
 log = logging.getLogger(__name__)
-# Filtering out unreadable files leaves a dataset of unknown length, and Keras then warns at
-# the end of every pass that the input "ran out of data". That end is expected here.
-warnings.filterwarnings("ignore", message="Your input ran out of data")
 
 EQUALIZE_METHODS = (None, "hist", "clahe")
 
@@ -82,6 +79,14 @@ def prep_from_record(record: dict) -> Prep:
     return Prep(**fields)
 
 
+def border_crop_box(height: int, width: int, reference: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, kept height, kept width) of :func:`border_crop` for an image of that size."""
+    w_max, h_max = reference
+    keep_w = max(1, round(width * (1 - 0.35 * min(width / w_max, 1.0))))
+    keep_h = max(1, round(height * (1 - 0.20 * min(height / h_max, 1.0))))
+    return (height - keep_h) // 2, (width - keep_w) // 2, keep_h, keep_w
+
+
 def border_crop(image: np.ndarray, reference: tuple[int, int]) -> np.ndarray:
     """Proportional central crop from the pneumonia course.
 
@@ -89,11 +94,7 @@ def border_crop(image: np.ndarray, reference: tuple[int, int]) -> np.ndarray:
     height, where (w_max, h_max) is the largest image size in the training data: the larger
     the film, the more border (text, markers, collimation) it carries and the more is cut.
     """
-    h, w = image.shape[:2]
-    w_max, h_max = reference
-    keep_w = max(1, round(w * (1 - 0.35 * min(w / w_max, 1.0))))
-    keep_h = max(1, round(h * (1 - 0.20 * min(h / h_max, 1.0))))
-    top, left = (h - keep_h) // 2, (w - keep_w) // 2
+    top, left, keep_h, keep_w = border_crop_box(*image.shape[:2], reference)
     return image[top:top + keep_h, left:left + keep_w]
 
 
@@ -112,25 +113,252 @@ def equalize(image: np.ndarray, method: str | None) -> np.ndarray:
     return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
-             "area": Image.BOX, "lanczos": Image.LANCZOS}
+INTERPOLATIONS = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest",
+                  "area": "area", "lanczos": "lanczos3"}   # Prep's names → tf.image.resize's
+_READ_ERRORS = (ImageReadError, OSError, ValueError)
+
+
+def _check_prep(prep: Prep) -> None:
+    """A clear error for a Prep that cannot be applied (before any file is read)."""
+    if prep.crop and prep.crop_reference is None:
+        raise ValueError("crop=True needs crop_reference=(w_max, h_max); see crop_reference_of().")
+    if prep.interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, "
+                         f"not {prep.interpolation!r}")
+    if prep.equalize not in EQUALIZE_METHODS:
+        raise ValueError(f"equalize must be one of {EQUALIZE_METHODS}, not {prep.equalize!r}")
+
+
+def _to_uint8_graph(x):
+    """Round (half to even, as numpy's rint) and clip a float tensor to uint8."""
+    import tensorflow as tf
+
+    return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+
+
+RESIZE_PLANS = ("same", "interpolate", "reduce")
+
+
+def resize_plan(height: int, width: int, size: int, interpolation: str) -> str:
+    """How an (H, W) image reaches size×size: ``"same"`` (already there), ``"interpolate"``,
+    or ``"reduce"``: first average whole k×k blocks (``area`` resize to H//k, W//k, k the
+    integer part of the reduction, 2 or more), then interpolate the remaining factor (< 2).
+
+    That is the antialiasing a large reduction needs (a plain bilinear from 1024 px to 224
+    reads 4 pixels out of 21 per output pixel and aliases) at the cost of one pass over the
+    image, where TF's antialiased kernels cost more than decoding the file. ``nearest``
+    (masks) never averages. Decided in Python from the size, so that each traced
+    function holds one plan and no per-image branch.
+    """
+    if (height, width) == (size, size):
+        return "same"
+    if interpolation != "nearest" and max(height, width) // size >= 2:
+        return "reduce"
+    return "interpolate"
+
+
+def _resize_graph(image, size: int, interpolation: str, plan: str):
+    """uint8 (H, W) tensor → uint8 (size, size) by ``plan`` (:func:`resize_plan`): the one
+    resize of every image and mask."""
+    import tensorflow as tf
+
+    if plan != "same":
+        x = tf.cast(image[..., None], tf.float32)
+        if plan == "reduce":
+            shape = tf.shape(x)[:2]
+            x = tf.image.resize(x, shape // tf.maximum(shape // size, 1), method="area")
+        image = _to_uint8_graph(tf.image.resize(x, (size, size),
+                                                method=INTERPOLATIONS[interpolation]))[..., 0]
+    image.set_shape((size, size))
+    return image
+
+
+def _luma_graph(rgb):
+    """ITU-R 601-2 luma of a uint8 (H, W, 3) tensor, computed exactly as images._luminance."""
+    import tensorflow as tf
+
+    from cxrlib.data.images import LUMA_WEIGHTS
+
+    x = tf.cast(rgb, tf.float32)
+    r, g, b = (float(w) for w in LUMA_WEIGHTS)
+    return _to_uint8_graph(x[..., 0] * r + x[..., 1] * g + x[..., 2] * b)
+
+
+def _decode_graph(data, kind: str):
+    """In-graph decoding of a plain file of ``kind`` (one of ``images.PLAIN_FORMATS``, as
+    :func:`cxrlib.data.images.plain_format` found it) → uint8 (H, W), the same pixels as
+    ``read_image`` (tests check it bit for bit). Runs in TF's threads, without the GIL;
+    corrupt or truncated data raise an op error, and the caller gives the file to
+    ``read_image``, which says why it cannot be read."""
+    import tensorflow as tf
+
+    if kind.endswith("png"):
+        decoded = tf.io.decode_png(data, channels=1 if kind == "grey-png" else 3)
+    else:
+        decoded = tf.io.decode_jpeg(data, channels=1 if kind == "grey-jpeg" else 3,
+                                    dct_method="INTEGER_ACCURATE")
+    return decoded[..., 0] if kind.startswith("grey") else _luma_graph(decoded)
+
+
+def _plan_for(height: int, width: int, prep: Prep) -> str:
+    """The resize plan of an (H, W) image under ``prep`` (after its border crop)."""
+    if prep.crop:
+        height, width = border_crop_box(height, width, prep.crop_reference)[2:]
+    return resize_plan(height, width, prep.image_size, prep.interpolation)
+
+
+def _finish_graph(image, prep: Prep, plan: str):
+    """Crop, equalise and resize a decoded uint8 (H, W) tensor as ``prep`` says."""
+    import tensorflow as tf
+
+    if prep.crop:
+        image = tf.numpy_function(lambda a: np.ascontiguousarray(
+            border_crop(a, prep.crop_reference)), [image], tf.uint8, name="border_crop")
+        image.set_shape((None, None))
+    if prep.equalize:
+        image = tf.numpy_function(lambda a: equalize(a, prep.equalize), [image], tf.uint8,
+                                  name="equalize")
+        image.set_shape((None, None))
+    return _resize_graph(image, prep.image_size, prep.interpolation, plan)
+
+
+@functools.lru_cache(maxsize=64)
+def _from_path(prep: Prep, kind: str, plan: str):
+    """A TF function: the path of a plain file of ``kind`` → its prepared uint8 (S, S)."""
+    import tensorflow as tf
+
+    return tf.function(lambda path: _finish_graph(_decode_graph(tf.io.read_file(path), kind),
+                                                  prep, plan),
+                       input_signature=[tf.TensorSpec((), tf.string)])
+
+
+@functools.lru_cache(maxsize=64)
+def _from_array(prep: Prep, plan: str):
+    """A TF function: what ``read_image`` decoded → its prepared uint8 (S, S)."""
+    import tensorflow as tf
+
+    return tf.function(lambda image: _finish_graph(image, prep, plan),
+                       input_signature=[tf.TensorSpec((None, None), tf.uint8)])
 
 
 def resize(image: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
-    """Resize a uint8 image to ``size``×``size``."""
-    if image.shape[:2] == (size, size):
+    """Resize a uint8 (H, W) image to ``size``×``size`` exactly as the pipeline does."""
+    plan = resize_plan(*image.shape[:2], size, interpolation)
+    if plan == "same":
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), _RESAMPLE[interpolation]))
+    return _from_array(Prep(size, interpolation=interpolation), plan)(
+        np.ascontiguousarray(image, np.uint8)).numpy()
+
+
+def _prepare_robust(path: str, prep: Prep) -> np.ndarray:
+    """A file that the in-graph decoder does not take: ``read_image``, then the same finish."""
+    import tensorflow as tf
+
+    image = read_image(path)
+    try:
+        return _from_array(prep, _plan_for(*image.shape, prep))(image).numpy()
+    except tf.errors.OpError as error:  # the crop or equalisation failed on this image
+        raise ImageReadError(path, f"cannot prepare the image ({error.message})") from error
 
 
 def prepare_image(path: str, prep: Prep) -> np.ndarray:
     """Decode, crop, equalise and resize one file → uint8 (size, size). Raises ImageReadError."""
-    image = read_image(path)
-    if prep.crop:
-        if prep.crop_reference is None:
-            raise ValueError("crop=True needs crop_reference=(w_max, h_max); see crop_reference_of().")
-        image = border_crop(image, prep.crop_reference)
-    return resize(equalize(image, prep.equalize), prep.image_size, prep.interpolation)
+    import tensorflow as tf
+
+    _check_prep(prep)
+    plain = plain_format(path)
+    if plain is not None:
+        kind, height, width = plain
+        try:
+            return _from_path(prep, kind, _plan_for(height, width, prep))(str(path)).numpy()
+        except tf.errors.OpError:
+            pass  # read_image reads it or says why not
+    return _prepare_robust(str(path), prep)
+
+
+def prepare_files(paths: Sequence[str], prep: Prep, progress: bool = False,
+                  skip_log: list | None = None) -> tuple[np.ndarray, list[str]]:
+    """Every file as the model sees it: uint8 (N, S, S) in order, and per file ``""`` or why
+    it was skipped (its image is then zeros; the reason is logged and added to ``skip_log``
+    as ``{"path", "error"}``). See :func:`prepare_readable`."""
+    images, errors = prepare_readable(paths, prep, progress, skip_log)
+    readable = np.array([not error for error in errors], bool)
+    if readable.all():
+        return images.numpy(), errors
+    out = np.zeros((len(errors), prep.image_size, prep.image_size), np.uint8)
+    out[readable] = images.numpy()
+    return out, errors
+
+
+def prepare_readable(paths: Sequence[str], prep: Prep, progress: bool = False,
+                     skip_log: list | None = None):
+    """The readable files as the model sees them, in order: a uint8 (n_readable, S, S)
+    tensor, and per file ``""`` or why it was skipped (logged, added to ``skip_log``).
+
+    The single path from files to pixels (training, evaluation, heat maps, diagnosis): the
+    plain files (:func:`cxrlib.data.images.plain_format`) are decoded and resized in
+    parallel in a ``tf.data`` pass per (format, resize plan), usually one; the others, and
+    any file such a pass could not decode, go through :func:`read_image` and the same
+    finish, which reads them or gives the reason. No file is dropped without one.
+    """
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    _check_prep(prep)
+    paths = [str(p) for p in paths]
+    n, size = len(paths), prep.image_size
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, path in enumerate(paths):
+        plain = plain_format(path)
+        if plain is not None:
+            kind, height, width = plain
+            groups.setdefault((kind, _plan_for(height, width, prep)), []).append(i)
+    # A one-shot CPU-bound pass: one decoder per core, no autotuning (its probing held a
+    # 2-core pass to one core in about a third of the runs, measured on this project's CI).
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    indices, parts = [], []
+    errors = [""] * n
+    with tqdm(total=n, desc="Loading images", unit="img", disable=not progress) as bar:
+        for (kind, plan), members in groups.items():
+            from_path = _from_path(prep, kind, plan)
+            fast = (tf.data.Dataset.from_tensor_slices((
+                        tf.constant(members, tf.int64),
+                        tf.constant([paths[i] for i in members], tf.string)))
+                    .map(lambda i, path: (i, from_path(path)), num_parallel_calls=cores or 1)
+                    .ignore_errors().batch(256).prefetch(1).with_options(options))
+            for index, batch in fast:
+                indices.append(index.numpy())
+                parts.append(batch)
+                bar.update(len(index))
+        done = np.zeros(n, bool)
+        done[np.concatenate(indices) if indices else []] = True
+        rest = np.flatnonzero(~done)
+
+        def robust(i: int) -> np.ndarray | None:
+            try:
+                return _prepare_robust(paths[i], prep)
+            except _READ_ERRORS as error:
+                errors[i] = str(error)
+                log.warning("Skipping %s: %s", paths[i], error)
+                if skip_log is not None:
+                    skip_log.append({"path": paths[i], "error": str(error)})
+                return None
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for i, image in zip(rest, pool.map(robust, rest)):
+                bar.update(1)
+                if image is not None:
+                    indices.append(np.array([i]))
+                    parts.append(tf.constant(image[None]))
+    if not parts:
+        return tf.zeros((0, size, size), tf.uint8), errors
+    images = tf.concat(parts, 0) if len(parts) > 1 else parts[0]
+    order = np.concatenate(indices)
+    if (np.diff(order) < 0).any():  # several passes, or recovered files: back to file order
+        images = tf.gather(images, np.argsort(order, kind="stable"))
+    return images, errors
 
 
 def crop_reference_of(manifest: pd.DataFrame) -> tuple[int, int]:
@@ -252,17 +480,31 @@ def input_affine(prep: Prep) -> tuple[np.ndarray, np.ndarray] | None:
     return scale.astype(np.float32), offset.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=32)
+def _affine_input(prep: Prep):
+    """(N, S, S) grey batch (uint8 or float) → model input, :func:`input_affine` as one fused
+    XLA loop: the cast, the channel copy and the multiply-add write the float batch once
+    (unfused, the broadcast alone costs more CPU than decoding the files)."""
+    import tensorflow as tf
+
+    scale, offset = (tf.constant(v) for v in input_affine(prep))
+    return tf.function(lambda x: tf.cast(x, tf.float32)[..., None] * scale + offset,
+                       jit_compile=True)
+
+
 def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, batch_size: int = 32,
-                 training: bool = False, augment: Augment | None = None, cache: bool | str = True,
-                 seed: int = 0, label_mode: str = "categorical", skip_log: list | None = None,
-                 preprocess: bool = True):
+                 training: bool = False, augment: Augment | None = None, seed: int = 0,
+                 label_mode: str = "categorical", skip_log: list | None = None,
+                 preprocess: bool = True, progress: bool = False):
     """A batched, prefetched ``tf.data.Dataset`` of ``(images, labels)`` from a manifest.
 
-    ``training`` shuffles and, with ``augment``, augments; otherwise the order is the
-    manifest's. ``cache`` is True (memory), a file path (disk) or False. Unreadable files are
-    dropped, logged and appended to ``skip_log`` as ``{"path", "error"}``.
-    ``label_mode`` is ``"categorical"`` (one-hot), ``"binary"`` (float 0/1, for a sigmoid
-    head with two classes) or ``"int"``. ``preprocess=False`` leaves pixels at 0–255.
+    Every file is prepared once, here (:func:`prepare_files`, with a progress bar when
+    ``progress``), and held as uint8 (N, S, S) in memory: a quarter of the float32 batches
+    it becomes, and the skipped files are known (logged, appended to ``skip_log``) before
+    the first step. ``training`` shuffles and, with ``augment``, augments; otherwise the
+    order is the manifest's. ``label_mode`` is ``"categorical"`` (one-hot), ``"binary"``
+    (float 0/1, for a sigmoid head with two classes) or ``"int"``. ``preprocess=False``
+    leaves pixels at 0–255.
     """
     import tensorflow as tf
 
@@ -271,38 +513,19 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
     if label_mode == "binary" and len(classes) != 2:
         raise ValueError(f"label_mode='binary' needs two classes, not {len(classes)}.")
     prep = with_crop_reference(prep, manifest)
-    paths = manifest["path"].astype(str).to_numpy()
     labels = label_indices(manifest["label"].tolist(), classes)
-    size = prep.image_size
-
-    def load(path: bytes) -> tuple[np.ndarray, bool]:
-        image, _ = _prepare_or_skip(path.decode(), prep, skip_log)
-        return (np.zeros((size, size), np.uint8), False) if image is None else (image, True)
-
-    def decode(path, label):
-        image, ok = tf.numpy_function(load, [path], [tf.uint8, tf.bool], name="prepare_image")
-        image.set_shape((size, size))
-        ok.set_shape(())
-        return image, label, ok
-
-    def readable(image, label, ok):
-        return ok
-
-    def drop_flag(image, label, ok):
-        return image, label
-
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.filter(readable).map(drop_flag)
-    if cache:
-        ds = ds.cache("" if cache is True else str(cache))
+    images, errors = prepare_readable(manifest["path"].astype(str).tolist(), prep, progress,
+                                      skip_log)
+    labels = labels[np.array([not error for error in errors], bool)]
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if training:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
 
     normalise = normaliser(prep)
     affine = input_affine(prep) if preprocess else None
     layers = (augmentation_layers(augment, seed)
               if training and augment is not None and augment != NO_AUGMENT else None)
+
 
     def finish(images, labels):
         """One vectorised step per batch (per-image maps cost more than the work they do).
@@ -310,11 +533,11 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
         Augmentation works on the grey channel (every transform treats the channels alike,
         so copying them afterwards gives the same images at a third of the work).
         """
-        x = tf.cast(tf.expand_dims(images, -1), tf.float32)
-        if layers is not None:
-            x = augment_batch(x, augment, seed, layers)
+        x = images if layers is None else augment_batch(
+            tf.cast(tf.expand_dims(images, -1), tf.float32), augment, seed, layers)[..., 0]
         if affine is not None:
-            return x * affine[0] + affine[1], _encode(labels, len(classes), label_mode)
+            return _affine_input(prep)(x), _encode(labels, len(classes), label_mode)
+        x = tf.cast(tf.expand_dims(x, -1), tf.float32)
         if prep.channels == 3:
             x = tf.image.grayscale_to_rgb(x)
         if preprocess:
@@ -325,33 +548,12 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _prepare_or_skip(path: str, prep: Prep, skip_log: list | None = None
-                     ) -> tuple[np.ndarray | None, str]:
-    """(prepared uint8 image, "") or (None, the error), logged and added to ``skip_log``."""
-    try:
-        return prepare_image(path, prep), ""
-    except (ImageReadError, OSError, ValueError) as error:
-        log.warning("Skipping %s: %s", path, error)
-        if skip_log is not None:
-            skip_log.append({"path": path, "error": str(error)})
-        return None, str(error)
-
-
-def read_prepared(paths: Sequence[str], prep: Prep, workers: int = 8, progress: bool = False,
+def read_prepared(paths: Sequence[str], prep: Prep, progress: bool = False,
                   skip_log: list | None = None) -> tuple[list[np.ndarray | None], list[str]]:
     """Each file prepared as the model sees it (uint8 (S, S)) or None, with its error text
-    ('' when readable), in order; decoded by ``workers`` threads."""
-    def one(path: str) -> tuple[np.ndarray | None, str]:
-        return _prepare_or_skip(str(path), prep, skip_log)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(one, paths)
-        if progress:
-            from tqdm.auto import tqdm
-
-            results = tqdm(results, total=len(paths), desc="Loading images", unit="img")
-        pairs = list(results)
-    return [image for image, _ in pairs], [error for _, error in pairs]
+    ('' when readable), in order (:func:`prepare_files`)."""
+    images, errors = prepare_files(paths, prep, progress, skip_log)
+    return [None if error else image for image, error in zip(images, errors)], errors
 
 
 def model_inputs(images: np.ndarray | Sequence[np.ndarray], prep: Prep,
@@ -370,7 +572,7 @@ def model_inputs(images: np.ndarray | Sequence[np.ndarray], prep: Prep,
 
 
 def load_arrays(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, preprocess: bool = False,
-                progress: bool = False, workers: int = 8, skip_log: list | None = None
+                progress: bool = False, skip_log: list | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Small sets as numpy: images (N, S, S, C) and integer labels (N,), bad files skipped.
 
@@ -379,9 +581,7 @@ def load_arrays(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, prep
     """
     prep = with_crop_reference(prep, manifest)
     labels = label_indices(manifest["label"].tolist(), classes)
-    images, _ = read_prepared(manifest["path"].astype(str).tolist(), prep, workers, progress,
-                              skip_log)
-    keep = [i for i, image in enumerate(images) if image is not None]
-    size = prep.image_size
-    x = np.stack([images[i] for i in keep]) if keep else np.zeros((0, size, size), np.uint8)
-    return model_inputs(x, prep, preprocess), labels[keep]
+    images, errors = prepare_readable(manifest["path"].astype(str).tolist(), prep, progress,
+                                      skip_log)
+    keep = np.array([not error for error in errors], bool)
+    return model_inputs(images.numpy(), prep, preprocess), labels[keep]

@@ -121,7 +121,7 @@ def evaluate(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
 
     binary = model.output_shape[-1] == 1
     skipped: list = []
-    ds = make_dataset(manifest, classes, prep, batch_size=batch_size, cache=False,
+    ds = make_dataset(manifest, classes, prep, batch_size=batch_size,
                       label_mode="binary" if binary else "categorical", skip_log=skipped)
     probs, labels = predict(model, ds, len(classes), with_labels=True)
     if len(labels) == 0:

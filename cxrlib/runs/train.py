@@ -475,7 +475,7 @@ def extract_features(model, manifest: pd.DataFrame, classes, prep: Prep, batch_s
     from cxrlib.models.build import feature_extractor
 
     extractor = feature_extractor(model)
-    ds = make_dataset(manifest, classes, prep, batch_size, label_mode=label_mode, cache=False,
+    ds = make_dataset(manifest, classes, prep, batch_size, label_mode=label_mode,
                       skip_log=skipped)
     feats, labels = [], []
     for x, y in ds:
@@ -535,7 +535,7 @@ def _score_untrained(model, train_df, val_df, classes, prep, batch_size: int, la
     for prefix, frame in (("", train_df), ("val_", val_df)):
         if frame.empty:
             continue
-        ds = make_dataset(frame, classes, prep, batch_size, label_mode=label_mode, cache=False)
+        ds = make_dataset(frame, classes, prep, batch_size, label_mode=label_mode)
         loss, accuracy = model.evaluate(ds, verbose=0)[:2]
         scores[prefix + "loss"] = float(loss)
         scores[prefix + "accuracy"] = float(accuracy)

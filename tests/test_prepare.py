@@ -1,0 +1,150 @@
+"""One way from files to pixels: the in-graph decoder for plain files gives exactly what
+read_image + the same finish gives, every other file takes read_image, and no unreadable
+file is dropped without a reason."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrlib.data.images import plain_format
+from cxrlib.data.pipeline import (Prep, _prepare_robust, border_crop_box, prepare_files,
+                                  prepare_image, resize, resize_plan)
+
+
+def _film(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A smooth grey picture with some texture (so that resizing has work to do)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:shape[0], :shape[1]]
+    smooth = 128 + 80 * np.sin(x / 7.0) * np.cos(y / 11.0)
+    return np.clip(smooth + rng.normal(0, 20, shape), 0, 255).astype(np.uint8)
+
+
+def _exif_rotated_jpeg(path: Path, grey: np.ndarray) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned by 90°
+    Image.fromarray(grey).save(path, exif=exif.tobytes())
+
+
+def _with_text_chunk(path: Path, grey: np.ndarray) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Comment", "burned-in text lives here")
+    Image.fromarray(grey).save(path, pnginfo=info)
+
+
+def _write_formats(folder: Path, shape: tuple[int, int]) -> dict[str, tuple[Path, str | None]]:
+    """One file per format: name → (path, the plain format expected, or None)."""
+    grey = _film(shape)
+    rgb = np.stack([grey, np.roll(grey, 3, axis=1), 255 - grey], axis=-1)
+    rgba = np.concatenate([rgb, (grey // 2 + 100)[..., None]], axis=-1)
+    files = {
+        "grey.png": (lambda p: Image.fromarray(grey).save(p), "grey-png"),
+        "rgb.png": (lambda p: Image.fromarray(rgb).save(p), "rgb-png"),
+        "grey.jpg": (lambda p: Image.fromarray(grey).save(p, quality=90), "grey-jpeg"),
+        "rgb.jpg": (lambda p: Image.fromarray(rgb).save(p, quality=90), "rgb-jpeg"),
+        "cmyk.jpg": (lambda p: Image.fromarray(rgb).convert("CMYK").save(p), None),
+        "rgba.png": (lambda p: Image.fromarray(rgba).save(p), None),
+        "palette.png": (lambda p: Image.fromarray(rgb).convert("P").save(p), None),
+        "grey16.png": (lambda p: Image.fromarray(grey.astype(np.uint16) * 200).save(p), None),
+        "exif.jpg": (lambda p: _exif_rotated_jpeg(p, grey), None),
+        "text.png": (lambda p: _with_text_chunk(p, grey), None),
+        "grey.bmp": (lambda p: Image.fromarray(grey).save(p), None),
+        "grey.tif": (lambda p: Image.fromarray(grey).save(p), None),
+    }
+    out = {}
+    for name, (write, expected) in files.items():
+        path = folder / name
+        write(path)
+        out[name] = (path, expected)
+    return out
+
+
+PREPS = [Prep(48), Prep(48, interpolation="nearest"), Prep(48, interpolation="bicubic"),
+         Prep(48, equalize="clahe"), Prep(48, crop=True, crop_reference=(160, 120))]
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (48, 48), (120, 160)], ids=["up", "same", "reduce"])
+def test_plain_formats_are_recognised_and_the_rest_left_to_read_image(tmp_path, shape) -> None:
+    for name, (path, expected) in _write_formats(tmp_path, shape).items():
+        found = plain_format(path)
+        assert (found[0] if found else None) == expected, name
+        if found:
+            assert found[1:] == shape, name  # height, width from the header
+
+
+@pytest.mark.parametrize("prep", PREPS, ids=lambda p: f"{p.interpolation}-{p.equalize}-{p.crop}")
+@pytest.mark.parametrize("shape", [(40, 30), (48, 48), (120, 160)], ids=["up", "same", "reduce"])
+def test_every_file_gets_the_same_pixels_by_either_path(tmp_path, shape, prep) -> None:
+    files = _write_formats(tmp_path, shape)
+    paths = [str(path) for path, _ in files.values()]
+    images, errors = prepare_files(paths, prep)
+    assert errors == [""] * len(paths)
+    for image, path in zip(images, paths):
+        np.testing.assert_array_equal(image, _prepare_robust(path, prep), err_msg=path)
+        np.testing.assert_array_equal(image, prepare_image(path, prep), err_msg=path)
+    assert images.shape == (len(paths), 48, 48) and images.dtype == np.uint8
+
+
+def _corrupt_idat_behind_valid_checksums(path: Path) -> None:
+    """A PNG whose IDAT holds garbage with a correct CRC: only decoding can tell."""
+    buffer = io.BytesIO()
+    Image.fromarray(_film((32, 32))).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    at = data.index(b"IDAT") - 4
+    length = struct.unpack(">I", data[at:at + 4])[0]
+    garbage = zlib.compress(b"\x07" * 50)[:-6] + bytes(range(40))  # a broken deflate stream
+    chunk = struct.pack(">I", len(garbage)) + b"IDAT" + garbage
+    chunk += struct.pack(">I", zlib.crc32(b"IDAT" + garbage))
+    path.write_bytes(data[:at] + chunk + data[at + 12 + length:])
+
+
+def test_corrupt_plain_files_are_reported_never_dropped_silently(tmp_path, caplog) -> None:
+    good = tmp_path / "good.png"
+    Image.fromarray(_film((32, 32))).save(good)
+    corrupt = tmp_path / "corrupt.png"
+    _corrupt_idat_behind_valid_checksums(corrupt)
+    truncated = tmp_path / "truncated.jpg"
+    Image.fromarray(_film((64, 64))).save(truncated, quality=90)
+    truncated.write_bytes(truncated.read_bytes()[:400])
+    assert plain_format(corrupt) is not None and plain_format(truncated) is not None
+    paths = [str(good), str(corrupt), str(truncated), str(tmp_path / "missing.png")]
+    skipped: list = []
+    images, errors = prepare_files(paths, Prep(16), skip_log=skipped)
+    assert errors[0] == "" and all(errors[1:])
+    assert sorted(s["path"] for s in skipped) == sorted(paths[1:])
+    assert "corrupt.png" in caplog.text and "missing.png" in caplog.text
+    assert images[0].any() and not images[1:].any()
+
+
+def test_a_large_reduction_is_antialiased() -> None:
+    stripes = np.tile(np.array([0, 255], np.uint8), (512, 256))  # 1-px columns, 512×512
+    assert resize_plan(512, 512, 64, "bilinear") == "reduce"
+    assert resize_plan(512, 512, 512, "bilinear") == "same"
+    assert resize_plan(100, 90, 64, "bilinear") == resize_plan(512, 512, 64, "nearest") == "interpolate"
+    smooth = resize(stripes, 64)
+    assert smooth.shape == (64, 64) and np.abs(smooth.astype(int) - 128).max() <= 1  # the mean grey
+    assert set(np.unique(resize(stripes, 64, "nearest"))) <= {0, 255}  # picks pixels: aliases
+
+
+def test_the_crop_box_is_the_crop() -> None:
+    top, left, h, w = border_crop_box(100, 200, (200, 100))
+    assert (h, w) == (80, 130) and (top, left) == (10, 35)
+
+
+@pytest.mark.realdata
+def test_real_samples_are_plain_and_exact(covid_sample: Path, pneumonia_sample: Path) -> None:
+    for folder, kind in ((covid_sample, "rgb-png"), (pneumonia_sample, "grey-jpeg")):
+        paths = sorted(str(p) for p in folder.rglob("*") if p.suffix in {".png", ".jpeg"})[:30]
+        assert {plain_format(p)[0] for p in paths} == {kind}
+        for prep in (Prep(224), Prep(64), Prep(96, equalize="clahe")):
+            images, errors = prepare_files(paths, prep)
+            assert not any(errors)
+            np.testing.assert_array_equal(images, np.stack([_prepare_robust(p, prep) for p in paths]))
