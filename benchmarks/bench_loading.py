@@ -11,8 +11,8 @@ loads all of them at ``--image-size`` (S, default 224, the course's size):
 - **keras**: ``keras.utils.image_dataset_from_directory`` at (S, S), default settings
   (batch 32, RGB), iterated once;
 - **cxrlib**: ``cxrlib.data.pipeline.make_dataset`` over the manifest, one training epoch
-  (decode, cache uint8 in memory, shuffle, batch, DenseNet121 preprocess_input, no
-  augmentation), iterated once;
+  (decode and resize every file into a uint8 set in memory, shuffle, batch, DenseNet121
+  preprocess_input, no augmentation), iterated once;
 - **floor**: the raw parallel decode, the fastest decode there is and no other work:
   tf.data over the file list, ``tf.io.read_file`` + ``tf.io.decode_png`` (one channel: the
   files are grayscale) + ``tf.image.resize``, ``num_parallel_calls=AUTOTUNE``, batched,
@@ -175,7 +175,7 @@ def load_keras(paths: list[str], labels: list[str], by_class: Path, size: int, b
 
 
 def load_cxrlib(paths: list[str], labels: list[str], by_class: Path, size: int, batch: int) -> dict:
-    """One training epoch of the cxrlib pipeline (decode, cache uint8, shuffle, batch, preprocess)."""
+    """One training epoch of the cxrlib pipeline (decode to uint8 in memory, shuffle, batch, preprocess)."""
     import pandas as pd
 
     from cxrlib.data.pipeline import Prep, make_dataset

@@ -375,16 +375,11 @@ def duplicate_gallery(pairs: pd.DataFrame, n: int = 4,
 
 def augmented_copies(image: np.ndarray, augment, n: int = 8, seed: int = 0) -> np.ndarray:
     """``n`` random augmentations of one uint8 grayscale image, as the training pipeline makes
-    them (:func:`cxrlib.data.pipeline.augmentation_layers`, then the multiplicative brightness):
-    uint8 (n, H, W)."""
-    from cxrlib.data.pipeline import _brightness, augmentation_layers
+    them (:func:`cxrlib.data.pipeline.augment_batch`): uint8 (n, H, W)."""
+    from cxrlib.data.pipeline import augment_batch
 
-    batch = np.repeat(np.asarray(image, np.float32)[None, ..., None], 3, axis=-1)
-    batch = np.repeat(batch, n, axis=0)
-    layers = augmentation_layers(augment, seed)
-    x = layers(batch, training=True) if layers.layers else batch
-    if augment.brightness:
-        x = _brightness(x, augment.brightness, seed)
+    batch = np.repeat(np.asarray(image, np.float32)[None, ..., None], n, axis=0)
+    x = augment_batch(batch, augment, seed)
     return np.clip(np.asarray(x)[..., 0] + 0.5, 0, 255).astype(np.uint8)
 
 

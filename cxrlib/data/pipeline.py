@@ -2,23 +2,26 @@
 
 The order of the steps matters, and each has a reason:
 
-1. **decode** every file in parallel with :func:`cxrlib.data.images.read_image` (any format, 8/16
-   bit, DICOM); a file that cannot be read is skipped with a warning and listed in a skip
-   log, never a crash mid-epoch;
+1. **decode** every file once, in parallel: the plain PNG/JPEG files inside TF's graph
+   (:func:`cxrlib.data.images.plain_format` says which), every other file (16-bit, alpha,
+   DICOM, an EXIF orientation) and any file the graph cannot decode with
+   :func:`cxrlib.data.images.read_image`; both give the same pixels. A file that cannot be
+   read is skipped with a warning and listed in a skip log, before the first step;
 2. **prepare** (optional proportional border crop, optional histogram equalisation or CLAHE,
-   resize to the backbone's size) while the image is still a small uint8 array;
-3. **cache** the prepared uint8 images (in memory or on disk): decoding is by far the most
-   expensive step, and after the first epoch it is never repeated;
-4. **shuffle** (training only) after the cache, so each epoch sees a new order;
+   resize to the backbone's size by :func:`resize_plan`) while the image is a small uint8 array;
+3. **hold** the prepared uint8 images in memory: decoding is by far the most expensive step,
+   and it is never repeated;
+4. **shuffle** (training only), so each epoch sees a new order;
 5. **batch**, then **augment** (training only) with Keras preprocessing layers: augmenting
    validation or test data would only blur the measurement;
 6. the backbone's own **preprocess_input**, the normalisation its ImageNet weights expect
-   (applied to the grey batch as one multiply-add per channel, see :func:`input_affine`);
+   (applied to the grey batch as one fused multiply-add per channel, see :func:`input_affine`);
 7. **prefetch**, so the accelerator never waits for the CPU.
 
-:func:`prepare_image` is the single definition of steps 1–2: the pipeline, :func:`load_arrays`
-(numpy arrays for small sets and plots) and the heat-map and diagnosis code all use it, so a
-model always sees its images prepared the same way.
+:func:`prepare_readable` is the single definition of steps 1–2: the pipeline,
+:func:`load_arrays` (numpy arrays for small sets and plots) and the heat-map and diagnosis
+code all use it (through :func:`read_prepared` and :func:`prepare_image`), so a model always
+sees its images prepared the same way.
 """
 
 from __future__ import annotations
@@ -487,7 +490,7 @@ def _affine_input(prep: Prep):
     (unfused, the broadcast alone costs more CPU than decoding the files)."""
     import tensorflow as tf
 
-    scale, offset = (tf.constant(v) for v in input_affine(prep))
+    scale, offset = input_affine(prep)  # numpy: each trace makes its own constants
     return tf.function(lambda x: tf.cast(x, tf.float32)[..., None] * scale + offset,
                        jit_compile=True)
 
