@@ -139,9 +139,6 @@ def _to_uint8_graph(x):
     return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
 
 
-RESIZE_PLANS = ("same", "interpolate", "reduce")
-
-
 def resize_plan(height: int, width: int, size: int, interpolation: str) -> str:
     """How an (H, W) image reaches size×size: ``"same"`` (already there), ``"interpolate"``,
     or ``"reduce"``: first average whole k×k blocks (``area`` resize to H//k, W//k, k the
@@ -317,7 +314,7 @@ def prepare_readable(paths: Sequence[str], prep: Prep, progress: bool = False,
             kind, height, width = plain
             groups.setdefault((kind, _plan_for(height, width, prep)), []).append(i)
     # A one-shot CPU-bound pass: one decoder per core, no autotuning (its probing held a
-    # 2-core pass to one core in about a third of the runs, measured on this project's CI).
+    # 2-core pass to one core in about a third of the runs on this project's 2-core machine).
     options = tf.data.Options()
     options.autotune.enabled = False
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -501,7 +498,7 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
                  preprocess: bool = True, progress: bool = False):
     """A batched, prefetched ``tf.data.Dataset`` of ``(images, labels)`` from a manifest.
 
-    Every file is prepared once, here (:func:`prepare_files`, with a progress bar when
+    Every file is prepared once, here (:func:`prepare_readable`, with a progress bar when
     ``progress``), and held as uint8 (N, S, S) in memory: a quarter of the float32 batches
     it becomes, and the skipped files are known (logged, appended to ``skip_log``) before
     the first step. ``training`` shuffles and, with ``augment``, augments; otherwise the
@@ -528,7 +525,6 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
     affine = input_affine(prep) if preprocess else None
     layers = (augmentation_layers(augment, seed)
               if training and augment is not None and augment != NO_AUGMENT else None)
-
 
     def finish(images, labels):
         """One vectorised step per batch (per-image maps cost more than the work they do).

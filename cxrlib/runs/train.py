@@ -426,7 +426,7 @@ def _fit(model, train_df, val_df, classes, prep, out: Path, epochs: int, batch_s
     import keras
 
     train_ds = make_dataset(train_df, classes, prep, batch_size, training=True, augment=augment,
-                            seed=seed, label_mode=label_mode, skip_log=skipped)
+                            seed=seed, label_mode=label_mode, skip_log=skipped, progress=progress)
     val_ds = (make_dataset(val_df, classes, prep, batch_size, label_mode=label_mode, skip_log=skipped)
               if not val_df.empty else None)
     monitor = "val_loss" if val_ds is not None else "loss"
