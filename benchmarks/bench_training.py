@@ -56,7 +56,7 @@ def v1_model(size: int):
 
 def cached_run(model, manifest, prep: Prep, epochs: int, batch: int) -> None:
     """V1 as cxrlib trains it: extract the features once, train the head on them."""
-    x, y = extract_features(model, manifest, CLASSES, prep, batch, "categorical")
+    [(x, y)] = extract_features(model, [manifest], CLASSES, prep, batch, "categorical")
     head = classifier_head(model)
     head.compile(optimizer=make_optimizer("sgd", 0.01, 1e-6), loss="categorical_crossentropy")
     head.fit(x, y, epochs=epochs, batch_size=batch, verbose=0)  # the same batch size

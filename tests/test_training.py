@@ -143,6 +143,22 @@ def test_frozen_weights_and_batchnorm_statistics_stay_put(pretrained_file, varia
         assert changed >= 0.9 * len(kernels)
 
 
+def test_v1_keeps_the_epoch_with_the_best_validation_loss(tiny_split, tmp_path) -> None:
+    from cxrlib.models.build import classifier_head
+
+    classes = ["COVID", "Normal"]
+    record = training.train(tiny_split, classes, "densenet121", "v1", tmp_path / "v1", weights=None,
+                            image_size=32, epochs=12, batch_size=4, learning_rate=0.5, decay=0,
+                            progress=False, bootstrap=20)
+    val_loss = record["training"]["history"]["val_loss"]
+    assert len(val_loss) == 12 and int(np.argmin(val_loss)) < 11   # it overfits: a later epoch is worse
+    features = np.load(tmp_path / "v1" / "features.npz")
+    head = classifier_head(load_model(str(tmp_path / "v1" / "model.keras")))
+    head.compile(loss="categorical_crossentropy")
+    saved = float(head.evaluate(features["x_val"], features["y_val"], verbose=0))
+    assert saved == pytest.approx(min(val_loss), rel=1e-4) and saved < val_loss[-1]
+
+
 def test_v1_extracts_features_once(tiny_split, tmp_path, monkeypatch) -> None:
     calls = []
     real = training.extract_features
@@ -151,12 +167,12 @@ def test_v1_extracts_features_once(tiny_split, tmp_path, monkeypatch) -> None:
     classes = ["COVID", "Normal"]
     record = training.train(tiny_split, classes, "densenet121", "v1", tmp_path / "v1", weights=None,
                             image_size=32, epochs=5, batch_size=8, progress=False, bootstrap=50)
-    assert len(calls) == 2  # train and validation, once each — not once per epoch
+    assert len(calls) == 1  # train and validation in one pass — not once per epoch
     assert record["training"]["epochs_run"] == 5
     assert (tmp_path / "v1" / "features.npz").is_file()
     training.train(tiny_split, classes, "densenet121", "v1", tmp_path / "v1", weights=None,
                    image_size=32, epochs=5, batch_size=8, progress=False, bootstrap=50, reuse=False)
-    assert len(calls) == 2  # a re-run reads the cached features
+    assert len(calls) == 1  # a re-run reads the cached features
     assert load_model(str(tmp_path / "v1" / "model.keras")).output_shape == (None, 2)
 
 

@@ -7,6 +7,11 @@ backbone weights learnt on a *different* task from the same film renderer: multi
 marker; see :func:`cxrlib.data.synthetic.render_source_film`). The target task (which of three
 classes a film shows) is never seen in pretraining.
 
+Every backbone trains the same way: Adam with a warm-up and a cosine decay, then precise-BN
+statistics. VGG16, which has no BatchNormalization and does not train from random weights in
+so short a run, trains as a twin with BatchNorm after each convolution, folded back into the
+plain VGG16 afterwards (:func:`batchnorm_twin`, :func:`fold_batchnorm`).
+
 The backbone, without its head, is saved as ``<cache>/<backbone>-<size>px-<task>-<recipe>-seed<seed>
 .weights.h5`` with a JSON beside it saying how it was made. The cache folder is
 ``$CXR_PRETRAINED_DIR``, else ``$XDG_CACHE_HOME/cxrlib/pretrained`` (``~/.cache/...``).
@@ -33,14 +38,13 @@ PRETRAIN_IMAGES = 1200
 PRETRAIN_EPOCHS = 3
 PRETRAIN_BATCH = 16   # more, smaller steps in the same budget: at 64 px a linear probe of
                       # DenseNet121's features scored 0.87 (batch 32), 0.92 (16), 0.94 (8; 1.25x time)
-PRETRAIN_LR = 1e-3
-#: Adam's rate for a backbone without BatchNormalization (VGG16): at 1e-3 its first steps
-#: overshoot (loss 1.97, then every ReLU dead: a linear probe fell from 0.82 to 0.63).
-PRETRAIN_LR_WITHOUT_BATCHNORM = 1e-4
+PRETRAIN_LR = 1e-3            # Adam's peak rate (see learning_rate_schedule)
+PRETRAIN_WARMUP = 0.1         # the share of the steps over which it warms up from 0
 RECALIBRATION_BATCHES = 8    # precise-BN batches of 64 films after training (recalibrate_batchnorm)
 #: Part of the cache key: bumped whenever pretraining changes what it saves (r2: precise BN,
-#: batch 16, Adam 1e-4 without BatchNorm), so that weights made the old way are not reused.
-PRETRAIN_RECIPE = "r2"
+#: batch 16; r3: warm-up + cosine decay, VGG16 trained with BatchNorm folded in afterwards),
+#: so that weights made the old way are not reused.
+PRETRAIN_RECIPE = "r3"
 _TIMING_STEPS = 2   # steps timed before the estimate is printed
 
 
@@ -85,19 +89,81 @@ def source_films(n: int, image_size: int, seed: int, cache: Path, progress: bool
 
 
 def _model(backbone: str, image_size: int, n_labels: int):
-    """(backbone without top, random weights; the backbone + a multi-label sigmoid head)."""
+    """(the backbone without top, random weights; the network that trains: backbone + a
+    multi-label sigmoid head; the (plain conv, conv, BatchNorm) triples to fold afterwards).
+
+    A backbone without BatchNormalization (VGG16) trains as its :func:`batchnorm_twin`, and
+    :func:`fold_batchnorm` writes the result back into the plain backbone.
+    """
     import keras
 
     from cxrlib.models.backbones import application
 
     base = application(backbone)(include_top=False, weights=None,
                                  input_shape=(image_size, image_size, 3))
-    for layer in base.layers:   # a short run: the statistics that get saved must catch up fast
+    trunk, pairs = base, []
+    if not any(isinstance(layer, keras.layers.BatchNormalization) for layer in base.layers):
+        trunk, pairs = batchnorm_twin(base)
+    for layer in trunk.layers:   # a short run: the statistics that get saved must catch up fast
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9
-    x = keras.layers.GlobalAveragePooling2D(name="source_pool")(base.output)
+    x = keras.layers.GlobalAveragePooling2D(name="source_pool")(trunk.output)
     out = keras.layers.Dense(n_labels, activation="sigmoid", name="source_findings")(x)
-    return base, keras.Model(base.input, out, name=f"{backbone}_source_task")
+    return base, keras.Model(trunk.input, out, name=f"{backbone}_source_task"), pairs
+
+
+def batchnorm_twin(base):
+    """``base``, a plain chain of layers, with a BatchNormalization between every convolution
+    and its activation; returns (the twin, [(plain conv, twin conv, its BatchNorm), ...]).
+
+    VGG16 has no BatchNorm, and from random weights a short run does not train it: at Adam
+    1e-3 its first steps overshoot and every ReLU dies (a linear probe of its features fell
+    from 0.82 to 0.63), at 1e-4 it learnt nothing in the budget. Its twin trains like the
+    other backbones; BatchNorm in inference mode is an affine map per channel, so
+    :func:`fold_batchnorm` turns the trained twin back into the plain architecture exactly.
+    """
+    import keras
+
+    x = inputs = keras.Input(base.input_shape[1:], name=base.layers[0].name)
+    previous, pairs = base.layers[0], []
+    for layer in base.layers[1:]:
+        if layer.input is not previous.output:
+            raise ValueError(f"{base.name} is not a plain chain of layers ({layer.name}); "
+                             "its BatchNorm twin cannot be built.")
+        if isinstance(layer, keras.layers.Conv2D):
+            conv = keras.layers.Conv2D.from_config({**layer.get_config(), "activation": None})
+            norm = keras.layers.BatchNormalization(name=f"{layer.name}_bn")
+            activation = keras.layers.Activation(layer.get_config()["activation"],
+                                                 name=f"{layer.name}_act")
+            x = activation(norm(conv(x)))
+            pairs.append((layer, conv, norm))
+        else:
+            x = type(layer).from_config(layer.get_config())(x)
+        previous = layer
+    return keras.Model(inputs, x, name=f"{base.name}_batchnorm_twin"), pairs
+
+
+def fold_batchnorm(pairs) -> None:
+    """Write each trained (conv → BatchNorm) of a :func:`batchnorm_twin` into its plain conv:
+    kernel × γ/√(σ²+ε) per output channel, bias (b − μ)·γ/√(σ²+ε) + β (inference mode)."""
+    for plain, conv, norm in pairs:
+        kernel, bias = (np.asarray(w, dtype="float64") for w in (conv.kernel, conv.bias))
+        gamma, beta, mean, variance = (np.asarray(w, dtype="float64") for w in (
+            norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance))
+        scale = gamma / np.sqrt(variance + norm.epsilon)
+        plain.set_weights([(kernel * scale).astype("float32"),
+                           ((bias - mean) * scale + beta).astype("float32")])
+
+
+def learning_rate_schedule(steps: int, peak: float = PRETRAIN_LR, warmup: float = PRETRAIN_WARMUP):
+    """Adam's rate: a linear warm-up from 0 to ``peak`` over the first ``warmup`` share of the
+    steps (Adam's first steps, with its moment estimates still noisy, are the ones that
+    overshoot), then a cosine decay to 0, so that the last steps settle the weights."""
+    import keras
+
+    warm = max(1, int(round(warmup * steps)))
+    return keras.optimizers.schedules.CosineDecay(0.0, max(1, steps - warm), warmup_target=peak,
+                                                  warmup_steps=warm)
 
 
 def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = 64,
@@ -196,18 +262,18 @@ def pretrain(backbone: str, image_size: int, cache: str | Path | None = None,
     n_val = max(1, len(images) // 10)
     x, y = _inputs(images, entry.name), labels
     keras.utils.set_random_seed(seed)
-    base, model = _model(entry.name, image_size, len(SOURCE_LABELS))
-    normalised = any(isinstance(layer, keras.layers.BatchNormalization) for layer in base.layers)
-    learning_rate = PRETRAIN_LR if normalised else PRETRAIN_LR_WITHOUT_BATCHNORM
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy",
-                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy")])
+    base, model, folded = _model(entry.name, image_size, len(SOURCE_LABELS))
     steps = epochs * -(-(len(x) - n_val) // batch_size)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(steps)),
+                  loss="binary_crossentropy",
+                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy")])
     started = time.time()
     history = model.fit(x[n_val:], y[n_val:], validation_data=(x[:n_val], y[:n_val]),
                         epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
                         callbacks=[_progress(steps, entry.name, image_size, len(x), epochs,
                                              target, progress)])
-    recalibrated = recalibrate_batchnorm(base, x[n_val:])
+    recalibrated = recalibrate_batchnorm(model, x[n_val:])
+    fold_batchnorm(folded)
     wall = time.time() - started
     val = np.asarray(model.predict(x[:n_val], verbose=0)) > 0.5
     tmp = target.with_name(f".{target.name.removesuffix('.weights.h5')}.{os.getpid()}.weights.h5")
@@ -219,7 +285,10 @@ def pretrain(backbone: str, image_size: int, cache: str | Path | None = None,
                         "generator": "cxrlib.data.synthetic.render_source_film",
                         "loss": "binary cross-entropy (multi-label)"},
         "images": int(len(x)), "validation_images": int(n_val), "epochs": int(epochs),
-        "batch_size": int(batch_size), "optimizer": f"adam lr={learning_rate}", "seed": int(seed),
+        "batch_size": int(batch_size), "seed": int(seed),
+        "optimizer": f"adam, lr {PRETRAIN_LR}: linear warm-up over {PRETRAIN_WARMUP:.0%} of the steps, "
+                     "cosine decay to 0",
+        "batchnorm_folded_convolutions": len(folded),
         "recipe": PRETRAIN_RECIPE, "batchnorm_recalibration_batches": recalibrated,
         "wall_time_s": round(wall, 1),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
