@@ -51,3 +51,36 @@ def test_bench_loading_measures_four_methods_in_fresh_processes(tmp_path) -> Non
     for key, printed in last.items():
         assert float(printed) == pytest.approx(ratios[key], abs=0.006)
     assert len(result["runs"]) == 4 and result["n"] == 60 and result["image_size"] == 64
+
+
+def _probe_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("probe_features", ROOT / "benchmarks" / "probe_features.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_feature_probe_scores_what_the_features_know() -> None:
+    import numpy as np
+
+    probe = _probe_module().probe
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 40)
+    informative = rng.normal(size=(120, 16))
+    informative[:, 0] += 3.0 * labels           # one feature carries the class
+    assert np.mean(probe(informative, labels)) > 0.9
+    assert np.mean(probe(rng.normal(size=(120, 16)), labels)) < 0.6   # noise: about chance
+
+
+def test_feature_probe_script_writes_its_measurement(tmp_path) -> None:
+    out = tmp_path / "probe.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe_features.py"),
+                           "--backbone", "densenet121", "--weights", "none", "--image-size", "32",
+                           "--per-class", "10", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert done.stdout.strip().splitlines()[-1] == f"probe_accuracy={result['probe_accuracy']:.3f}"
+    assert result["images"] == 30 and result["features"] == 1024 and len(result["fold_accuracy"]) == 5

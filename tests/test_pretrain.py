@@ -212,7 +212,7 @@ def test_pretraining_on_the_source_task_transfers_to_a_fresh_target(scarce_targe
     assert info["images"] == pretrain.PRETRAIN_IMAGES and info["epochs"] == pretrain.PRETRAIN_EPOCHS
     # it learnt the source task: validation loss 10 % under that of guessing the base rate
     p = SOURCE_PREVALENCE
-    assert info["history"]["val_loss"][-1] < 0.9 * -(p * np.log(p) + (1 - p) * np.log(1 - p))
+    assert info["validation_loss"] < 0.9 * -(p * np.log(p) + (1 - p) * np.log(1 - p))
     correct = {}
     for weights in ("synthetic", None):
         run = tmp_path / str(weights)
