@@ -69,7 +69,7 @@ def test_feature_probe_scores_what_the_features_know() -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 40)
     informative = rng.normal(size=(120, 16))
-    informative[:, 0] += 3.0 * labels           # one feature carries the class
+    informative[:, 0] += 6.0 * labels           # one feature carries the class (6 sd apart)
     assert np.mean(probe(informative, labels)) > 0.9
     assert np.mean(probe(rng.normal(size=(120, 16)), labels)) < 0.6   # noise: about chance
 
