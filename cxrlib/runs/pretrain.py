@@ -8,9 +8,10 @@ marker; see :func:`cxrlib.data.synthetic.render_source_film`). The target task (
 classes a film shows) is never seen in pretraining.
 
 Every backbone trains the same way: Adam at a constant rate, the weights averaged over the
-last steps, then precise-BN statistics for those weights. VGG16, which has no BatchNormalization and does not train from random weights in
-so short a run, trains as a twin with BatchNorm after each convolution, folded back into the
-plain VGG16 afterwards (:func:`batchnorm_twin`, :func:`fold_batchnorm`).
+last steps, then precise-BN statistics for those weights. VGG16, which has no
+BatchNormalization and does not train from random weights in so short a run, trains as a twin
+with BatchNorm after each convolution, folded back into the plain VGG16 afterwards
+(:func:`batchnorm_twin`, :func:`fold_batchnorm`).
 
 The backbone, without its head, is saved as ``<cache>/<backbone>-<size>px-<task>-<recipe>-seed<seed>
 .weights.h5`` with a JSON beside it saying how it was made. The cache folder is
@@ -259,7 +260,8 @@ def pretrain(backbone: str, image_size: int, cache: str | Path | None = None,
     keras.utils.set_random_seed(seed)
     base, model, folded = _model(entry.name, image_size, len(SOURCE_LABELS))
     steps = epochs * -(-(len(x) - n_val) // batch_size)
-    model.compile(optimizer=keras.optimizers.Adam(PRETRAIN_LR, use_ema=True, ema_momentum=PRETRAIN_EMA),
+    optimizer = keras.optimizers.Adam(PRETRAIN_LR, use_ema=True, ema_momentum=PRETRAIN_EMA)
+    model.compile(optimizer=optimizer,
                   loss="binary_crossentropy",
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy")])
     started = time.time()
