@@ -274,8 +274,9 @@ def pretrain(backbone: str, image_size: int, cache: str | Path | None = None,
     recalibrated = recalibrate_batchnorm(model, x[n_val:])
     fold_batchnorm(folded)
     wall = time.time() - started
-    val_loss = float(model.evaluate(x[:n_val], y[:n_val], verbose=0)[0])
-    val = np.asarray(model.predict(x[:n_val], verbose=0)) > 0.5
+    probs = np.asarray(model.predict(x[:n_val], verbose=0))   # one pass: the loss and the accuracy
+    val_loss = float(np.mean(keras.losses.binary_crossentropy(y[:n_val], probs)))
+    val = probs > 0.5
     tmp = target.with_name(f".{target.name.removesuffix('.weights.h5')}.{os.getpid()}.weights.h5")
     base.save_weights(tmp)
     info = {
