@@ -148,3 +148,20 @@ def test_real_samples_are_plain_and_exact(covid_sample: Path, pneumonia_sample: 
             images, errors = prepare_files(paths, prep)
             assert not any(errors)
             np.testing.assert_array_equal(images, np.stack([_prepare_robust(p, prep) for p in paths]))
+
+
+def test_headers_are_walked_past_large_neutral_blocks(tmp_path) -> None:
+    """A 100 KB ICC profile before the pixels (PNG iCCP, JPEG APP2) leaves a file plain: the
+    probe seeks from header to header instead of parsing a fixed head of the file."""
+    film = _film((40, 30))
+    profile = np.random.default_rng(0).bytes(100_000)   # incompressible; not a valid profile
+    png, jpeg = tmp_path / "icc.png", tmp_path / "icc.jpg"
+    Image.fromarray(film).save(png, icc_profile=profile)
+    Image.fromarray(film).save(jpeg, icc_profile=profile, quality=95)
+    assert b"iCCP" in png.read_bytes()[:64] and min(png.stat().st_size, jpeg.stat().st_size) > 100_000
+    assert plain_format(png) == ("grey-png", 40, 30)
+    assert plain_format(jpeg) == ("grey-jpeg", 40, 30)
+    images, errors = prepare_files([str(png), str(jpeg)], Prep(24))
+    assert errors == ["", ""]
+    for image, path in zip(images, [png, jpeg]):
+        np.testing.assert_array_equal(image, _prepare_robust(str(path), Prep(24)))

@@ -129,64 +129,78 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Chunks before the image data that change no pixel for either decoder; any other (text,
 # which may hold EXIF, eXIf, tRNS, gAMA, ...) leaves the file to read_image.
 _NEUTRAL_PNG_CHUNKS = frozenset({b"IHDR", b"pHYs", b"sRGB", b"iCCP", b"tIME"})
-_HEAD_BYTES = 65536
+_MAX_SEGMENTS = 256   # chunks / markers walked before the image data; more: read_image
 
 
 def plain_format(path: str | Path) -> tuple[str, int, int] | None:
-    """(which of :data:`PLAIN_FORMATS`, height, width) of a file, from its first bytes, or None.
+    """(which of :data:`PLAIN_FORMATS`, height, width) of a file, from its headers, or None.
 
     Plain files are those whose pixels any PNG/JPEG decoder gives exactly as
     :func:`read_image` does: 8-bit grey or RGB PNG with no chunk before the image data
     other than neutral ones, and 1- or 3-component JPEG with no APP1 (EXIF/XMP) segment,
     so no orientation to apply. The input pipeline decodes those in TF's threads and leaves
     every other file (and every file this cannot open) to :func:`read_image`.
+
+    Only the headers are read: the walk seeks from one chunk (PNG) or marker segment (JPEG)
+    header to the next, a few hundred bytes per file. Reading a fixed 64 KB head instead read
+    most of every course-sized file a second time, serially, before the parallel decode.
     """
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(_HEAD_BYTES)
+        with open(path, "rb", buffering=0) as fh:   # unbuffered: each read is what it asks
+            head = fh.read(8)
+            if head.startswith(_PNG_SIGNATURE):
+                return _plain_png(fh)
+            if head.startswith(b"\xff\xd8\xff"):
+                return _plain_jpeg(fh)
     except OSError:
         return None
-    if head.startswith(_PNG_SIGNATURE):
-        return _plain_png(head)
-    if head.startswith(b"\xff\xd8\xff"):
-        return _plain_jpeg(head)
     return None
 
 
-def _plain_png(head: bytes) -> tuple[str, int, int] | None:
+def _read_at(fh, position: int, size: int) -> bytes:
+    """``size`` bytes of an open file from ``position`` (fewer at its end)."""
+    fh.seek(position)
+    return fh.read(size)
+
+
+def _plain_png(fh) -> tuple[str, int, int] | None:
     """('grey-png' / 'rgb-png', H, W) for an 8-bit grey/RGB PNG whose chunks before IDAT
     are neutral."""
-    if len(head) < 33 or head[24] != 8 or head[25] not in (0, 2):
+    ihdr = _read_at(fh, 8, 25)   # length, "IHDR", width, height, depth, colour type, ...
+    if len(ihdr) < 25 or ihdr[4:8] != b"IHDR" or ihdr[16] != 8 or ihdr[17] not in (0, 2):
         return None
+    width, height = int.from_bytes(ihdr[8:12], "big"), int.from_bytes(ihdr[12:16], "big")
     position = 8
-    while position + 8 <= len(head):
-        length = int.from_bytes(head[position:position + 4], "big")
-        kind = head[position + 4:position + 8]
+    for _ in range(_MAX_SEGMENTS):
+        header = _read_at(fh, position, 8)
+        if len(header) < 8:
+            return None
+        kind = header[4:8]
         if kind == b"IDAT":
-            width, height = (int.from_bytes(head[o:o + 4], "big") for o in (16, 20))
-            return ("grey-png" if head[25] == 0 else "rgb-png"), height, width
+            return ("grey-png" if ihdr[17] == 0 else "rgb-png"), height, width
         if kind not in _NEUTRAL_PNG_CHUNKS:
             return None
-        position += 12 + length
+        position += 12 + int.from_bytes(header[:4], "big")
     return None
 
 
-def _plain_jpeg(head: bytes) -> tuple[str, int, int] | None:
+def _plain_jpeg(fh) -> tuple[str, int, int] | None:
     """('grey-jpeg' / 'rgb-jpeg', H, W) for an 8-bit 1/3-component JPEG without APP1, from
     its frame header."""
     position = 2
-    while position + 4 <= len(head):
-        if head[position] != 0xFF:
+    for _ in range(_MAX_SEGMENTS):
+        segment = _read_at(fh, position, 10)
+        if len(segment) < 4 or segment[0] != 0xFF:
             return None
-        marker = head[position + 1]
-        length = int.from_bytes(head[position + 2:position + 4], "big")
+        marker = segment[1]
+        length = int.from_bytes(segment[2:4], "big")
         if marker == 0xE1:  # APP1: EXIF (an orientation) or XMP
             return None
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header
-            if position + 10 > len(head) or head[position + 4] != 8:  # 12-bit: read_image
+            if len(segment) < 10 or segment[4] != 8:  # 12-bit: read_image
                 return None
-            kind = {1: "grey-jpeg", 3: "rgb-jpeg"}.get(head[position + 9])
-            height, width = (int.from_bytes(head[o:o + 2], "big") for o in (position + 5, position + 7))
+            kind = {1: "grey-jpeg", 3: "rgb-jpeg"}.get(segment[9])
+            height, width = (int.from_bytes(segment[o:o + 2], "big") for o in (5, 7))
             return None if kind is None or not height or not width else (kind, height, width)
         if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame
             return None

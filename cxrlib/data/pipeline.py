@@ -116,6 +116,9 @@ def equalize(image: np.ndarray, method: str | None) -> np.ndarray:
     return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+PARALLEL_FILES = 2
+"""Files decoded at once per core: reading a file waits on the disk or page cache, and a
+second file per core keeps the core busy meanwhile (2 cores: about 10 % faster than one)."""
 INTERPOLATIONS = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest",
                   "area": "area", "lanczos": "lanczos3"}   # Prep's names → tf.image.resize's
 _READ_ERRORS = (ImageReadError, OSError, ValueError)
@@ -222,14 +225,29 @@ def _finish_graph(image, prep: Prep, plan: str):
     return _resize_graph(image, prep.image_size, prep.interpolation, plan)
 
 
-@functools.lru_cache(maxsize=64)
-def _from_path(prep: Prep, kind: str, plan: str):
-    """A TF function: the path of a plain file of ``kind`` → its prepared uint8 (S, S)."""
+def _no_autograph(function: Callable) -> Callable:
+    """``function`` traced as it is written. AutoGraph rewrites Python control flow on tensors,
+    and these graph functions have none (every branch is on Python values: the prep, the
+    plan); converting them cost about 0.5 s per pipeline, more than decoding a thousand files."""
     import tensorflow as tf
 
-    return tf.function(lambda path: _finish_graph(_decode_graph(tf.io.read_file(path), kind),
-                                                  prep, plan),
-                       input_signature=[tf.TensorSpec((), tf.string)])
+    return tf.autograph.experimental.do_not_convert(function)
+
+
+def _path_graph(path, prep: Prep, kind: str, plan: str):
+    """The path of a plain file of ``kind`` → its prepared uint8 (S, S), in a TF graph."""
+    import tensorflow as tf
+
+    return _finish_graph(_decode_graph(tf.io.read_file(path), kind), prep, plan)
+
+
+@functools.lru_cache(maxsize=64)
+def _from_path(prep: Prep, kind: str, plan: str):
+    """A TF function of :func:`_path_graph` for one file at a time."""
+    import tensorflow as tf
+
+    return tf.function(lambda path: _path_graph(path, prep, kind, plan),
+                       input_signature=[tf.TensorSpec((), tf.string)], autograph=False)
 
 
 @functools.lru_cache(maxsize=64)
@@ -238,7 +256,7 @@ def _from_array(prep: Prep, plan: str):
     import tensorflow as tf
 
     return tf.function(lambda image: _finish_graph(image, prep, plan),
-                       input_signature=[tf.TensorSpec((None, None), tf.uint8)])
+                       input_signature=[tf.TensorSpec((None, None), tf.uint8)], autograph=False)
 
 
 def resize(image: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
@@ -280,20 +298,7 @@ def prepare_files(paths: Sequence[str], prep: Prep, progress: bool = False,
                   skip_log: list | None = None) -> tuple[np.ndarray, list[str]]:
     """Every file as the model sees it: uint8 (N, S, S) in order, and per file ``""`` or why
     it was skipped (its image is then zeros; the reason is logged and added to ``skip_log``
-    as ``{"path", "error"}``). See :func:`prepare_readable`."""
-    images, errors = prepare_readable(paths, prep, progress, skip_log)
-    readable = np.array([not error for error in errors], bool)
-    if readable.all():
-        return images.numpy(), errors
-    out = np.zeros((len(errors), prep.image_size, prep.image_size), np.uint8)
-    out[readable] = images.numpy()
-    return out, errors
-
-
-def prepare_readable(paths: Sequence[str], prep: Prep, progress: bool = False,
-                     skip_log: list | None = None):
-    """The readable files as the model sees them, in order: a uint8 (n_readable, S, S)
-    tensor, and per file ``""`` or why it was skipped (logged, added to ``skip_log``).
+    as ``{"path", "error"}``).
 
     The single path from files to pixels (training, evaluation, heat maps, diagnosis): the
     plain files (:func:`cxrlib.data.images.plain_format`) are decoded and resized in
@@ -313,28 +318,31 @@ def prepare_readable(paths: Sequence[str], prep: Prep, progress: bool = False,
         if plain is not None:
             kind, height, width = plain
             groups.setdefault((kind, _plan_for(height, width, prep)), []).append(i)
-    # A one-shot CPU-bound pass: one decoder per core, no autotuning (its probing held a
+    # A one-shot CPU-bound pass: PARALLEL_FILES per core, no autotuning (its probing held a
     # 2-core pass to one core in about a third of the runs on this project's 2-core machine).
     options = tf.data.Options()
     options.autotune.enabled = False
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    indices, parts = [], []
     errors = [""] * n
+    # Every image is written once, into its row of one numpy buffer, from small batches whose
+    # memory is reused. (Collecting the batches and concatenating them touched twice the
+    # memory, and fresh memory costs: the page faults of 180 MB take about 0.3 s on a VM.)
+    held = np.empty((n, size, size), np.uint8)
+    done = np.zeros(n, bool)
     with tqdm(total=n, desc="Loading images", unit="img", disable=not progress) as bar:
         for (kind, plan), members in groups.items():
-            from_path = _from_path(prep, kind, plan)
             fast = (tf.data.Dataset.from_tensor_slices((
                         tf.constant(members, tf.int64),
                         tf.constant([paths[i] for i in members], tf.string)))
-                    .map(lambda i, path: (i, from_path(path)), num_parallel_calls=cores or 1)
-                    .ignore_errors().batch(256).prefetch(1).with_options(options))
+                    .map(_no_autograph(lambda i, path, kind=kind, plan=plan:
+                                       (i, _path_graph(path, prep, kind, plan))),
+                         num_parallel_calls=PARALLEL_FILES * (cores or 1))
+                    .ignore_errors().batch(64).prefetch(1).with_options(options))
             for index, batch in fast:
-                indices.append(index.numpy())
-                parts.append(batch)
+                index = index.numpy()
+                held[index] = batch.numpy()
+                done[index] = True
                 bar.update(len(index))
-        done = np.zeros(n, bool)
-        done[np.concatenate(indices) if indices else []] = True
-        rest = np.flatnonzero(~done)
 
         def robust(i: int) -> np.ndarray | None:
             try:
@@ -346,18 +354,25 @@ def prepare_readable(paths: Sequence[str], prep: Prep, progress: bool = False,
                     skip_log.append({"path": paths[i], "error": str(error)})
                 return None
 
+        rest = np.flatnonzero(~done)
         with ThreadPoolExecutor(max_workers=4) as pool:
             for i, image in zip(rest, pool.map(robust, rest)):
                 bar.update(1)
                 if image is not None:
-                    indices.append(np.array([i]))
-                    parts.append(tf.constant(image[None]))
-    if not parts:
-        return tf.zeros((0, size, size), tf.uint8), errors
-    images = tf.concat(parts, 0) if len(parts) > 1 else parts[0]
-    order = np.concatenate(indices)
-    if (np.diff(order) < 0).any():  # several passes, or recovered files: back to file order
-        images = tf.gather(images, np.argsort(order, kind="stable"))
+                    held[i] = image
+                    done[i] = True
+    held[~done] = 0
+    return held, errors
+
+
+def prepare_readable(paths: Sequence[str], prep: Prep, progress: bool = False,
+                     skip_log: list | None = None) -> tuple[np.ndarray, list[str]]:
+    """The readable files as the model sees them, in order: uint8 (n_readable, S, S), and
+    per file ``""`` or why it was skipped (logged, added to ``skip_log``). See
+    :func:`prepare_files`."""
+    images, errors = prepare_files(paths, prep, progress, skip_log)
+    if any(errors):
+        images = images[np.array([not error for error in errors], bool)]
     return images, errors
 
 
@@ -489,7 +504,7 @@ def _affine_input(prep: Prep):
 
     scale, offset = input_affine(prep)  # numpy: each trace makes its own constants
     return tf.function(lambda x: tf.cast(x, tf.float32)[..., None] * scale + offset,
-                       jit_compile=True)
+                       jit_compile=True, autograph=False)
 
 
 def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, batch_size: int = 32,
@@ -517,33 +532,41 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
     images, errors = prepare_readable(manifest["path"].astype(str).tolist(), prep, progress,
                                       skip_log)
     labels = labels[np.array([not error for error in errors], bool)]
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    # The order is shuffled, not the images: each batch is one gather from the held numpy
+    # set. (A shuffle buffer of images copies each into it and out again; a TF copy of the
+    # set would touch its memory a second time.)
+    order = tf.data.Dataset.range(len(labels))
     if training:
-        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        order = order.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
 
     normalise = normaliser(prep)
     affine = input_affine(prep) if preprocess else None
     layers = (augmentation_layers(augment, seed)
               if training and augment is not None and augment != NO_AUGMENT else None)
 
-    def finish(images, labels):
-        """One vectorised step per batch (per-image maps cost more than the work they do).
+    def finish(index):
+        """One vectorised step per batch of indices (per-image maps cost more than the work
+        they do).
 
         Augmentation works on the grey channel (every transform treats the channels alike,
         so copying them afterwards gives the same images at a third of the work).
         """
-        x = images if layers is None else augment_batch(
-            tf.cast(tf.expand_dims(images, -1), tf.float32), augment, seed, layers)[..., 0]
+        x, y = tf.numpy_function(lambda i: (images[i], labels[i]), [index], (tf.uint8, tf.int32),
+                                 stateful=False, name="gather_batch")
+        x.set_shape((None, prep.image_size, prep.image_size))
+        y.set_shape((None,))
+        x = x if layers is None else augment_batch(
+            tf.cast(tf.expand_dims(x, -1), tf.float32), augment, seed, layers)[..., 0]
         if affine is not None:
-            return _affine_input(prep)(x), _encode(labels, len(classes), label_mode)
+            return _affine_input(prep)(x), _encode(y, len(classes), label_mode)
         x = tf.cast(tf.expand_dims(x, -1), tf.float32)
         if prep.channels == 3:
             x = tf.image.grayscale_to_rgb(x)
         if preprocess:
             x = normalise(x)
-        return x, _encode(labels, len(classes), label_mode)
+        return x, _encode(y, len(classes), label_mode)
 
-    ds = ds.batch(batch_size).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = order.batch(batch_size).map(_no_autograph(finish), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -583,4 +606,4 @@ def load_arrays(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, prep
     images, errors = prepare_readable(manifest["path"].astype(str).tolist(), prep, progress,
                                       skip_log)
     keep = np.array([not error for error in errors], bool)
-    return model_inputs(images.numpy(), prep, preprocess), labels[keep]
+    return model_inputs(images, prep, preprocess), labels[keep]
