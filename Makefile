@@ -17,7 +17,7 @@ export PYTHONHASHSEED ?= 0
 # needs the internet), once, into the cache (~/.cache/cxrlib/pretrained or $CXR_PRETRAINED_DIR);
 # a second `make demo` reuses it.
 DEMO_DIRS := -p RESULTS_DIR $(CURDIR)/$(OUT)/results -p FIGURES_DIR $(CURDIR)/figures
-DEMO_DATA := -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 -p EPOCHS 10 -p WEIGHTS synthetic
+DEMO_DATA := -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 -p EPOCHS 10 -p WEIGHTS synthetic -p FINETUNE_LR 0.001
 
 .PHONY: install test test-fast demo notebooks notebooks-smoke bench clean
 

@@ -50,6 +50,21 @@ def test_train_kwargs_are_the_preset() -> None:
     assert scaled(get_preset("radiography"), epochs=1).run("v0").epochs == 0
 
 
+
+def test_the_fine_tuning_learning_rate_changes_only_the_fine_tuning_runs() -> None:
+    course = get_preset("radiography")
+    demo = scaled(course, image_size=64, epochs=10, finetune_learning_rate=1e-3)
+    changed = {run.key for run, old in zip(demo.runs, course.runs)
+               if run.learning_rate != old.learning_rate}
+    assert changed == {"v3", "resnet50-finetune", "vgg16-finetune", "inceptionv3-finetune",
+                       "xception-finetune"}
+    assert all(demo.run(key).learning_rate == 1e-3 for key in changed)
+    assert demo.run("v2reg").learning_rate == course.run("v2reg").learning_rate == 0.01
+    assert scaled(course, epochs=1).run("v3").learning_rate == 0.01   # not given: the course's
+    siim = scaled(get_preset("siim"), finetune_learning_rate=1e-4)
+    assert siim.run("phase3-finetune-competition").learning_rate == 1e-4
+    assert siim.run("opacity-frozen").learning_rate == 1e-3
+
 def test_split_shares_and_version_pin(tmp_path) -> None:
     manifest = pd.DataFrame({"path": [f"/d/{i}.png" for i in range(3000)],
                              "label": np.repeat(["COVID", "Normal", "Viral Pneumonia"], 1000),

@@ -200,10 +200,15 @@ def notebooks_of(name: str) -> list[str]:
 
 
 def scaled(preset: Preset, image_size: int | None = None, epochs: int | None = None,
-           backbone: str | None = None) -> Preset:
+           backbone: str | None = None, finetune_learning_rate: float | None = None) -> Preset:
     """The preset with every run's image size, (non-zero) epochs or backbone replaced: smoke
-    and demo settings (``backbone="scratch"``: the CPU stand-in). The optimiser, schedule,
-    augmentation and split stay the course's."""
+    and demo settings (``backbone="scratch"``: the CPU stand-in). ``finetune_learning_rate``
+    replaces the learning rate of the fine-tuning runs only (a trainable backbone that starts
+    from another run): the course's 0.01 suits ImageNet weights and thousands of films, and
+    scrambles the features of a demo's few hundred. Everything else (optimiser, schedule,
+    augmentation, split) stays the course's."""
+    from cxrlib.models.variants import get_variant
+
     def swap(run: Run) -> Run:
         if not backbone:
             return run
@@ -211,8 +216,13 @@ def scaled(preset: Preset, image_size: int | None = None, epochs: int | None = N
         return replace(run, backbone=backbone, variant=variant,
                        head=run.head if backbone != "scratch" or run.head == "flat" else "course")
 
+    def rate(run: Run) -> float:
+        finetuning = run.init_from is not None and not get_variant(run.variant).frozen
+        return finetune_learning_rate if finetuning and finetune_learning_rate else run.learning_rate
+
     runs = tuple(replace(swap(run), image_size=image_size or run.image_size,
-                         epochs=run.epochs if not epochs or run.epochs == 0 else epochs)
+                         epochs=run.epochs if not epochs or run.epochs == 0 else epochs,
+                         learning_rate=rate(run))
                  for run in preset.runs)
     return replace(preset, runs=runs, image_size=image_size or preset.image_size)
 

@@ -11,14 +11,15 @@ The order of the steps matters, and each has a reason:
    resize to the backbone's size by :func:`resize_plan`) while the image is a small uint8 array;
 3. **hold** the prepared uint8 images in memory: decoding is by far the most expensive step,
    and it is never repeated;
-4. **shuffle** (training only), so each epoch sees a new order;
+4. **shuffle** the order (training only), so each epoch sees a new one: the indices are
+   shuffled and each batch is gathered from the held array, so no image is copied twice;
 5. **batch**, then **augment** (training only) with Keras preprocessing layers: augmenting
    validation or test data would only blur the measurement;
 6. the backbone's own **preprocess_input**, the normalisation its ImageNet weights expect
    (applied to the grey batch as one fused multiply-add per channel, see :func:`input_affine`);
 7. **prefetch**, so the accelerator never waits for the CPU.
 
-:func:`prepare_readable` is the single definition of steps 1–2: the pipeline,
+:func:`prepare_files` is the single definition of steps 1–2: the pipeline,
 :func:`load_arrays` (numpy arrays for small sets and plots) and the heat-map and diagnosis
 code all use it (through :func:`read_prepared` and :func:`prepare_image`), so a model always
 sees its images prepared the same way.
@@ -520,6 +521,9 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
     order is the manifest's. ``label_mode`` is ``"categorical"`` (one-hot), ``"binary"``
     (float 0/1, for a sigmoid head with two classes) or ``"int"``. ``preprocess=False``
     leaves pixels at 0–255.
+
+    The held array lives in this process (each batch is gathered from it by a
+    ``numpy_function``), so the dataset runs here and cannot be shipped to a tf.data service.
     """
     import tensorflow as tf
 
