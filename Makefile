@@ -15,7 +15,8 @@ export PYTHONHASHSEED ?= 0
 # courses) runs at the demo settings like 00-05. The five backbones
 # use WEIGHTS synthetic: pretrained by cxrlib on a synthetic source task (not ImageNet, which
 # needs the internet), once, into the cache (~/.cache/cxrlib/pretrained or $CXR_PRETRAINED_DIR);
-# a second `make demo` reuses it.
+# a second `make demo` reuses it. FINETUNE_LR 0.001: the fine-tuning runs (V3, FINETUNE_BACKBONES)
+# at the common advice instead of the course's 0.01, which scrambles a few hundred films' features.
 DEMO_DIRS := -p RESULTS_DIR $(CURDIR)/$(OUT)/results -p FIGURES_DIR $(CURDIR)/figures
 DEMO_DATA := -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 -p EPOCHS 10 -p WEIGHTS synthetic -p FINETUNE_LR 0.001
 
