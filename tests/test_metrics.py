@@ -164,3 +164,26 @@ def test_bad_inputs_are_rejected() -> None:
         compute_metrics(Y_TRUE[:5], _one_hot_probs(Y_PRED, 3), CLASSES)
     with pytest.raises(ValueError, match="class indices"):
         compute_metrics(Y_TRUE + 1, _one_hot_probs(Y_PRED, 3), CLASSES)
+
+
+def test_paired_accuracy_gain_cancels_the_samples_both_models_share() -> None:
+    from cxrlib.runs.metrics import paired_accuracy_gain
+
+    rng = np.random.default_rng(1)
+    baseline = rng.uniform(size=300) < 0.7
+    better = baseline.copy()
+    wrong = np.flatnonzero(~baseline)
+    better[wrong[:15]] = True                    # right on 15 more films, wrong on none more
+    paired = paired_accuracy_gain(better, baseline)
+    assert paired["gain"] == pytest.approx(15 / 300)
+    low, high = paired["ci"]
+    assert 0 < low < 0.05 < high < 0.09          # above 0: no film got worse
+    # the unpaired view (each model resampled alone) overlaps: pairing is what resolves it
+    alone = [np.percentile(x[rng.integers(0, 300, (2000, 300))].mean(1), [2.5, 97.5])
+             for x in (better, baseline)]
+    assert alone[0][0] < alone[1][1]
+    same = paired_accuracy_gain(baseline, baseline)
+    assert same["gain"] == 0 and same["ci"] == [0.0, 0.0]
+    assert paired_accuracy_gain([], [])["ci"] is None
+    with pytest.raises(ValueError, match="same samples"):
+        paired_accuracy_gain(better, baseline[:-1])

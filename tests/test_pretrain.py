@@ -17,6 +17,7 @@ from cxrlib.runs import pretrain
 from cxrlib.models.backbones import get_backbone, resolve_weights
 from cxrlib.runs.pretrain import weights_source
 from cxrlib.models.build import HEAD_NORM, build_model
+from cxrlib.runs.metrics import paired_accuracy_gain
 from cxrlib.runs import train as training
 
 
@@ -169,13 +170,20 @@ def test_frozen_run_adapts_its_normalization_on_training_features(target_split, 
     np.testing.assert_allclose(np.asarray(norm(spread[None]))[0], 1.0, rtol=1e-3)
 
 
+#: The transfer test's input size: the demo's (``make demo`` pretrains and trains at 64 px), so
+#: that the test checks the pretraining the course ships. At 48 px, the budget's 200 steps leave
+#: the source task barely learnt (validation loss 0.48 to 0.50 over three seeds, against 0.40 at
+#: 64 px) and the gain was +0.02 to +0.06 (README, "Does the pretraining transfer?").
+TRANSFER_SIZE = 64
+
+
 @pytest.fixture(scope="module")
 def scarce_target(tmp_path_factory):
     """A fresh target set where labels are scarce, as transfer learning assumes: about 20
     training and 10 validation films per class, and 100 test films per class, so that a
     difference between two models is measured on 300 films (one film = 0.003)."""
     out = tmp_path_factory.mktemp("scarce")
-    generate_synthetic(out, per_class=130, size=48, seed=11,
+    generate_synthetic(out, per_class=130, size=TRANSFER_SIZE, seed=11,
                        classes=["COVID", "Normal", "Viral Pneumonia"], progress=False)
     return split_manifest(load_manifest(out), val=10 / 130, test=100 / 130, seed=0)
 
@@ -192,12 +200,6 @@ def _correct(run: str, manifest) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="met on one machine, not on another; not tuned. Recipe r3 "
-                   "(48 px, 1200 films x 3 epochs), V1 on 300 test films: 0.763 (synthetic) against "
-                   "0.697 (random), gain +0.067, paired bootstrap +0.003 to +0.130, in two make-test "
-                   "runs on one machine; 0.720 against 0.697, +0.023 (-0.030 to +0.077) on another "
-                   "(2026-12-02, the same code: the pretrained weights round differently). The "
-                   "random-weight run was the same on both.")
 def test_pretraining_on_the_source_task_transfers_to_a_fresh_target(scarce_target, tmp_path,
                                                                       monkeypatch) -> None:
     """V1 on synthetic-pretrained features against V1 on random features, the same films.
@@ -207,7 +209,7 @@ def test_pretraining_on_the_source_task_transfers_to_a_fresh_target(scarce_targe
     """
     monkeypatch.setenv("CXR_PRETRAINED_DIR", str(tmp_path / "cache"))
     classes = ["COVID", "Normal", "Viral Pneumonia"]
-    path = pretrain.pretrain("densenet121", 48, progress=False)   # the default budget
+    path = pretrain.pretrain("densenet121", TRANSFER_SIZE, progress=False)   # the default budget
     info = pretrain.describe(path)
     assert info["source_task"]["labels"] == list(SOURCE_LABELS)
     assert info["images"] == pretrain.PRETRAIN_IMAGES and info["epochs"] == pretrain.PRETRAIN_EPOCHS
@@ -218,21 +220,20 @@ def test_pretraining_on_the_source_task_transfers_to_a_fresh_target(scarce_targe
     for weights in ("synthetic", None):
         run = tmp_path / str(weights)
         record = training.train(scarce_target, classes, "densenet121", "v1", run, weights=weights,
-                                image_size=48, epochs=30, batch_size=16, progress=False, bootstrap=20)
+                                image_size=TRANSFER_SIZE, epochs=30, batch_size=16, progress=False,
+                                bootstrap=20)
         correct[weights] = _correct(str(run), scarce_target)
         assert correct[weights].mean() == pytest.approx(record["test"]["accuracy"])
         if weights:
             assert record["model"]["weights_file"] == str(path)
             assert record["model"]["weights_info"] == str(pretrain.info_path(path))
-    gain = correct["synthetic"].astype(float) - correct[None]
-    rng = np.random.default_rng(0)
-    resampled = gain[rng.integers(0, len(gain), (2000, len(gain)))].mean(1)
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    print(f"V1 test accuracy on {len(gain)} films: synthetic-pretrained {correct['synthetic'].mean():.3f}, "
-          f"random {correct[None].mean():.3f}; gain {gain.mean():+.3f} (95 % paired bootstrap "
-          f"{low:+.3f} to {high:+.3f})")
-    assert len(gain) >= 290
-    assert gain.mean() >= 0.05 and low > 0
+    assert len(correct[None]) >= 290
+    paired = paired_accuracy_gain(correct["synthetic"], correct[None])
+    (low, high), gain = paired["ci"], paired["gain"]
+    print(f"V1 test accuracy on {len(correct[None])} films: synthetic-pretrained "
+          f"{correct['synthetic'].mean():.3f}, random {correct[None].mean():.3f}; gain {gain:+.3f} "
+          f"(95 % paired bootstrap {low:+.3f} to {high:+.3f})")
+    assert gain >= 0.05 and low > 0
 
 
 def test_cli_pretrain_reuses_the_cache_and_raises_the_size_to_the_minimum(tmp_path, monkeypatch,
