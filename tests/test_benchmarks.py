@@ -84,3 +84,32 @@ def test_feature_probe_script_writes_its_measurement(tmp_path) -> None:
     result = json.loads(out.read_text())
     assert done.stdout.strip().splitlines()[-1] == f"probe_accuracy={result['probe_accuracy']:.3f}"
     assert result["images"] == 30 and result["features"] == 1024 and len(result["fold_accuracy"]) == 5
+
+
+@pytest.mark.slow  # two V1 runs on a 336-film target set: about a minute
+def test_transfer_gain_script_uses_the_cached_weights_and_writes_a_paired_gain(tmp_path) -> None:
+    import keras
+
+    from cxrlib.runs import pretrain
+
+    cache = tmp_path / "cache"
+    weights = pretrain.weights_path("densenet121", 32, seed=5, cache=cache)
+    weights.parent.mkdir(parents=True)
+    keras.applications.DenseNet121(include_top=False, weights=None,
+                                   input_shape=(32, 32, 3)).save_weights(weights)
+    pretrain.info_path(weights).write_text(json.dumps({"validation_loss": 0.5}))
+    saved = weights.read_bytes()
+    out = tmp_path / "gain.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transfer_gain.py"),
+                           "--image-size", "32", "--pretrain-seeds", "5", "--target-seeds", "3",
+                           "--train-per-class", "2", "--cache", str(cache), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert weights.read_bytes() == saved        # the cached weights were used, not pretrained again
+    result = json.loads(out.read_text())
+    assert result["test_films"] == 300 and result["train_per_class"] == 2
+    [row] = result["rows"]
+    assert (row["target_seed"], row["pretrain_seed"], row["source_validation_loss"]) == (3, 5, 0.5)
+    assert row["gain"] == pytest.approx(row["synthetic"] - row["random"], abs=1e-3)
+    assert row["low"] <= row["gain"] <= row["high"]
+    assert 0 <= row["random"] <= 1 and 0 <= row["synthetic"] <= 1
