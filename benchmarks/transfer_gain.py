@@ -44,7 +44,7 @@ def target_set(folder: Path, image_size: int, seed: int, train_per_class: int):
                           test=TEST_PER_CLASS / per_class, seed=0)
 
 
-def test_correct(run: Path, manifest) -> np.ndarray:
+def scored_correct(run: Path, manifest) -> np.ndarray:
     """Per test film (manifest order), whether the run's saved model classifies it right."""
     from cxrlib.data.pipeline import make_dataset
     from cxrlib.runs.evaluate import load_run, predict
@@ -67,7 +67,7 @@ def v1_correct(manifest, weights: str | None, image_size: int, run: Path) -> np.
 
     training.train(manifest, CLASSES, "densenet121", "v1", run, weights=weights, image_size=image_size,
                    epochs=30, batch_size=16, progress=False, bootstrap=20, reuse=False)
-    return test_correct(run, manifest)
+    return scored_correct(run, manifest)
 
 
 def main(argv: list[str] | None = None) -> int:

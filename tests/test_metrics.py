@@ -185,5 +185,6 @@ def test_paired_accuracy_gain_cancels_the_samples_both_models_share() -> None:
     same = paired_accuracy_gain(baseline, baseline)
     assert same["gain"] == 0 and same["ci"] == [0.0, 0.0]
     assert paired_accuracy_gain([], [])["ci"] is None
+    assert paired_accuracy_gain(better, baseline, n_resamples=0) == {"gain": paired["gain"], "ci": None}
     with pytest.raises(ValueError, match="same samples"):
         paired_accuracy_gain(better, baseline[:-1])

@@ -194,6 +194,8 @@ def paired_accuracy_gain(correct: np.ndarray, baseline: np.ndarray, n_resamples:
     if a.size == 0:
         return {"gain": None, "ci": None}
     diff = a - b
+    if n_resamples <= 0:
+        return {"gain": float(diff.mean()), "ci": None}
     rng = np.random.default_rng(seed)
     chunk = max(1, _BOOTSTRAP_CELLS // diff.size)
     means = [_resample_counts(rng, min(chunk, n_resamples - start), diff.size) @ diff / diff.size
