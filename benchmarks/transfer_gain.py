@@ -44,17 +44,6 @@ def target_set(folder: Path, image_size: int, seed: int, train_per_class: int):
                           test=TEST_PER_CLASS / per_class, seed=0)
 
 
-def scored_correct(run: Path, manifest) -> np.ndarray:
-    """Per test film (manifest order), whether the run's saved model classifies it right."""
-    from cxrlib.data.pipeline import make_dataset
-    from cxrlib.runs.evaluate import load_run, predict
-
-    model, _, prep, classes, _ = load_run(str(run))
-    test = manifest[manifest["split"] == "test"]
-    probs, labels = predict(model, make_dataset(test, classes, prep, 32), len(classes), with_labels=True)
-    return probs.argmax(1) == labels
-
-
 def _rounded(gain: dict) -> dict:
     """{"gain", "low", "high"} rounded for the JSON and the printed line."""
     low, high = gain["ci"]
@@ -64,10 +53,11 @@ def _rounded(gain: dict) -> dict:
 def v1_correct(manifest, weights: str | None, image_size: int, run: Path) -> np.ndarray:
     """Train V1 exactly as the slow test does; return its per-film correctness on ``test``."""
     from cxrlib.runs import train as training
+    from cxrlib.runs.evaluate import per_film_correct
 
     training.train(manifest, CLASSES, "densenet121", "v1", run, weights=weights, image_size=image_size,
                    epochs=30, batch_size=16, progress=False, bootstrap=20, reuse=False)
-    return scored_correct(run, manifest)
+    return per_film_correct(run, manifest)
 
 
 def main(argv: list[str] | None = None) -> int:

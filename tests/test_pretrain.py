@@ -17,6 +17,7 @@ from cxrlib.runs import pretrain
 from cxrlib.models.backbones import get_backbone, resolve_weights
 from cxrlib.runs.pretrain import weights_source
 from cxrlib.models.build import HEAD_NORM, build_model
+from cxrlib.runs.evaluate import per_film_correct
 from cxrlib.runs.metrics import paired_accuracy_gain
 from cxrlib.runs import train as training
 
@@ -188,17 +189,6 @@ def scarce_target(tmp_path_factory):
     return split_manifest(load_manifest(out), val=10 / 130, test=100 / 130, seed=0)
 
 
-def _correct(run: str, manifest) -> np.ndarray:
-    """Per test film, whether the run's saved model classifies it right (in manifest order)."""
-    from cxrlib.data.pipeline import make_dataset
-    from cxrlib.runs.evaluate import load_run, predict
-
-    model, _, prep, classes, _ = load_run(run)
-    test = manifest[manifest["split"] == "test"]
-    probs, labels = predict(model, make_dataset(test, classes, prep, 32), len(classes), with_labels=True)
-    return probs.argmax(1) == labels
-
-
 @pytest.mark.slow
 def test_pretraining_on_the_source_task_transfers_to_a_fresh_target(scarce_target, tmp_path,
                                                                       monkeypatch) -> None:
@@ -222,7 +212,7 @@ def test_pretraining_on_the_source_task_transfers_to_a_fresh_target(scarce_targe
         record = training.train(scarce_target, classes, "densenet121", "v1", run, weights=weights,
                                 image_size=TRANSFER_SIZE, epochs=30, batch_size=16, progress=False,
                                 bootstrap=20)
-        correct[weights] = _correct(str(run), scarce_target)
+        correct[weights] = per_film_correct(run, scarce_target)
         assert correct[weights].mean() == pytest.approx(record["test"]["accuracy"])
         if weights:
             assert record["model"]["weights_file"] == str(path)

@@ -104,6 +104,17 @@ def predict(model, inputs, n_classes: int | None = None, batch_size: int = 32,
     return out, (np.concatenate(labels) if labels else np.zeros((0,), int))
 
 
+def per_film_correct(run_dir: str | Path, manifest: pd.DataFrame, batch_size: int = 32) -> np.ndarray:
+    """Per film of ``manifest``'s ``test`` split (in its order), whether the run's saved model
+    classifies it right: the input of a paired comparison of two runs
+    (:func:`cxrlib.runs.metrics.paired_accuracy_gain`)."""
+    model, _, prep, classes, _ = load_run(run_dir)
+    test = manifest[manifest["split"] == "test"]
+    probs, labels = predict(model, make_dataset(test, classes, prep, batch_size), len(classes),
+                            with_labels=True)
+    return probs.argmax(1) == labels
+
+
 def _label_indices(y: np.ndarray) -> np.ndarray:
     """Integer labels from int, binary (N, 1) or one-hot (N, K) encodings."""
     if y.ndim == 2 and y.shape[1] == 1:
