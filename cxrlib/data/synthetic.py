@@ -41,12 +41,18 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter
+
+from cxrlib.errors import InputError, RefusedFolderError
+
+log = logging.getLogger(__name__)
 
 SYNTH_CLASSES: tuple[str, ...] = ("COVID", "Normal", "Viral Pneumonia", "Bacterial Pneumonia")
 
@@ -69,7 +75,7 @@ _F = np.float32
 def _check_label(label: str) -> int:
     """Index of ``label`` in SYNTH_CLASSES, or a ValueError naming the valid classes."""
     if label not in SYNTH_CLASSES:
-        raise ValueError(f"unknown class {label!r}; expected one of {list(SYNTH_CLASSES)}")
+        raise InputError(f"unknown class {label!r}; expected one of {list(SYNTH_CLASSES)}")
     return SYNTH_CLASSES.index(label)
 
 
@@ -78,7 +84,7 @@ def _shape(size: int | tuple[int, int]) -> tuple[int, int]:
     h, w = (size, size) if np.isscalar(size) else tuple(size)
     h, w = int(h), int(w)
     if min(h, w) < MIN_SIZE:
-        raise ValueError(f"image size must be at least {MIN_SIZE} px, got {(h, w)}")
+        raise InputError(f"image size must be at least {MIN_SIZE} px, got {(h, w)}")
     return h, w
 
 
@@ -459,43 +465,96 @@ def _synthetic_files(classes: Sequence[str], per_class: int) -> list[str]:
     return files + ["markers.csv"]
 
 
-def _owned_files(meta_path: Path) -> set[str]:
-    """The files an earlier run recorded as its own in ``synthetic.json``.
+#: A file generate_synthetic writes: ``<Class>/images|masks/<Class>-<i>.png`` (or markers.csv).
+_SYNTH_FILE = re.compile(r"(?P<cls>[^/]+)/(?:images|masks)/(?P=cls)-(?P<i>[1-9][0-9]*)\.png")
 
-    Older versions recorded no list; theirs is rebuilt from their classes and ``per_class``.
-    """
+
+def _inside(root: Path, path: Path) -> bool:
+    """True when ``path``, with every symbolic link resolved, lies inside ``root``."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _refuse_links_out(out: Path, paths: Sequence[str]) -> None:
+    """RefusedFolderError when one of ``paths`` (relative to ``out``) leads outside it by a link."""
+    outside = [p for p in paths if not _inside(out, out / p)]
+    if outside:
+        raise RefusedFolderError(f"{out / outside[0]} leads outside {out} through a symbolic link; "
+                                 "refusing to write there. Give the generator a new or empty folder.")
+
+
+def _read_meta(meta_path: Path) -> dict:
+    """The JSON object in a ``synthetic.json``; {} when it is missing, unreadable or not an object."""
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
-        return set()
-    if not isinstance(meta, dict):
-        return set()
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _synth_would_write(out: Path, rel: str) -> bool:
+    """True for a path generate_synthetic writes, that also resolves inside ``out``."""
+    match = _SYNTH_FILE.fullmatch(rel)
+    ours = rel == "markers.csv" or (match is not None and match["cls"] in SYNTH_CLASSES)
+    return ours and _inside(out, out / rel)
+
+
+def _listed_files(out: Path, meta: dict) -> list[str]:
+    """The files ``synthetic.json`` says synth wrote, as listed (not yet trusted).
+
+    Older versions recorded no list; theirs is the files present of their classes, numbered up
+    to their ``per_class``.
+    """
     if isinstance(meta.get("files"), list):
-        return {str(f) for f in meta["files"]}
-    classes = [c for c in meta.get("classes", []) if c in SYNTH_CLASSES]
-    return set(_synthetic_files(classes, int(meta.get("per_class", 0) or 0)))
+        return [str(f) for f in meta["files"]]
+    classes = meta.get("classes")
+    per_class = meta.get("per_class")
+    if not isinstance(classes, list) or not isinstance(per_class, int):
+        return []
+    found = [p.relative_to(out).as_posix() for c in classes if c in SYNTH_CLASSES
+             for sub in ("images", "masks") for p in sorted((out / c / sub).glob(f"{c}-*.png"))]
+    return [f for f in found + ["markers.csv"]
+            if f == "markers.csv" or int(_SYNTH_FILE.fullmatch(f)["i"]) <= per_class]
+
+
+def _owned_files(out: Path) -> set[str]:
+    """The files an earlier run recorded as its own in ``out/synthetic.json``.
+
+    ``synthetic.json`` is input: only entries that synth itself writes and that resolve inside
+    ``out`` are trusted; any other entry is left alone, with a warning.
+    """
+    listed = _listed_files(out, _read_meta(out / "synthetic.json"))
+    owned = {f for f in listed if _synth_would_write(out, f)}
+    ignored = sorted(set(listed) - owned)
+    if ignored:
+        log.warning("%s lists %d file(s) synth does not write, or outside the folder (first: %s); "
+                    "left alone and dropped from the list. Delete them by hand if they are yours "
+                    "to delete.", out / "synthetic.json", len(ignored), ignored[0])
+    return owned
 
 
 def _claim_folder(out: Path, targets: Sequence[str]) -> set[str]:
     """Check that synth may write ``targets`` into ``out``; return the files it owns there.
 
     ``out`` must be missing, empty, or a folder an earlier synth run wrote (``synthetic.json``);
-    a file synth did not write is never overwritten. Raises FileExistsError otherwise.
+    a file synth did not write is never overwritten, and nothing is written through a link that
+    leads outside ``out``. Raises RefusedFolderError otherwise.
     """
     meta_path = out / "synthetic.json"
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file; give synth a new or empty folder.")
+        raise RefusedFolderError(f"{out} is a file; give synth a new or empty folder.")
     if not out.exists() or not any(out.iterdir()):
         return set()
     if not meta_path.is_file():
-        raise FileExistsError(f"{out} is not empty and holds no synthetic.json, so synth did not "
-                              "write it; refusing to touch it. Give synth a new or empty folder.")
-    owned = _owned_files(meta_path)
+        raise RefusedFolderError(f"{out} is not empty and holds no synthetic.json, so synth did "
+                                 "not write it; refusing to touch it. Give synth a new or empty "
+                                 "folder.")
+    _refuse_links_out(out, [*targets, "synthetic.json"])
+    owned = _owned_files(out)
     foreign = sorted(f for f in targets if f not in owned and (out / f).exists())
     if foreign:
-        raise FileExistsError(f"{out} holds {len(foreign)} file(s) synth did not write (first: "
-                              f"{foreign[0]}); refusing to overwrite them. Give synth a new or "
-                              "empty folder.")
+        raise RefusedFolderError(f"{out} holds {len(foreign)} file(s) synth did not write (first: "
+                                 f"{foreign[0]}); refusing to overwrite them. Give synth a new or "
+                                 "empty folder.")
     return owned
 
 
@@ -515,10 +574,10 @@ def _remove_owned(out: Path, stale: set[str]) -> None:
 def _check_film_settings(size: int, severity: tuple[float, float]) -> tuple[float, float]:
     """Check a film size and a severity range; return the range as floats."""
     if int(size) < MIN_SIZE:
-        raise ValueError(f"size must be at least {MIN_SIZE} px, got {size}")
+        raise InputError(f"size must be at least {MIN_SIZE} px, got {size}")
     lo, hi = (float(s) for s in severity)
     if not 0 <= lo <= hi:
-        raise ValueError(f"severity must be a (low, high) pair with 0 <= low <= high, got {severity}")
+        raise InputError(f"severity must be a (low, high) pair with 0 <= low <= high, got {severity}")
     return lo, hi
 
 
@@ -537,25 +596,27 @@ def generate_synthetic(out_dir: str | Path, per_class: int = 300, size: int = 25
     ``vary_size``; each image's severity is drawn uniformly from ``severity``.
     ``synthetic.json`` also lists every file the run wrote (``files``). Re-running into the
     same folder overwrites and removes only files listed there (images beyond ``per_class``,
-    or of classes dropped since); other files are never touched. A non-empty folder without
-    ``synthetic.json`` (e.g. the real database), or one where a file to be written exists but
-    is not listed, is refused with FileExistsError before anything is written.
+    or of classes dropped since); other files are never touched, nor is a listed entry that synth
+    does not write or that leads outside the folder (``synthetic.json`` is input, like any
+    file). A non-empty folder without ``synthetic.json`` (e.g. the real database), or one where
+    a file to be written exists but is not listed, is refused with FileExistsError before
+    anything is written.
     """
     classes = list(SYNTH_CLASSES if classes is None else classes)
     if not classes:
-        raise ValueError("classes must name at least one class")
+        raise InputError("classes must name at least one class")
     for name in classes:
         _check_label(name)
     if len(set(classes)) != len(classes):
-        raise ValueError(f"classes contains duplicates: {classes}")
+        raise InputError(f"classes contains duplicates: {classes}")
     if int(per_class) < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
+        raise InputError(f"per_class must be >= 1, got {per_class}")
     lo, hi = _check_film_settings(size, severity)
     for pname, p in (("marker_prob", marker_prob), ("shortcut_prob", shortcut_prob)):
         if not 0 <= p <= 1:
-            raise ValueError(f"{pname} must be in [0, 1], got {p}")
+            raise InputError(f"{pname} must be in [0, 1], got {p}")
     if shortcut_class is not None and shortcut_class not in classes:
-        raise ValueError(f"shortcut_class {shortcut_class!r} is not one of classes {classes}")
+        raise InputError(f"shortcut_class {shortcut_class!r} is not one of classes {classes}")
     per_class, size = int(per_class), int(size)
 
     out = Path(out_dir)
@@ -797,12 +858,12 @@ def generate_siim_like(out_dir: str | Path, n_studies: int = 600, size: int = 25
     """
     shares = [float(s) for s in shares]
     if len(shares) != len(SIIM_STUDY_COLUMNS) or min(shares) < 0 or sum(shares) <= 0:
-        raise ValueError(f"shares must be {len(SIIM_STUDY_COLUMNS)} non-negative numbers, got {shares}")
+        raise InputError(f"shares must be {len(SIIM_STUDY_COLUMNS)} non-negative numbers, got {shares}")
     if int(n_studies) < 1:
-        raise ValueError(f"n_studies must be >= 1, got {n_studies}")
+        raise InputError(f"n_studies must be >= 1, got {n_studies}")
     lo, hi = _check_film_settings(size, severity)
     if not 0 <= marker_prob <= 1:
-        raise ValueError(f"marker_prob must be in [0, 1], got {marker_prob}")
+        raise InputError(f"marker_prob must be in [0, 1], got {marker_prob}")
     out = Path(out_dir)
     meta_path = out / "synthetic.json"
     meta = {"generator": "cxrlib.data.synthetic.generate_siim_like", "cxrlib_version": _version(),
@@ -812,13 +873,18 @@ def generate_siim_like(out_dir: str | Path, n_studies: int = 600, size: int = 25
             "layout": "SIIM-FISABIO-RSNA: train_study_level.csv, train_image_level.csv, train/<image>.png"}
     if (out / "train_study_level.csv").exists():
         if not meta_path.is_file():
-            raise FileExistsError(f"{out} holds a train_study_level.csv but no synthetic.json: "
-                                  "refusing to overwrite what looks like the real competition data")
-        old = json.loads(meta_path.read_text())
+            raise RefusedFolderError(f"{out} holds a train_study_level.csv but no synthetic.json: "
+                                     "refusing to overwrite what looks like the real competition "
+                                     "data. Give the generator a new or empty folder.")
+        _refuse_links_out(out, ["train", "synthetic.json", *_SIIM_CSVS])
+        ids = _siim_listed_ids(out)
+        old = _read_meta(meta_path)
         if reuse and {k: v for k, v in old.items() if k != "cxrlib_version"} == \
-                {k: v for k, v in meta.items() if k != "cxrlib_version"} and _siim_complete(out):
+                {k: v for k, v in meta.items() if k != "cxrlib_version"} and _siim_complete(out, ids):
             return out
-        _remove_siim_images(out)
+        for image_id in ids:  # the images the earlier run wrote, and nothing else
+            (out / "train" / f"{image_id}.png").unlink(missing_ok=True)
+    _refuse_links_out(out, ["train", "synthetic.json", *_SIIM_CSVS])
     (out / "train").mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -844,7 +910,7 @@ def generate_siim_like(out_dir: str | Path, n_studies: int = 600, size: int = 25
         studies.append({"id": f"{study}_study", **{c: int(c == column) for c in SIIM_STUDY_COLUMNS}})
         images.append({"id": f"{image_id}_image", "boxes": repr(boxes) if boxes else "",
                        "label": siim_label_string(boxes), "StudyInstanceUID": study})
-    for name, rows in (("train_study_level.csv", studies), ("train_image_level.csv", images)):
+    for name, rows in zip(_SIIM_CSVS, (studies, images)):
         with open(out / name, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -852,22 +918,32 @@ def generate_siim_like(out_dir: str | Path, n_studies: int = 600, size: int = 25
     return out
 
 
-def _siim_image_ids(out: Path) -> list[str]:
-    """Image ids listed in ``out/train_image_level.csv`` (empty when unreadable)."""
+#: The two CSVs of the SIIM layout, study level first.
+_SIIM_CSVS = ("train_study_level.csv", "train_image_level.csv")
+#: An image id as generate_siim_like draws it: 12 hex digits.
+_SIIM_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def _siim_listed_ids(out: Path) -> list[str]:
+    """The image ids in ``out/train_image_level.csv`` that generate_siim_like could have drawn.
+
+    The CSV is input: an id that is not 12 hex digits, or whose image would resolve outside
+    ``out``, is left alone with a warning. Empty when the CSV is unreadable.
+    """
     try:
         with open(out / "train_image_level.csv", newline="") as f:
-            return [row["id"].replace("_image", "") for row in csv.DictReader(f)]
-    except (OSError, KeyError, csv.Error):
+            listed = [str(row.get("id") or "").removesuffix("_image") for row in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error):
         return []
+    ours = [i for i in listed if _SIIM_ID.fullmatch(i) and _inside(out, out / "train" / f"{i}.png")]
+    others = sorted(set(listed) - set(ours))
+    if others:
+        log.warning("%s lists %d image id(s) the generator does not draw (first: %r); their files "
+                    "are left alone. Delete them by hand if they are yours to delete.",
+                    out / "train_image_level.csv", len(others), others[0])
+    return ours
 
 
-def _siim_complete(out: Path) -> bool:
-    """True when both CSVs exist and every listed image file is there."""
-    ids = _siim_image_ids(out)
+def _siim_complete(out: Path, ids: Sequence[str]) -> bool:
+    """True when ``ids`` (as listed by :func:`_siim_listed_ids`) is not empty and every image is there."""
     return bool(ids) and all((out / "train" / f"{i}.png").is_file() for i in ids)
-
-
-def _remove_siim_images(out: Path) -> None:
-    """Delete the images an earlier synthetic run listed (and nothing else)."""
-    for image_id in _siim_image_ids(out):
-        (out / "train" / f"{image_id}.png").unlink(missing_ok=True)
