@@ -1,14 +1,16 @@
 """``python -m cxrlib`` (also installed as ``cxr``): a thin layer over the library.
 
 Each sub-command parses its flags and calls one library function with the same defaults
-the notebooks use. Errors the user can fix (a missing dataset, unavailable weights, a bad
-flag) print one clear line and exit with status 2, never a stack trace. An unexpected
-internal error prints one line naming the log file that holds its traceback, and exits 1.
+the notebooks use. Errors the user can fix (:class:`cxrlib.errors.UserError`: a missing
+dataset, unavailable weights, a bad flag or file; a full disk) print one clear line and exit
+with status 2, never a stack trace. Anything else is an internal error: one line naming the
+log file that holds its traceback, and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -18,6 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
+from cxrlib.errors import UserError
 from cxrlib.text import one_line
 
 log = logging.getLogger("cxrlib")
@@ -360,7 +363,40 @@ def _check_out(args: argparse.Namespace) -> None:
         raise NotADirectoryError(f"The output path {out} is a file; give a folder path.")
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
+#: The errors the user can fix: cxrlib's own, the file system's plain answers about a path
+#: they gave, and a bad flag. Every other exception is a bug (exit 1, traceback in a log file).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError,
+    argparse.ArgumentError, argparse.ArgumentTypeError)
+#: Modules whose user-fixable problems are still plain ValueErrors (they are being reshaped):
+#: a ValueError that their own code raises counts as a user error until they raise UserError.
+#: A ValueError raised anywhere else (numpy, pandas, Keras) is an internal error.
+UNCONVERTED_MODULES: frozenset[str] = frozenset(
+    {"cxrlib.runs.train", "cxrlib.runs.records", "cxrlib.spec", "cxrlib.course.presets",
+     "cxrlib.models.variants", "cxrlib.models.build"})
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _raised_in(error: BaseException) -> str:
+    """The name of the module whose code raised ``error`` (the innermost traceback frame)."""
+    tb = error.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", ""))
+
+
+def user_error_message(error: BaseException, args: argparse.Namespace) -> str | None:
+    """The one line to print for an error the user can fix, or None for an internal error."""
+    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+        where = Path(error.filename).parent if error.filename else getattr(args, "out", None)
+        return (f"the disk is full: cannot write in {where or 'the output folder'}; free some "
+                "space there, or give an output folder on another disk.")
+    if isinstance(error, USER_ERRORS) or (
+            isinstance(error, ValueError) and _raised_in(error) in UNCONVERTED_MODULES):
+        return one_line(error)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -368,19 +404,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from cxrlib.models.backbones import WeightsUnavailableError
-    from cxrlib.data.datasets import DatasetError
-
     try:
         _check_out(args)
         return _handler(args)(args)
-    except (DatasetError, WeightsUnavailableError, *USER_ERRORS) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001 - anything else is a bug: log it, say one line
+    except Exception as error:  # noqa: BLE001 - sorted below: the user's to fix, or a bug
+        message = user_error_message(error, args)
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            return 2
         where = _log_traceback(argv)
         print(f"error: internal error ({type(error).__name__}: {one_line(error, 200)}); "
               + (f"full traceback in {where}" if where else "no log could be written")

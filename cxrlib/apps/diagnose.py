@@ -31,6 +31,7 @@ import pandas as pd
 from cxrlib.explain import maps as explain
 from cxrlib.data.images import is_image_path
 from cxrlib.data.pipeline import model_inputs, read_prepared
+from cxrlib.errors import InputError
 from cxrlib.files import write_csv_atomic
 from cxrlib.runs.evaluate import load_run, predict
 
@@ -98,9 +99,9 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
     out = Path(out_dir)
     files = find_images(root, exclude=out)
     if not files:
-        raise ValueError(f"No image files under {root}.")
+        raise InputError(f"No image files under {root}.")
     if method not in explain.METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(DIAGNOSE_METHODS)}.")
+        raise InputError(f"Unknown method {method!r}; choose one of {', '.join(DIAGNOSE_METHODS)}.")
     model, _, prep, classes, _ = load_run(model_path)
     stage2 = load_run(stage2_path) if stage2_path is not None else None
     if stage2 is not None and not any(is_pneumonia(c) for c in classes):

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from cxrlib.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -45,7 +47,7 @@ _HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;1
 _truncation_lock = threading.Lock()
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """A file that cannot be read as an image; str() names the path and the reason."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

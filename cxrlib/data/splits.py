@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.data.datasets import MANIFEST_COLUMNS, class_names, load_manifest
+from cxrlib.errors import InputError
 from cxrlib.files import write_csv_atomic
+from cxrlib.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ def sample_per_class(manifest: pd.DataFrame, n: int, seed: int = 0,
     ``warn=False``), ordered by class then path. ``classes`` keeps only those classes, in
     that order (default: every class, sorted)."""
     if n < 1:
-        raise ValueError(f"samples per class must be at least 1, not {n}")
+        raise InputError(f"samples per class must be at least 1, not {n}")
     order = list(classes) if classes is not None else sorted(manifest["label"].unique())
     parts = []
     for label in order:
@@ -59,7 +61,7 @@ def class_weights(labels: Sequence[str] | pd.Series, classes: Sequence[str]) -> 
     counts = pd.Series(list(labels)).value_counts()
     missing = [c for c in classes if counts.get(c, 0) == 0]
     if missing:
-        raise ValueError(f"No training images for classes {missing}: cannot weight them.")
+        raise InputError(f"No training images for classes {missing}: cannot weight them.")
     total = int(counts[list(classes)].sum())
     return {i: total / (len(classes) * int(counts[c])) for i, c in enumerate(classes)}
 
@@ -101,7 +103,7 @@ def split_manifest(manifest: pd.DataFrame, val: float = 0.15, test: float = 0.15
     missing validation or test part is carved out of the training part.
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise ValueError(f"val and test fractions must be in [0, 1) with val + test < 1, got {val}, {test}")
+        raise InputError(f"val and test fractions must be in [0, 1) with val + test < 1, got {val}, {test}")
     out = manifest.copy()
     out.attrs = dict(manifest.attrs)
     official = keep_official and (out["split"] != "").all()
@@ -153,10 +155,14 @@ def load_split(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No split file at {path}; make one with split_manifest + save_split.")
-    manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.EmptyDataError) as error:  # ParserError, UnicodeDecodeError
+        raise InputError(f"Cannot read {path} as a split file ({one_line(error, 160)}); give the "
+                         "split.csv a run saved (RUN_DIR/split.csv).") from error
     missing_columns = [c for c in ("path", "label", "split") if c not in manifest]
     if missing_columns:
-        raise ValueError(f"{path} is not a split file: it lacks columns {missing_columns}.")
+        raise InputError(f"{path} is not a split file: it lacks columns {missing_columns}.")
     for column in MANIFEST_COLUMNS:
         if column not in manifest:
             manifest[column] = ""
@@ -171,7 +177,7 @@ def load_split(path: str | Path) -> pd.DataFrame:
 def subset(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     """The rows of one split."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+        raise InputError(f"split must be one of {SPLITS}, not {split!r}")
     return manifest[manifest["split"] == split].reset_index(drop=True)
 
 
@@ -184,7 +190,7 @@ def prepare_split(data: str | Path, layout: str = "auto", classes: Sequence[str]
         manifest = load_split(split_file)
         return manifest, class_names(manifest, classes)
     if samples_per_class is not None and samples_per_class < 1:
-        raise ValueError(f"samples per class must be at least 1, not {samples_per_class} "
+        raise InputError(f"samples per class must be at least 1, not {samples_per_class} "
                          "(leave it out to use every image).")
     manifest = load_manifest(data, layout=layout, classes=classes)
     if samples_per_class is not None:

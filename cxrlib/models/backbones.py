@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cxrlib.errors import InputError, UserError
+
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
@@ -64,7 +66,7 @@ SCRATCH_SIZE = 128
 SCRATCH_MIN_SIZE = 16  # four 2x2 poolings leave one pixel
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """ImageNet weights that are neither cached nor downloadable."""
 
 
@@ -72,7 +74,7 @@ def get_backbone(name: str) -> Backbone:
     """The registry entry for ``name`` (case-insensitive), or a ValueError listing the choices."""
     key = name.lower().replace("-", "").replace("_", "")
     if key not in BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} or 'scratch'.")
+        raise InputError(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} or 'scratch'.")
     return BACKBONES[key]
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from cxrlib.data.datasets import canonical_class, load_manifest
 from cxrlib.data.pipeline import Prep, make_dataset, prep_from_record
 from cxrlib.data.splits import load_split
+from cxrlib.errors import InputError
 from cxrlib.runs.metrics import class_probabilities
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def evaluate(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
                       label_mode="binary" if binary else "categorical", skip_log=skipped)
     probs, labels = predict(model, ds, len(classes), with_labels=True)
     if len(labels) == 0:
-        raise ValueError("No readable images to evaluate.")
+        raise InputError("No readable images to evaluate.")
     broken = ~np.isfinite(probs).all(axis=1)
     if broken.any():  # a diverged model: its run is still scored and recorded, and says so
         log.warning("%d of %d outputs are not finite (the training diverged); they count as "
@@ -159,7 +160,7 @@ def match_classes(manifest: pd.DataFrame, model_classes: Sequence[str]) -> pd.Da
         log.warning("Classes %s are not among the model's %s; their images are left out.",
                     dropped, list(model_classes))
     if labels.isna().all():
-        raise ValueError(f"None of the classes {sorted(set(manifest['label']))} match the model's "
+        raise InputError(f"None of the classes {sorted(set(manifest['label']))} match the model's "
                          f"classes {list(model_classes)}.")
     out = manifest[labels.notna()].assign(label=labels[labels.notna()]).reset_index(drop=True)
     out.attrs = dict(manifest.attrs)
@@ -170,7 +171,7 @@ def check_outputs(model, classes: Sequence[str], path: str | Path) -> None:
     """ValueError unless the model has one output per recorded class (or one sigmoid for two)."""
     units = int(model.output_shape[-1])
     if units != len(classes) and not (units == 1 and len(classes) == 2):
-        raise ValueError(f"The model {path} has {units} output(s) but its record.json lists "
+        raise InputError(f"The model {path} has {units} output(s) but its record.json lists "
                          f"{len(classes)} classes {list(classes)}: the model and the record come "
                          "from different runs; train the run again.")
 
@@ -184,14 +185,14 @@ def _test_split(run_dir: Path, record: dict, data: str | Path | None) -> pd.Data
                                     "own test split is scored; leave --data out, or use --split "
                                     "all to score another folder.")
         if root and Path(data).resolve() != Path(root).resolve():
-            raise ValueError(f"--split test scores the run's own test split, drawn from {root}, "
+            raise InputError(f"--split test scores the run's own test split, drawn from {root}, "
                              f"not {data}; use --split all --data {data} to score every image "
                              "there, or leave --data out.")
     split_path = run_dir / record["artifacts"].get("split", "split.csv")
     manifest = load_split(split_path)
     manifest = manifest[manifest["split"] == "test"].reset_index(drop=True)
     if manifest.empty:
-        raise ValueError(f"The run's split {split_path} has no test images; use --split all --data DIR.")
+        raise InputError(f"The run's split {split_path} has no test images; use --split all --data DIR.")
     missing = [p for p in manifest["path"] if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} of the run's {len(manifest)} test images are "
@@ -219,10 +220,10 @@ def evaluate_saved_model(model_path: str | Path, data: str | Path | None = None,
         data = record["dataset"].get("root") or data
     elif split == "all":
         if data is None:
-            raise ValueError("--split all scores every image of a folder: give it with --data DIR.")
+            raise InputError("--split all scores every image of a folder: give it with --data DIR.")
         manifest = match_classes(load_manifest(data, layout=layout), classes)
     else:
-        raise ValueError(f"split must be 'test' or 'all', not {split!r}")
+        raise InputError(f"split must be 'test' or 'all', not {split!r}")
     metrics = evaluate(run.model, manifest, classes, prep,
                        seed=record["hyperparameters"].get("seed", 0))
     metrics.update({"model": str(model_path), "data": str(data), "split": split,

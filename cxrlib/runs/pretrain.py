@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlib.errors import InputError
 from cxrlib.models.backbones import (SCRATCH, SYNTHETIC, default_size, get_backbone, resolve_weights)
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ def pretrain(backbone: str, image_size: int, cache: str | Path | None = None,
 
     entry = get_backbone(backbone)
     if image_size < entry.min_size:
-        raise ValueError(f"{backbone} needs images of at least {entry.min_size} px, not {image_size}.")
+        raise InputError(f"{backbone} needs images of at least {entry.min_size} px, not {image_size}.")
     target = weights_path(backbone, image_size, seed, cache)
     target.parent.mkdir(parents=True, exist_ok=True)
     images, labels = source_films(n_images, image_size, seed, target.parent, progress)
