@@ -17,3 +17,7 @@ has the data flow):
 """
 
 __version__ = "0.1.0"
+
+from cxrlib import quiet as _quiet
+
+_quiet.install()   # before anything imports TensorFlow: no C++ start-up lines (cxrlib/quiet.py)

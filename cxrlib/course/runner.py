@@ -79,19 +79,33 @@ def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict | None 
     out = Path(out_dir).resolve() / path.name
     out.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernel inherits it: quiet TF start-up
+    if not log.isEnabledFor(logging.DEBUG):   # its "Input Notebook: …" lines: the runner says it
+        logging.getLogger("papermill").setLevel(logging.WARNING)
     known = notebook_parameters(path)
     injected = {**(smoke_parameters(path.name[:2]) if smoke_requested(smoke) else {}),
                 **dataset_folders(), **(parameters or {})}
     unused = sorted(set(injected) - known)
     if unused:   # the series shares one set of parameters; each notebook takes its own
-        log.info("%s has no parameter %s: not passed.", path.name, ", ".join(unused))
+        log.debug("%s has no parameter %s: not passed.", path.name, ", ".join(unused))
     injected = {k: v for k, v in injected.items() if k in known}
     started = time.time()
     papermill.execute_notebook(str(path), str(out), parameters=injected, cwd=str(path.parent),
                                kernel_name="python3", progress_bar=False,
-                               execution_timeout=timeout)
+                               execution_timeout=timeout, **kernel_options())
     return {"notebook": path.name, "output": str(out), "seconds": round(time.time() - started, 1),
             "parameters": injected}
+
+
+def kernel_options() -> dict[str, Any]:
+    """papermill's kernel settings: the kernel's channels encrypted (CurveZMQ, which the
+    kernel then does not warn about as "running over TCP without encryption"); where pyzmq
+    has no CurveZMQ, the kernel's own log at errors only, for the same warning."""
+    import zmq
+    from traitlets.config import Config
+
+    if zmq.has("curve"):
+        return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
+    return {"extra_arguments": ["--IPKernelApp.log_level=ERROR"]}
 
 
 def list_notebooks(folder: str | Path = NOTEBOOK_DIR, only: Sequence[str] | None = None) -> list[Path]:

@@ -1,7 +1,8 @@
 """Helpers the notebooks call in their first cells, so that every notebook starts the same way.
 
-- :func:`smoke_mode`: whether ``CXR_SMOKE=1`` is set (the runner then injects the smoke
-  parameters, see :mod:`cxrlib.course.runner`; the notebooks only see their ``SMOKE`` parameter).
+- :func:`smoke_mode`: whether ``CXR_SMOKE=1`` is set.
+- :func:`apply_smoke`: the last line of every ``parameters`` cell: in smoke mode, the smoke
+  settings (:func:`cxrlib.course.runner.smoke_parameters`) over the cell's defaults.
 - :func:`output_folders`: the results and figures folders, created.
 - :func:`environment_report`: versions, devices, and whether mixed precision would pay off.
 - :func:`choose_data`: the real dataset when its path is given and present, else the synthetic
@@ -42,6 +43,26 @@ def run_name(backbone: str, variant: str) -> str:
 def smoke_mode() -> bool:
     """True when ``CXR_SMOKE=1``: the quick, CPU-sized settings."""
     return os.environ.get("CXR_SMOKE", "") not in ("", "0")
+
+
+def apply_smoke(namespace: dict, notebook: str) -> bool:
+    """In smoke mode (``CXR_SMOKE=1``), the smoke settings of ``notebook`` (its number, "03")
+    over the defaults its ``parameters`` cell just set in ``namespace`` (the cell's
+    ``globals()``); True when it applied them.
+
+    The one source of the values is :func:`cxrlib.course.runner.smoke_parameters` (results and
+    figures go to ``CXR_SMOKE_DIR``, else ``outputs/smoke``). The runner injects the same values
+    as papermill parameters, after this cell; this is for a kernel it did not start (nbval, or
+    Jupyter started with ``CXR_SMOKE=1``). Only names the cell defines are set.
+    """
+    from cxrlib.course.runner import smoke_parameters, smoke_requested
+
+    if not smoke_requested():
+        return False
+    values = {k: v for k, v in smoke_parameters(notebook).items() if k in namespace}
+    namespace.update(values)
+    print(f"Smoke mode (CXR_SMOKE): {', '.join(f'{k}={v!r}' for k, v in values.items())}.")
+    return True
 
 
 def output_folders(results_dir: str | Path, figures_dir: str | Path) -> tuple[Path, Path]:
