@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from cxrlib.data.images import read_image
+
 V3_FOLDERS = {"COVID": "COVID", "Normal": "NORMAL", "Viral Pneumonia": "Viral Pneumonia"}
 V4_FOLDERS = {"COVID": "COVID", "Normal": "Normal", "Viral Pneumonia": "Viral Pneumonia",
               "Bacterial Pneumonia": "Lung_Opacity"}   # a stand-in class for Lung Opacity
@@ -53,7 +55,7 @@ def write_kermany(out: str | Path, per_class: int = 12, size: int = 96, seed: in
             folder.mkdir(parents=True, exist_ok=True)
             kind = {"Bacterial Pneumonia": "bacteria", "Viral Pneumonia": "virus"}.get(label)
             name = f"person{i}_{kind}_{i}.jpeg" if kind else f"IM-{i:04d}-0001.jpeg"
-            Image.open(path).convert("L").save(folder / name, quality=95)
+            Image.fromarray(read_image(path)).save(folder / name, quality=95)
     shutil.rmtree(out / ".drawn")
     return out
 

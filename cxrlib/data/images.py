@@ -17,13 +17,20 @@ into the same thing: a 2-D ``uint8`` array of shape ``(H, W)``.
 
 Anything that cannot be read (missing, empty, truncated, not an image, DICOM without
 pixel data) raises :class:`ImageReadError`, whose message names the path and reason.
+
+One pixel limit, :data:`MAX_PIXELS`, holds for every file cxrlib opens, whichever decoder
+reads it (PIL, pydicom, or TF's in :mod:`cxrlib.data.pipeline`): :func:`check_pixels` refuses
+a larger image from its header, before a pixel is decoded. A 20000 × 20000 PNG of zeros is
+431 KB on disk and 400 MB (several GB while decoding) in memory: a decompression bomb.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,12 @@ _DICOM_MAGIC = b"DICM"
 LUMA_WEIGHTS = tuple(np.float32(w) for w in (0.299, 0.587, 0.114))  # ITU-R 601-2
 _HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
 _truncation_lock = threading.Lock()
+_open_lock = threading.Lock()
+
+#: The most pixels (width × height × frames) cxrlib decodes from one file. The largest
+#: radiographs (a 43 × 43 cm detector at 0.1 mm) are about 4300 × 4300 = 18.5 M pixels; a file
+#: beyond this is a decompression bomb or a scan far finer than any model here needs.
+MAX_PIXELS = 50_000_000
 
 
 class ImageReadError(InputError):
@@ -62,6 +75,22 @@ class ImageReadError(InputError):
 def is_image_path(path: str | Path) -> bool:
     """True when the file suffix is a supported image suffix (case-insensitive)."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def check_pixels(path: str | Path, height: int, width: int, frames: int = 1) -> None:
+    """ImageReadError when an image of ``height`` × ``width`` (× ``frames``) pixels is over
+    :data:`MAX_PIXELS`: the one pixel limit, checked from the header before any decoding."""
+    pixels = int(height) * int(width) * max(1, int(frames))
+    if pixels > MAX_PIXELS:
+        size = f"{width} × {height}" + (f" × {frames} frames" if frames > 1 else "")
+        raise ImageReadError(path, _too_large(f"{size} = {pixels:,} pixels"))
+
+
+def _too_large(size: str) -> str:
+    """The reason for an image over the pixel limit; ``size`` says how large it is."""
+    return (f"image too large ({size}; the limit is {MAX_PIXELS:,}): a decompression bomb or "
+            "a far finer scan than needed; downscale it (4096 px on the long side is plenty) "
+            "or remove it")
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -141,7 +170,8 @@ def plain_format(path: str | Path) -> tuple[str, int, int] | None:
     :func:`read_image` does: 8-bit grey or RGB PNG with no chunk before the image data
     other than neutral ones, and 1- or 3-component JPEG with no APP1 (EXIF/XMP) segment,
     so no orientation to apply. The input pipeline decodes those in TF's threads and leaves
-    every other file (and every file this cannot open) to :func:`read_image`.
+    every other file (and every file this cannot open, or over :data:`MAX_PIXELS`) to
+    :func:`read_image`.
 
     Only the headers are read: the walk seeks from one chunk (PNG) or marker segment (JPEG)
     header to the next, a few hundred bytes per file. Reading a fixed 64 KB head instead read
@@ -172,6 +202,8 @@ def _plain_png(fh) -> tuple[str, int, int] | None:
     if len(ihdr) < 25 or ihdr[4:8] != b"IHDR" or ihdr[16] != 8 or ihdr[17] not in (0, 2):
         return None
     width, height = int.from_bytes(ihdr[8:12], "big"), int.from_bytes(ihdr[12:16], "big")
+    if width * height > MAX_PIXELS:  # read_image refuses it, with the reason
+        return None
     position = 8
     for _ in range(_MAX_SEGMENTS):
         header = _read_at(fh, position, 8)
@@ -203,7 +235,9 @@ def _plain_jpeg(fh) -> tuple[str, int, int] | None:
                 return None
             kind = {1: "grey-jpeg", 3: "rgb-jpeg"}.get(segment[9])
             height, width = (int.from_bytes(segment[o:o + 2], "big") for o in (5, 7))
-            return None if kind is None or not height or not width else (kind, height, width)
+            if kind is None or not height or not width or height * width > MAX_PIXELS:
+                return None  # read_image reads it, or refuses it with the reason
+            return kind, height, width
         if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame
             return None
         position += 2 + length
@@ -250,14 +284,35 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
+@contextlib.contextmanager
+def _open_pil(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` (the header only) under cxrlib's pixel limit instead of PIL's own.
+
+    PIL warns at 89 M pixels and refuses at twice that while opening; cxrlib refuses anything
+    over :data:`MAX_PIXELS` right after, so PIL's warning is silenced (under a lock, as
+    ``warnings.catch_warnings`` is process-wide) and its refusal given cxrlib's reason.
+    """
+    try:
+        with _open_lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, _pil_reason(exc)) from exc
+    with img:
+        check_pixels(path, img.height, img.width)  # read_image decodes the first frame only
+        yield img
+
+
 def _probe_pil(path: Path) -> dict[str, Any]:
     """Open the file lazily with PIL and return its header fields (as displayed: EXIF-upright)."""
     try:
-        with Image.open(path) as img:
+        with _open_pil(path) as img:
             info = _pil_info(img)
             if _orientation(img) in _SWAPPED_ORIENTATIONS:
                 info["width"], info["height"] = info["height"], info["width"]
             return info
+    except ImageReadError:
+        raise
     except Exception as exc:  # any decoder failure means "not readable"
         raise ImageReadError(path, _pil_reason(exc)) from exc
 
@@ -266,7 +321,7 @@ def _read_pil(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Fully decode a file with PIL (first frame), turn it upright (EXIF orientation, as a
     viewer would show it; phone photos of films carry one) and convert it to uint8 grayscale."""
     try:
-        with _strict_truncation(), Image.open(path) as img:
+        with _strict_truncation(), _open_pil(path) as img:
             img.load()
             upright = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
             info = _pil_info(upright)
@@ -283,8 +338,9 @@ def _pil_reason(exc: Exception) -> str:
     """A short human-readable reason for a PIL failure."""
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not a recognised image format"
-    if isinstance(exc, Image.DecompressionBombError):
-        return f"image too large ({exc})"
+    if isinstance(exc, Image.DecompressionBombError):  # PIL's message: "Image size (N pixels) ..."
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        return _too_large(f"{int(pixels[1]):,} pixels" if pixels else "over PIL's own limit")
     text = str(exc) or type(exc).__name__
     if "truncated" in text.lower() or isinstance(exc, (EOFError, SyntaxError)):
         return f"truncated or corrupt image data ({text})"
@@ -347,7 +403,16 @@ def _dicom_info(path: Path, ds: Any) -> dict[str, Any]:
 
 def _probe_dicom(path: Path) -> dict[str, Any]:
     """Read only the DICOM header (no pixel data)."""
-    return _dicom_info(path, _dcmread(path, stop_before_pixels=True))
+    ds = _dcmread(path, stop_before_pixels=True)
+    info = _dicom_info(path, ds)
+    check_pixels(path, info["height"], info["width"], _frames(ds))
+    return info
+
+
+def _frames(ds: Any) -> int:
+    """How many frames a DICOM dataset declares (1 when it does not say, or says nonsense)."""
+    frames = _first_float(ds.get("NumberOfFrames"))
+    return int(frames) if frames is not None and frames >= 1 else 1
 
 
 def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -358,6 +423,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             raise ImageReadError(path, "not a valid DICOM file (no image attributes)")
         raise ImageReadError(path, "DICOM has no pixel data")
     info = _dicom_info(path, ds)
+    check_pixels(path, info["height"], info["width"], _frames(ds))
     try:
         pixels = np.asarray(ds.pixel_array)
     except Exception as exc:  # missing decoder plugin, corrupt or truncated pixel data
