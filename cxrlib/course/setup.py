@@ -45,10 +45,10 @@ def smoke_mode() -> bool:
     return os.environ.get("CXR_SMOKE", "") not in ("", "0")
 
 
-def apply_smoke(namespace: dict, notebook: str) -> bool:
+def apply_smoke(namespace: dict, notebook: str) -> None:
     """In smoke mode (``CXR_SMOKE=1``), the smoke settings of ``notebook`` (its number, "03")
     over the defaults its ``parameters`` cell just set in ``namespace`` (the cell's
-    ``globals()``); True when it applied them.
+    ``globals()``), said in one line; otherwise nothing.
 
     The one source of the values is :func:`cxrlib.course.runner.smoke_parameters` (results and
     figures go to ``CXR_SMOKE_DIR``, else ``outputs/smoke``). The runner injects the same values
@@ -58,11 +58,10 @@ def apply_smoke(namespace: dict, notebook: str) -> bool:
     from cxrlib.course.runner import smoke_parameters, smoke_requested
 
     if not smoke_requested():
-        return False
+        return
     values = {k: v for k, v in smoke_parameters(notebook).items() if k in namespace}
     namespace.update(values)
     print(f"Smoke mode (CXR_SMOKE): {', '.join(f'{k}={v!r}' for k, v in values.items())}.")
-    return True
 
 
 def output_folders(results_dir: str | Path, figures_dir: str | Path) -> tuple[Path, Path]:
