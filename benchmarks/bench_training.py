@@ -31,7 +31,8 @@ import tensorflow as tf  # noqa: E402
 
 from cxrlib.data.datasets import load_manifest  # noqa: E402
 from cxrlib.models.build import build_model, classifier_head, compile_model, make_optimizer  # noqa: E402
-from cxrlib.data.pipeline import NO_AUGMENT, Prep, load_arrays, make_dataset  # noqa: E402
+from cxrlib.data.pipeline import Prep, load_arrays, make_dataset  # noqa: E402
+from cxrlib.spec import NO_AUGMENT  # noqa: E402
 from cxrlib.environment import environment_info  # noqa: E402
 from cxrlib.files import write_json_atomic  # noqa: E402
 from cxrlib.data.synthetic import generate_synthetic  # noqa: E402

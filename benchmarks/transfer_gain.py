@@ -55,8 +55,11 @@ def v1_correct(manifest, weights: str | None, image_size: int, run: Path) -> np.
     from cxrlib.runs import train as training
     from cxrlib.runs.evaluate import per_film_correct
 
-    training.train(manifest, CLASSES, "densenet121", "v1", run, weights=weights, image_size=image_size,
-                   epochs=30, batch_size=16, progress=False, bootstrap=20, reuse=False)
+    from cxrlib.spec import variant_spec
+
+    spec = variant_spec("densenet121", "v1", weights=weights, image_size=image_size, epochs=30,
+                        batch_size=16)
+    training.train(manifest, CLASSES, spec, run, progress=False, bootstrap=20, reuse=False)
     return per_film_correct(run, manifest)
 
 

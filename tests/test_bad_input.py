@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrlib.spec import variant_spec
 from cxrlib.apps import cli
 from cxrlib.apps.cli import main
 from cxrlib.runs import train as training
@@ -46,6 +47,32 @@ def tree_hash(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
                           else hashlib.sha256(path.read_bytes()).hexdigest())
         found.setdefault(Path(folder).relative_to(root).as_posix() + "/", "dir")
     return found
+
+
+def changes_outside(root: Path, before: dict[str, str], *outputs: Path) -> list[str]:
+    """What changed under ``root`` since ``before`` (its :func:`tree_hash`) outside ``outputs``:
+    the relative paths added, removed or rewritten, sorted (empty when nothing was)."""
+    after = tree_hash(root)
+    own = [out.relative_to(root).as_posix() for out in outputs]
+
+    def inside(rel: str) -> bool:
+        return any(rel == o + "/" or rel.startswith(o + "/") or rel == o for o in own)
+
+    return sorted(rel for rel in before.keys() | after.keys()
+                  if before.get(rel) != after.get(rel) and not inside(rel))
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """Someone else's folder beside the command's output (``tmp_path/victim``): an image, a text
+    file and a nested folder, which no command may change, remove or empty."""
+    folder = tmp_path / "victim"
+    write_png(folder / "victim.png", seed=7)
+    write_png(folder / "abs.png", seed=8)
+    (folder / "k.txt").write_text("keep me")
+    (folder / "deep").mkdir()
+    (folder / "deep" / "notes.txt").write_text("years of work")
+    return folder
 
 
 def cli_run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -312,8 +339,9 @@ def test_scratch_run_records_no_imagenet_weights(made) -> None:
     _, run = made
     assert read_record(run)["model"]["weights"] is None
     with pytest.raises(ValueError, match="no pretrained weights"):
-        training.train(_split_of(made), CLASSES, "scratch", "scratch", run.parent / "never",
-                       weights="some.h5", image_size=32, epochs=1)
+        training.train(_split_of(made), CLASSES,
+                       variant_spec("scratch", "scratch", weights="some.h5", image_size=32, epochs=1),
+                       run.parent / "never")
     assert not (run.parent / "never").exists()
 
 
@@ -503,3 +531,271 @@ def test_an_internal_error_is_one_line_and_logged(tmp_path: Path, capsys, monkey
     logs = list((tmp_path / "logs").glob("cxr-*.log"))
     assert len(logs) == 1 and str(logs[0]) in line
     assert "Traceback" in logs[0].read_text() and "a bug, not a user error" in logs[0].read_text()
+
+
+# --------------------------------------------------------------------------- nothing lost, round 2
+
+def write_png_bomb(path: Path, side: int) -> Path:
+    """A ``side`` × ``side`` grey PNG of zeros, written row by row (never held in memory): at
+    20000 px it is about 400 KB on disk and 400 MB decoded, a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pack = zlib.compressobj(9)
+    rows = b"".join(pack.compress(bytes(side + 1)) for _ in range(side)) + pack.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grey
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def one_warning(caplog, logger: str, *fragments: str) -> str:
+    """The single one-line WARNING ``logger`` logged, mentioning every fragment."""
+    found = [r.getMessage() for r in caplog.records
+             if r.levelname == "WARNING" and r.name == logger]
+    assert len(found) == 1, found
+    assert "\n" not in found[0], found[0]
+    for fragment in fragments:
+        assert fragment.lower() in found[0].lower(), found[0]
+    return found[0]
+
+
+def hostile_synth_folder(host: Path, victim: Path) -> Path:
+    """A folder whose ``synthetic.json`` claims files outside it, by a relative and an absolute path."""
+    host.mkdir()
+    (host / "synthetic.json").write_text(json.dumps({
+        "per_class": 1, "classes": ["COVID"],
+        "files": ["../victim/k.txt", "../victim/deep/notes.txt", str(victim / "abs.png")]}))
+    return host
+
+
+def test_synth_trusts_only_the_files_it_writes_inside_its_folder(tmp_path: Path, victim: Path,
+                                                                 capsys, caplog) -> None:
+    host = hostile_synth_folder(tmp_path / "host", victim)
+    before = tree_hash(tmp_path)
+    with caplog.at_level("WARNING"):
+        code, _, err = cli_run(["synth", host, "--per-class", "2", "--size", "64", "--quiet"], capsys)
+    assert code == 0, err
+    one_warning(caplog, "cxrlib.data.synthetic", "synthetic.json", "3 file(s)", "../victim/",
+                "left alone")
+    assert changes_outside(tmp_path, before, host) == []
+    listed = json.loads((host / "synthetic.json").read_text())["files"]
+    assert not [f for f in listed if "victim" in f]
+    # a class folder that is a link out of the folder: refused before anything is written
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "synthetic.json").write_text(json.dumps({"per_class": 1, "classes": ["COVID"], "files": []}))
+    (linked / "COVID").symlink_to(victim)
+    before = tree_hash(tmp_path)
+    code, _, err = cli_run(["synth", linked, "--per-class", "1", "--classes", "COVID", "--quiet"],
+                           capsys)
+    assert code == 2
+    assert_one_line_error(err, "COVID", "symbolic link", "new or empty folder")
+    assert changes_outside(tmp_path, before) == []
+
+
+def hostile_siim_folder(host: Path, victim: Path) -> Path:
+    """A synthetic SIIM set whose ``train_image_level.csv`` lists ids that lead out of it."""
+    import pandas as pd
+
+    from cxrlib.data.synthetic import generate_siim_like
+
+    generate_siim_like(host, n_studies=4, size=32, progress=False)
+    table = pd.read_csv(host / "train_image_level.csv", dtype=str, keep_default_na=False)
+    table.loc[0, "id"] = "../../victim/victim_image"
+    table.loc[1, "id"] = str(victim / "abs") + "_image"
+    table.to_csv(host / "train_image_level.csv", index=False)
+    return host
+
+
+def test_the_siim_generator_trusts_only_the_ids_it_draws(tmp_path: Path, victim: Path,
+                                                        caplog) -> None:
+    from cxrlib.data.synthetic import generate_siim_like
+
+    host = hostile_siim_folder(tmp_path / "host", victim)
+    before = tree_hash(tmp_path)
+    with caplog.at_level("WARNING"):  # other parameters: the earlier images are removed
+        assert generate_siim_like(host, n_studies=5, size=32, progress=False) == host
+    one_warning(caplog, "cxrlib.data.synthetic", "train_image_level.csv", "2 image id(s)",
+                "left alone")
+    assert changes_outside(tmp_path, before, host) == []
+    assert len(list((host / "train").glob("*.png"))) == 5
+
+
+def test_diagnose_makes_an_overlong_output_name_a_row(run_copy: Path, tmp_path: Path,
+                                                      victim: Path, capsys, caplog) -> None:
+    import pandas as pd
+
+    images = tmp_path / "images"
+    write_png(images / "good.png")
+    long_one = Path("a" * 200) / ("b" * 200 + ".png")  # each part fits; the flat name does not
+    write_png(images / long_one, seed=1)
+    out = tmp_path / "dx"
+    before = tree_hash(tmp_path)
+    with caplog.at_level("WARNING"):
+        code, printed, err = cli_run(["diagnose", images, "--model", run_copy / "model.keras",
+                                      "--out", out, "--quiet"], capsys)
+    assert code == 0, err
+    assert "1 images diagnosed, 1 unreadable" in printed
+    summary = pd.read_csv(out / "summary.csv").fillna("").set_index("file")
+    assert summary.loc["good.png", "error"] == "" and (out / summary.loc["good.png", "figure"]).is_file()
+    error = summary.loc[long_one.as_posix(), "error"]
+    assert "too long" in error and "shorten" in error and "\n" not in error
+    one_warning(caplog, "cxrlib.apps.diagnose", "too long", "shorten")
+    assert changes_outside(tmp_path, before, out) == []
+
+
+def test_a_decompression_bomb_is_a_logged_skip_in_every_command(made, run_copy: Path,
+                                                               tmp_path: Path, victim: Path,
+                                                               capsys) -> None:
+    from cxrlib.data.images import MAX_PIXELS
+
+    data = Path(shutil.copytree(made[0], tmp_path / "data"))
+    bomb = write_png_bomb(data / "COVID" / "images" / "COVID-99.png", 20000)
+    assert bomb.stat().st_size < 500_000 and 20000 ** 2 > MAX_PIXELS
+    images = tmp_path / "images"
+    write_png(images / "good.png")
+    shutil.copy(bomb, images / "bomb.png")
+    before = tree_hash(tmp_path)
+    reason = ("too large", "400,000,000 pixels", f"{MAX_PIXELS:,}", "downscale it")
+
+    code, printed, err = cli_run(["data", "check", data, "--json"], capsys)
+    assert code == 0, err
+    (unreadable,) = json.loads(printed)["unreadable"]
+    assert unreadable["path"] == str(bomb.resolve())
+    assert all(f.lower() in unreadable["error"].lower() for f in reason), unreadable
+
+    code, _, err = cli_run(["diagnose", images, "--model", run_copy / "model.keras",
+                            "--out", tmp_path / "dx", "--quiet"], capsys)
+    assert code == 0, err
+    import pandas as pd
+
+    summary = pd.read_csv(tmp_path / "dx" / "summary.csv").fillna("").set_index("file")
+    assert summary.loc["good.png", "error"] == ""
+    assert all(f.lower() in summary.loc["bomb.png", "error"].lower() for f in reason)
+
+    code, _, err = cli_run(train_args(data, tmp_path / "run"), capsys)
+    assert code == 0, err
+    (skipped,) = read_record(tmp_path / "run")["skipped"]
+    assert skipped["path"] == str(bomb.resolve())
+    assert all(f.lower() in skipped["error"].lower() for f in reason)
+    assert changes_outside(tmp_path, before, tmp_path / "dx", tmp_path / "run") == []
+
+
+def siim_set(folder: Path) -> Path:
+    """A small synthetic SIIM set to break."""
+    from cxrlib.data.synthetic import generate_siim_like
+
+    return generate_siim_like(folder, n_studies=4, size=32, progress=False)
+
+
+def _edit_csv(path: Path, change) -> None:
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    change(table)
+    table.to_csv(path, index=False)
+
+
+def _no_study_uid(root: Path) -> None:
+    _edit_csv(root / "train_image_level.csv", lambda t: t.drop(columns="StudyInstanceUID", inplace=True))
+
+
+def _boxes_as_numbers(root: Path) -> None:
+    _edit_csv(root / "train_image_level.csv", lambda t: t.loc.__setitem__((1, "boxes"), "[1, 2]"))
+
+
+def _box_x_text(root: Path) -> None:
+    box = "[{'x': 'abc', 'y': 1.0, 'width': 5.0, 'height': 5.0}]"
+    _edit_csv(root / "train_image_level.csv", lambda t: t.loc.__setitem__((1, "boxes"), box))
+
+
+def _dim0_zero(root: Path) -> None:
+    import pandas as pd
+
+    ids = pd.read_csv(root / "train_image_level.csv")["id"]
+    pd.DataFrame({"image_id": ids, "dim0": [512, 0, 512, 512], "dim1": 512}).to_csv(
+        root / "meta.csv", index=False)
+
+
+def _no_class_columns(root: Path) -> None:
+    _edit_csv(root / "train_study_level.csv", lambda t: t.drop(columns=list(t.columns[1:]), inplace=True))
+
+
+@pytest.mark.parametrize("break_it, fragments", [
+    (_no_study_uid, ("train_image_level.csv", "no column 'StudyInstanceUID'", "restore")),
+    (_boxes_as_numbers, ("train_image_level.csv line 3", "boxes must be a list", "[1, 2]",
+                         "fix that row")),
+    (_box_x_text, ("train_image_level.csv line 3", "box 'x' must be a number", "'abc'",
+                   "fix that row")),
+    (_dim0_zero, ("meta.csv line 3", "dim0 must be a positive number", "fix that row")),
+    (_no_class_columns, ("train_study_level.csv", "none of the study class columns", "restore")),
+])
+def test_siim_csv_problems_name_the_file_the_line_and_the_fix(tmp_path: Path, victim: Path, capsys,
+                                                              break_it, fragments) -> None:
+    root = siim_set(tmp_path / "siim")
+    break_it(root)
+    before = tree_hash(tmp_path)
+    code, _, err = cli_run(["data", "check", root], capsys)
+    assert code == 2
+    assert_one_line_error(err, str(root), *fragments)
+    assert changes_outside(tmp_path, before) == []
+
+
+def test_a_layout_that_does_not_fit_the_folder_says_so(made, tmp_path: Path, victim: Path,
+                                                      capsys) -> None:
+    data, _ = made
+    before = tree_hash(tmp_path)
+    for layout, fragments in (("kermany", ("not in the kermany layout", "train/NORMAL")),
+                              ("siim", ("not in the SIIM layout", "train_study_level.csv"))):
+        code, _, err = cli_run(["data", "check", data, "--layout", layout], capsys)
+        assert code == 2
+        assert_one_line_error(err, str(data), *fragments, "--layout auto")
+    assert changes_outside(tmp_path, before) == []
+
+
+def test_the_commands_that_write_stay_inside_their_output(run_copy: Path, tmp_path: Path,
+                                                          victim: Path, capsys) -> None:
+    from cxrlib.data.synthetic import generate_siim_like
+
+    images = tmp_path / "images"
+    write_png(images / "a.png")
+    write_png(images / "sub" / "b.png", seed=2)
+    host = hostile_synth_folder(tmp_path / "host", victim)
+    siim = hostile_siim_folder(tmp_path / "siim", victim)
+    commands = [
+        (host, lambda: cli_run(["synth", host, "--per-class", "1", "--size", "32", "--quiet"], capsys)[0]),
+        (siim, lambda: generate_siim_like(siim, n_studies=3, size=32, progress=False) and 0),
+        (tmp_path / "dx", lambda: cli_run(["diagnose", images, "--model", run_copy / "model.keras",
+                                           "--out", tmp_path / "dx", "--quiet"], capsys)[0]),
+        (images / "dx", lambda: cli_run(["diagnose", images, "--model", run_copy / "model.keras",
+                                         "--out", images / "dx", "--quiet"], capsys)[0]),
+    ]
+    for out, command in commands:
+        before = tree_hash(tmp_path)
+        assert command() == 0, out
+        assert changes_outside(tmp_path, before, out) == [], out
+        assert tree_hash(out), out  # it did write there
+
+
+@pytest.mark.parametrize("failure, status, fragments", [
+    (lambda tmp: np.stack([]), 1, ("internal error", "ValueError", "full traceback in")),
+    (lambda tmp: open(tmp / ("x" * 300), "w"), 1, ("internal error", "OSError", "full traceback in")),
+    (lambda tmp: (_ for _ in ()).throw(OSError(28, "No space left on device", str(tmp / "runs" / "t.csv"))),
+     2, ("the disk is full", "runs", "free some space")),
+    (lambda tmp: (_ for _ in ()).throw(__import__("cxrlib.errors").errors.InputError("bad --flag; use 3")),
+     2, ("bad --flag; use 3",)),
+])
+def test_only_cxrlibs_user_errors_exit_2(tmp_path: Path, capsys, monkeypatch, failure, status: int,
+                                         fragments: tuple[str, ...]) -> None:
+    monkeypatch.setitem(cli.COMMANDS, "report", lambda args: failure(tmp_path))
+    (tmp_path / "runs").mkdir()
+    code, _, err = cli_run(["report", tmp_path / "runs"], capsys)
+    assert code == status
+    line = assert_one_line_error(err, *fragments)
+    logs = list((tmp_path / "logs").glob("cxr-*.log"))
+    assert len(logs) == (1 if status == 1 else 0) and all(str(log) in line for log in logs)

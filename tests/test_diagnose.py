@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("tf_keras_vis")
 
+from cxrlib.spec import NO_AUGMENT, variant_spec
 from cxrlib.apps.cli import main  # noqa: E402
 from cxrlib.apps.diagnose import find_images, is_pneumonia  # noqa: E402
 from test_explain import TRAIN_CLASSES, trained_run  # noqa: E402  (the session's shared model)
@@ -38,9 +39,9 @@ def stage2(tmp_path_factory):
     generate_synthetic(base / "data", per_class=12, size=48, seed=5, classes=classes,
                        marker_prob=0.0, vary_size=False, progress=False)
     manifest = split_manifest(load_manifest(base / "data"), val=0.25, test=0.0, seed=0)
-    train(manifest, classes, "scratch", "scratch", base / "run", weights=None, image_size=48,
-          channels=1, epochs=1, batch_size=8, optimizer="adam", learning_rate=1e-3, seed=0,
-          augment=False, progress=False, bootstrap=0)
+    spec = variant_spec("scratch", "scratch", image_size=48, channels=1, epochs=1, batch_size=8,
+                        optimizer="adam", learning_rate=1e-3, seed=0, augment=NO_AUGMENT)
+    train(manifest, classes, spec, base / "run", progress=False, bootstrap=0)
     return base / "run" / "model.keras"
 
 

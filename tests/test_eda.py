@@ -20,7 +20,7 @@ from cxrlib.course.eda import (STAT_COLUMNS, TEXT_FLAG, augmentation_gallery, au
                         mask_overlay, plot_statistic_by_class, region_masks,
                         source_table, text_like_pixels, value_ranges)
 from cxrlib.data.quality import check_manifest, thumbnail_similarity
-from cxrlib.data.pipeline import NO_AUGMENT, Augment
+from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT
 
 
 def _film(seed: int = 0, size: int = 128, level: float = 100.0) -> np.ndarray:
@@ -260,10 +260,10 @@ def test_value_ranges_per_backbone(tmp_path) -> None:
 
 def test_augmented_copies_differ_and_no_augment_is_identity() -> None:
     image = _with_letter(_film(2, size=48))
-    copies = augmented_copies(image, Augment(), n=4, seed=0)
+    copies = augmented_copies(image, LIBRARY_AUGMENT, n=4, seed=0)
     assert copies.shape == (4, 48, 48) and copies.dtype == np.uint8
     assert len({c.tobytes() for c in copies}) == 4
     same = augmented_copies(image, NO_AUGMENT, n=2)
     assert (same == image).all()
-    figure = augmentation_gallery(image, Augment(), n=3)
+    figure = augmentation_gallery(image, LIBRARY_AUGMENT, n=3)
     assert isinstance(figure, Figure)

@@ -21,6 +21,7 @@ pytest.importorskip("tf_keras_vis")
 # pytest resets warning filters per test; training on a filtered dataset warns harmlessly
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
+from cxrlib.spec import NO_AUGMENT, variant_spec
 from cxrlib.explain import maps as explain  # noqa: E402
 from cxrlib.course.shortcut import shortcut_experiment  # noqa: E402
 from cxrlib.data.pipeline import Prep, prepare_image  # noqa: E402
@@ -52,9 +53,9 @@ def trained_run(base: Path) -> tuple[Path, "object"]:
                            severity=(1.0, 1.3), marker_prob=0.0, vary_size=False, progress=False)
     manifest = split_manifest(load_manifest(data), val=0.15, test=0.25, seed=0)
     run = base / "run"
-    train(manifest, TRAIN_CLASSES, "scratch", "scratch", run, weights=None, image_size=64,
-          epochs=10, batch_size=16, optimizer="adam", learning_rate=1e-3, seed=0,
-          augment=False, progress=False, bootstrap=100)
+    spec = variant_spec("scratch", "scratch", image_size=64, epochs=10, batch_size=16,
+                        optimizer="adam", learning_rate=1e-3, seed=0, augment=NO_AUGMENT)
+    train(manifest, TRAIN_CLASSES, spec, run, progress=False, bootstrap=100)
     return run, manifest
 
 

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from cxrlib.data.datasets import MANIFEST_COLUMNS, load_manifest
-from cxrlib.data.pipeline import (NO_AUGMENT, Augment, Prep, border_crop, crop_reference_of, equalize,
+from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT
+from cxrlib.data.pipeline import (Prep, border_crop, crop_reference_of, equalize,
                              load_arrays, make_dataset, prepare_image)
 
 CLASSES = ["A", "B"]
@@ -66,11 +67,11 @@ def test_one_channel_and_label_modes(manifest) -> None:
 
 def test_augmentation_touches_training_data_only(manifest) -> None:
     prep = Prep(32, "scratch")
-    plain = _all(make_dataset(manifest, CLASSES, prep, training=False, augment=Augment()))[0]
+    plain = _all(make_dataset(manifest, CLASSES, prep, training=False, augment=LIBRARY_AUGMENT))[0]
     again = _all(make_dataset(manifest, CLASSES, prep, training=False))[0]
     np.testing.assert_array_equal(plain, again)  # evaluation data: never augmented
     shuffled = _all(make_dataset(manifest, CLASSES, prep, training=True, augment=NO_AUGMENT, seed=1))[0]
-    augmented = _all(make_dataset(manifest, CLASSES, prep, training=True, augment=Augment(), seed=1))[0]
+    augmented = _all(make_dataset(manifest, CLASSES, prep, training=True, augment=LIBRARY_AUGMENT, seed=1))[0]
     assert sorted(map(float, shuffled.sum(axis=(1, 2, 3)))) == pytest.approx(
         sorted(map(float, plain.sum(axis=(1, 2, 3)))), rel=1e-5)  # shuffling alone keeps pixels
     assert np.abs(augmented - shuffled).mean() > 0.01

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from cxrlib.course import presets
-from cxrlib.course.presets import PRESETS, expected_settings, get_preset, scaled, train_kwargs
+from cxrlib.course.presets import COURSE_FAITHFUL, PRESETS, get_preset, run_spec, scaled
+from cxrlib.course.reports import REPORTS
 from cxrlib.course.reproduce import comparison, pin_version, preset_data, preset_split, train_preset
+from cxrlib.models.variants import get_variant
 from cxrlib.runs.records import validate_record
+from cxrlib.spec import flat_items
 
 FOLDER_VARIABLES = ("COVID_DIR", "KERMANY_DIR", "SIIM_DIR", "EXTERNAL_DIR")
 
@@ -26,44 +31,120 @@ def test_every_preset_is_complete() -> None:
         get_preset("nope")
 
 
+def _same(ours, theirs) -> bool:
+    """Equal as a record would store them (tuples as lists), variants by what they build."""
+    if isinstance(ours, str) and isinstance(theirs, str) and ours != theirs:
+        try:
+            return get_variant(ours).name == get_variant(theirs).name
+        except ValueError:
+            return False
+    as_list = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return as_list(ours) == as_list(theirs)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_run_is_its_report_or_says_why_not(name: str) -> None:
+    """Each setting the report states is the run's, unless the run names the difference and why;
+    each number the report gives is the run's ``reported`` (never typed twice)."""
+    preset, report = get_preset(name), REPORTS[name]
+    assert set(report.settings) <= set(preset.keys()) and set(report.results) <= set(preset.keys())
+    for run in preset.runs:
+        ours = {**flat_items(run.spec), "init_from": run.init_from}
+        stated = report.settings.get(run.key, {})
+        wrong = {field: (ours[field], item.value, item.section) for field, item in stated.items()
+                 if field not in run.differs and not _same(ours[field], item.value)}
+        assert not wrong, f"{name}/{run.key} departs from its report without a reason: {wrong}"
+        for field in run.differs:   # a stated difference really is one, and has a reason
+            assert field in ours and run.differs[field].strip()
+            if field in stated:
+                assert not _same(ours[field], stated[field].value), f"{run.key}.{field} differs from nothing"
+        assert dict(run.reported) == {k: v.value for k, v in report.results.get(run.key, {}).items()}
+        assert dict(preset.findings) == {k: v.value for k, v in report.findings.items()}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_the_librarys_changes_are_off_in_every_preset_unless_it_says_why(name: str) -> None:
+    for run in get_preset(name).runs:
+        for field, course in COURSE_FAITHFUL.items():
+            assert getattr(run.spec, field) == course or field in run.differs, (run.key, field)
+        finetuned = not get_variant(run.variant).frozen and run.backbone not in ("scratch", "vgg16")
+        if finetuned:   # BatchNorm frozen in fine-tuning is the project's rule: said, with the reason
+            assert run.spec.freeze_bn and "freeze_bn" in run.differs, run.key
+
+
 def test_the_radiography_course_as_reported() -> None:
     preset = get_preset("radiography")
     assert preset.version == "v3" and preset.image_size == 224
-    assert (preset.val, preset.test) == (0.1, 0.2)
-    assert all(r.optimizer == "sgd" and r.learning_rate == 0.01 and r.decay == 1e-6 for r in preset.runs)
+    assert (preset.split.val, preset.split.test, preset.split.samples_per_class) == (0.1, 0.2, 1200)
+    assert all(r.spec.optimizer == "sgd" and r.spec.learning_rate == 0.01 and r.spec.decay == 1e-6
+               for r in preset.runs)
     assert all(r.epochs == 20 for r in preset.runs if r.key != "v0")
-    v2 = preset.run("v2").augment
-    assert v2.flip and v2.brightness == (0.8, 1.25) and v2.zoom == (1.0, 1.2) and not v2.rotation
+    v2 = preset.run("v2").spec.augment
+    assert v2.flip and v2.brightness == (0.8, 1.25) and v2.zoom == (1.0, 1.2)
+    assert not v2.rotation and not v2.contrast
+    assert preset.run("v1").spec.normalization == "none" and preset.run("v2").spec.normalization == "featurewise"
     assert presets.run_size(preset, preset.run("xception-finetune")) == 224
-    assert preset.run("vgg16-finetune").reported == {"accuracy": 0.3388}
+    assert preset.run("vgg16-finetune").reported["test_accuracy"] == 0.3388
+    assert preset.run("v1").reported["val_loss"] == 3.1393
 
 
-def test_train_kwargs_are_the_preset() -> None:
+def test_run_spec_is_the_preset() -> None:
     preset = get_preset("siim")
-    kwargs = train_kwargs(preset, "phase3-finetune-competition", {"phase2-finetune-union": "/r/p2"})
-    assert kwargs["optimizer"] == "nadam" and kwargs["learning_rate"] == 0.01 and kwargs["epochs"] == 15
-    assert kwargs["init_from"] == "/r/p2/model.keras" and kwargs["head"] == "batchnorm"
-    assert kwargs["equalize"] == "hist" and kwargs["dataset_info"]["preset"] == "siim"
-    small = scaled(preset, image_size=32, epochs=1)
-    assert small.run("study-sgd").epochs == 1 and small.run("study-sgd").early_stopping == 10
+    spec = run_spec(preset, "phase3-finetune-competition", {"phase1-frozen-union": "/r/p1"})
+    assert (spec.optimizer, spec.learning_rate, spec.epochs) == ("nadam", 0.01, 15)
+    assert spec.init_from == "/r/p1/model.keras" and spec.head == "batchnorm"   # phase 1's, not 2's
+    assert spec.equalize == "hist" and spec.augment.shear == 0.05
+    study = preset.run("study-sgd").spec
+    assert (study.optimizer, study.learning_rate, study.momentum, study.decay, study.epochs) == \
+        ("sgd", 0.2, 0.9, 0.001, 5) and study.head == "linear"
+    small = scaled(preset, image_size=32, epochs=1, weights=None)
+    assert small.run("study-adam").epochs == 1 and small.run("study-adam").spec.early_stopping == 10
     assert presets.run_size(small, small.run("study-sgd")) == 71   # Xception's minimum
     assert scaled(get_preset("radiography"), epochs=1).run("v0").epochs == 0
 
+
+def test_scaling_switches_on_the_librarys_aids_only_without_imagenet_weights() -> None:
+    course = get_preset("radiography")
+    assert scaled(course, image_size=64, epochs=10).run("v2").spec.head_norm is False
+    demo = scaled(course, image_size=64, epochs=10, weights="synthetic")
+    assert all(r.spec.head_norm and r.spec.keep_best and r.spec.clipnorm == 1.0
+               and r.spec.normalization == "backbone" for r in demo.runs)
+    assert any("synthetic weights need" in line for line in demo.scaling)   # it says so
+    scratch = scaled(get_preset("kermany-3class"), image_size=64, weights=None)
+    assert scratch.run("cnn").spec.head_norm is False   # no pretrained backbone: nothing to aid
 
 
 def test_the_fine_tuning_learning_rate_changes_only_the_fine_tuning_runs() -> None:
     course = get_preset("radiography")
     demo = scaled(course, image_size=64, epochs=10, finetune_learning_rate=1e-3)
     changed = {run.key for run, old in zip(demo.runs, course.runs)
-               if run.learning_rate != old.learning_rate}
+               if run.spec.learning_rate != old.spec.learning_rate}
     assert changed == {"v3", "resnet50-finetune", "vgg16-finetune", "inceptionv3-finetune",
                        "xception-finetune"}
-    assert all(demo.run(key).learning_rate == 1e-3 for key in changed)
-    assert demo.run("v2reg").learning_rate == course.run("v2reg").learning_rate == 0.01
-    assert scaled(course, epochs=1).run("v3").learning_rate == 0.01   # not given: the course's
+    assert all(demo.run(key).spec.learning_rate == 1e-3 for key in changed)
+    assert demo.run("v2reg").spec.learning_rate == course.run("v2reg").spec.learning_rate == 0.01
+    assert scaled(course, epochs=1).run("v3").spec.learning_rate == 0.01   # not given: the course's
     siim = scaled(get_preset("siim"), finetune_learning_rate=1e-4)
-    assert siim.run("phase3-finetune-competition").learning_rate == 1e-4
-    assert siim.run("opacity-frozen").learning_rate == 1e-3
+    assert siim.run("phase3-finetune-competition").spec.learning_rate == 1e-4
+    assert siim.run("opacity-frozen").spec.learning_rate == 1e-3
+
+
+def test_presets_json_has_the_documented_shape(capsys) -> None:
+    from cxrlib.apps.cli import main
+
+    assert main(["presets", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [p["name"] for p in printed["presets"]] == list(PRESETS)
+    run = printed["presets"][0]["runs"][3]
+    assert run["name"] == "v2reg" and run["reported"]["test_accuracy"] == 0.9569
+    spec = run["spec"]
+    for field in ("epochs", "optimizer", "learning_rate", "momentum", "nesterov", "decay",
+                  "early_stopping", "class_weight", "init_from"):
+        assert field in spec
+    assert set(spec["augment"]) >= {"flip", "brightness", "contrast", "zoom", "shear", "rotation"}
+    assert set(spec["split"]) >= {"samples_per_class", "test", "val", "official_test"}
+    assert spec["augment"]["zoom"] == [1.0, 1.2]
+
 
 def test_split_shares_and_version_pin(tmp_path) -> None:
     manifest = pd.DataFrame({"path": [f"/d/{i}.png" for i in range(3000)],
@@ -99,18 +180,20 @@ def test_every_preset_in_smoke_mode(name: str, tmp_path, monkeypatch) -> None:
     """Tiny images, one epoch, synthetic data: each record says exactly what the preset says."""
     for variable in FOLDER_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
-    preset = scaled(get_preset(name), image_size=32, epochs=1)
+    preset = scaled(get_preset(name), image_size=32, epochs=1, weights=None)
     data = preset_data(preset, tmp_path / "data", per_class=6, size=64)
     records = train_preset(preset, data, tmp_path / "results", weights=None, progress=False,
                            bootstrap=10, run_eagerly=True)
     assert list(records) == preset.keys()
+    dirs = {key: tmp_path / "results" / name / key for key in preset.keys()}
     for key, record in records.items():
         assert validate_record(record) == []
-        got, want = presets.recorded_settings(record), expected_settings(preset, key)
-        assert got == want, {k: (got[k], want[k]) for k in want if got[k] != want[k]}
-        run = preset.run(key)
-        if run.init_from:
-            assert record["hyperparameters"]["init_from"].endswith(f"{run.init_from}/model.keras")
+        want = run_spec(preset, key, dirs).model_copy(update={"weights": None}).model_dump(mode="json")
+        assert record["spec"] == want, {k: (record["spec"][k], v) for k, v in want.items()
+                                        if record["spec"][k] != v}
+        assert record["dataset"]["preset"] == name and record["dataset"]["run"] == key
     table = comparison(preset, records)
     assert list(table.index) == preset.keys()
-    assert table["ours: test accuracy"].notna().all() and "course: test accuracy" in table
+    reported = {n for run in preset.runs for n in run.reported}
+    for number in reported - {"epochs_run"}:   # every kind of number the report gives, ours beside it
+        assert f"course: {number.replace('_', ' ')}" in table and f"ours: {number.replace('_', ' ')}" in table

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from cxrlib.spec import variant_spec
 from cxrlib.data.datasets import load_manifest
 from cxrlib.data.splits import split_manifest
 from cxrlib.data.synthetic import (SOURCE_LABELS, SOURCE_PREVALENCE, generate_synthetic,
@@ -156,8 +157,8 @@ def target_split(tmp_path_factory):
 
 def test_frozen_run_adapts_its_normalization_on_training_features(target_split, tmp_path) -> None:
     classes = ["COVID", "Normal", "Viral Pneumonia"]
-    training.train(target_split, classes, "densenet121", "v2reg", tmp_path / "f", weights=None,
-                   image_size=32, epochs=1, batch_size=16, progress=False, bootstrap=20)
+    spec = variant_spec("densenet121", "v2reg", weights=None, image_size=32, epochs=1, batch_size=16)
+    training.train(target_split, classes, spec, tmp_path / "f", progress=False, bootstrap=20)
     from cxrlib.models.build import feature_extractor, load_model
 
     model = load_model(str(tmp_path / "f" / "model.keras"))
@@ -209,9 +210,9 @@ def test_pretraining_on_the_source_task_transfers_to_a_fresh_target(scarce_targe
     correct = {}
     for weights in ("synthetic", None):
         run = tmp_path / str(weights)
-        record = training.train(scarce_target, classes, "densenet121", "v1", run, weights=weights,
-                                image_size=TRANSFER_SIZE, epochs=30, batch_size=16, progress=False,
-                                bootstrap=20)
+        spec = variant_spec("densenet121", "v1", weights=weights, image_size=TRANSFER_SIZE,
+                            epochs=30, batch_size=16)
+        record = training.train(scarce_target, classes, spec, run, progress=False, bootstrap=20)
         correct[weights] = per_film_correct(run, scarce_target)
         assert correct[weights].mean() == pytest.approx(record["test"]["accuracy"])
         if weights:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 
+from cxrlib.spec import variant_spec
 from cxrlib.course import progression
 from cxrlib.runs.records import SCHEMA, read_record, write_record
 from cxrlib.data.splits import save_split
@@ -36,8 +37,8 @@ def _record(name: str, variant: str, test_acc: float | None, train_acc: float = 
                     "n_train": 10, "n_val": 3, "n_test": 3},
         "model": {"backbone": backbone, "variant": variant, "weights": None, "image_size": 64,
                   "channels": 3, "trainable_params": params // 2, "total_params": params},
-        "prep": {}, "hyperparameters": {"epochs": epochs, "batch_size": 4, "optimizer": "sgd",
-                                        "learning_rate": 0.01, "seed": 0},
+        "prep": {}, "spec": variant_spec(backbone, variant, epochs=epochs).model_dump(mode="json"),
+        "runtime": {},
         "environment": {k: "x" for k in ("python", "tensorflow", "keras", "cxrlib", "numpy",
                                          "device", "platform")},
         "training": {"epochs_run": epochs, "wall_time_s": wall, "history": history, "resumed": False},
@@ -75,14 +76,6 @@ def test_course_split_takes_all_of_a_small_class(data: Path, tmp_path: Path) -> 
     assert loaded
 
 
-def test_input_size() -> None:
-    assert progression.input_size("inceptionv3", None) == 299
-    assert progression.input_size("densenet121", None) == 224
-    assert progression.input_size("inceptionv3", 64) == 75
-    assert progression.input_size("xception", 64) == 71
-    assert progression.input_size("vgg16", 96) == 96
-
-
 def test_as_list() -> None:
     every = ["densenet121", "vgg16", "xception"]
     assert progression.as_list(None, every) == every
@@ -99,7 +92,7 @@ def test_train_or_reuse_tells_reused_from_trained(monkeypatch: pytest.MonkeyPatc
                                                   tmp_path: Path) -> None:
     calls = []
 
-    def fake_train(manifest, classes, backbone, variant, out_dir, **kwargs):
+    def fake_train(manifest, classes, spec, out_dir, **kwargs):
         calls.append(kwargs)
         if (Path(out_dir) / "record.json").is_file():
             return read_record(out_dir)  # what train does for a finished identical run
@@ -109,9 +102,10 @@ def test_train_or_reuse_tells_reused_from_trained(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr("cxrlib.runs.train.train", fake_train)
     out = tmp_path / "densenet121-v2"
-    first, status = progression.train_or_reuse(None, CLASSES, "densenet121", "v2", out, epochs=2)
-    assert status == "trained" and calls[-1] == {"epochs": 2, "name": "DN-V2"}  # the course label
-    second, status = progression.train_or_reuse(None, CLASSES, "densenet121", "v2", out)
+    spec = variant_spec("densenet121", "v2", epochs=2)
+    first, status = progression.train_or_reuse(None, CLASSES, spec, out, progress=False)
+    assert status == "trained" and calls[-1] == {"progress": False, "name": "DN-V2"}  # the course label
+    second, status = progression.train_or_reuse(None, CLASSES, spec, out)
     assert status == "reused" and second["created"] == first["created"]
 
 
@@ -120,13 +114,13 @@ def test_train_or_reuse_a_retrained_run_is_trained(monkeypatch: pytest.MonkeyPat
     out = tmp_path / "run"
     write_record(out, _record("old", "v2", 0.5, created="2024-01-01T00:00:00+00:00"))
 
-    def fake_train(manifest, classes, backbone, variant, out_dir, **kwargs):
+    def fake_train(manifest, classes, spec, out_dir, **kwargs):
         record = _record("new", "v2", 0.6, created="2024-02-01T00:00:00+00:00")
         write_record(out_dir, record)
         return record
 
     monkeypatch.setattr("cxrlib.runs.train.train", fake_train)
-    _, status = progression.train_or_reuse(None, CLASSES, "densenet121", "v2", out)
+    _, status = progression.train_or_reuse(None, CLASSES, variant_spec("densenet121", "v2"), out)
     assert status == "trained"
 
 

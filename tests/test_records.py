@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxrlib.spec import NO_AUGMENT, RunSpec, make_spec, variant_spec
 from cxrlib.environment import environment_info
-from cxrlib.runs.records import (SCHEMA, RunRecord, TrainConfig, find_records, read_record, train_config,
+from cxrlib.runs.records import (SCHEMA, RunRecord, find_records, read_record,
                                  validate_record, write_record)
 
 
@@ -28,8 +29,9 @@ def make_record(name: str = "DN-V2", created: str = "2024-05-01T12:00:00+00:00",
                   "image_size": 224, "channels": 3, "trainable_params": 1000,
                   "total_params": 7_000_000},
         "prep": {"crop": False, "equalize": None},
-        "hyperparameters": {"epochs": epochs, "batch_size": 32, "optimizer": "adam",
-                            "learning_rate": 1e-3, "seed": 0, "augment": True},
+        "spec": variant_spec("densenet121", "v2", epochs=epochs, optimizer="adam",
+                             learning_rate=1e-3).model_dump(mode="json"),
+        "runtime": {},
         "environment": {"python": "3.11", "tensorflow": "2.21", "keras": "3.15",
                         "cxrlib": "0.1.0", "numpy": "2.0", "device": "CPU", "platform": "Linux"},
         "training": {"epochs_run": epochs, "wall_time_s": 12.5, "resumed": False,
@@ -68,7 +70,7 @@ def test_numpy_values_and_nan_become_plain_json(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage, message", [
     (lambda r: r.pop("model"), "model: Field required"),
     (lambda r: r["dataset"].pop("n_test"), "dataset.n_test: Field required"),
-    (lambda r: r.update(schema="cxrlib.run/0"), "schema: Input should be 'cxrlib.run/1'"),
+    (lambda r: r.update(schema="cxrlib.run/0"), "schema: Input should be 'cxrlib.run/2'"),
     (lambda r: r["training"]["history"]["val_loss"].pop(), "val_loss has 2 entries"),
     (lambda r: r["training"].update(epochs_run=2), "epochs_run is 2"),
     (lambda r: r["model"].update(image_size="224"), "model.image_size: Input should be a valid integer"),
@@ -76,7 +78,8 @@ def test_numpy_values_and_nan_become_plain_json(tmp_path: Path) -> None:
     (lambda r: r.update(created="yesterday"), "not an ISO-8601 time"),
     (lambda r: r.update(test=[]), "test: Input should be a valid dictionary"),
     (lambda r: r["dataset"].update(classes=[]), "dataset.classes: List should have at least 1 item"),
-    (lambda r: r["hyperparameters"].update(batch_size=0), "hyperparameters.batch_size: Input should be greater than or equal to 1"),
+    (lambda r: r["spec"].update(batch_size=0), "spec.batch_size: Input should be greater than or equal to 1"),
+    (lambda r: r["spec"].update(optimiser="sgd"), "spec.optimiser: Extra inputs are not permitted"),
 ])
 def test_validation_names_the_problem(damage, message: str) -> None:
     record = make_record()
@@ -86,20 +89,22 @@ def test_validation_names_the_problem(damage, message: str) -> None:
 
 
 def test_the_schema_is_one_typed_definition() -> None:
-    """The record's sections and the training config are the typed classes, nothing else."""
-    assert {"dataset", "model", "hyperparameters", "environment", "training", "final",
+    """The record's sections and the run spec are the typed classes, nothing else."""
+    assert {"dataset", "model", "spec", "runtime", "environment", "training", "final",
             "artifacts"} <= set(RunRecord.model_fields)
-    assert RunRecord.model_fields["hyperparameters"].annotation is TrainConfig
+    assert RunRecord.model_fields["spec"].annotation is RunSpec
     assert "epochs_run" in RunRecord.model_fields["training"].annotation.model_fields
 
 
-def test_train_config_refuses_impossible_settings_in_one_line() -> None:
-    good = dict(epochs=2, batch_size=8, optimizer="sgd", learning_rate=0.01, seed=0)
-    assert train_config(**good)["decay"] == 0.0 and train_config(**good)["run_eagerly"] is False
+def test_the_spec_refuses_impossible_settings_in_one_line() -> None:
+    good = dict(backbone="scratch", variant="scratch", epochs=2, batch_size=8, weights=None)
+    assert make_spec(**good).decay == 0.0 and make_spec(**good).augment == NO_AUGMENT
     for bad, where in [({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch_size"),
-                       ({"learning_rate": 0.0}, "learning_rate"), ({"early_stopping": 0}, "early_stopping")]:
+                       ({"learning_rate": 0.0}, "learning_rate"), ({"early_stopping": 0}, "early_stopping"),
+                       ({"augment": {"zoom": (1.2, 1.0)}}, "augment"), ({"head": "flat", "backbone": "vgg16"}, "flat"),
+                       ({"learnig_rate": 0.1}, "learnig_rate")]:
         with pytest.raises(ValueError, match=where) as caught:
-            train_config(**{**good, **bad})
+            make_spec(**{**good, **bad})
         assert "\n" not in str(caught.value)
 
 
@@ -124,7 +129,7 @@ def test_find_records_skips_a_corrupt_one(tmp_path: Path, caplog: pytest.LogCapt
     write_record(tmp_path / "late", make_record("late", "2024-05-03T00:00:00+00:00"))
     write_record(tmp_path / "nested" / "early", make_record("early", "2024-05-01T00:00:00Z"))
     (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "record.json").write_text('{"schema": "cxrlib.run/1", "na')
+    (tmp_path / "broken" / "record.json").write_text('{"schema": "cxrlib.run/2", "na')
     with caplog.at_level(logging.WARNING, logger="cxrlib.runs.records"):
         found = find_records(tmp_path)
     assert [r["name"] for r in found] == ["early", "late"]  # sorted by created

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from cxrlib.spec import variant_spec
 from cxrlib import plots
 from cxrlib.runs.metrics import compute_metrics, roc_curves
 from cxrlib.runs.records import SCHEMA, find_records, write_record
@@ -30,8 +31,8 @@ def _record(name: str, created: str, final: dict, epochs: int, wall: float,
         "model": {"backbone": "densenet121", "variant": name, "weights": None, "image_size": 64,
                   "channels": 3, "trainable_params": 10, "total_params": 100},
         "prep": {},
-        "hyperparameters": {"epochs": epochs, "batch_size": 8, "optimizer": "adam",
-                            "learning_rate": 0.001, "seed": 0},
+        "spec": variant_spec("densenet121", "v2", epochs=epochs).model_dump(mode="json"),
+        "runtime": {},
         "environment": {key: "x" for key in ("python", "tensorflow", "keras", "cxrlib", "numpy",
                                              "device", "platform")},
         "training": {"epochs_run": epochs, "wall_time_s": wall, "resumed": False,

@@ -147,9 +147,9 @@ def test_v1_keeps_the_epoch_with_the_best_validation_loss(tiny_split, tmp_path) 
     from cxrlib.models.build import classifier_head
 
     classes = ["COVID", "Normal"]
-    record = training.train(tiny_split, classes, "densenet121", "v1", tmp_path / "v1", weights=None,
-                            image_size=32, epochs=12, batch_size=4, learning_rate=0.5, decay=0,
-                            progress=False, bootstrap=20)
+    spec = variant_spec("densenet121", "v1", weights=None, image_size=32, epochs=12, batch_size=4,
+                        learning_rate=0.5, decay=0)
+    record = training.train(tiny_split, classes, spec, tmp_path / "v1", progress=False, bootstrap=20)
     val_loss = record["training"]["history"]["val_loss"]
     assert len(val_loss) == 12 and int(np.argmin(val_loss)) < 11   # it overfits: a later epoch is worse
     features = np.load(tmp_path / "v1" / "features.npz")
@@ -165,31 +165,32 @@ def test_v1_extracts_features_once(tiny_split, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(training, "extract_features",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     classes = ["COVID", "Normal"]
-    record = training.train(tiny_split, classes, "densenet121", "v1", tmp_path / "v1", weights=None,
-                            image_size=32, epochs=5, batch_size=8, progress=False, bootstrap=50)
+    spec = variant_spec("densenet121", "v1", weights=None, image_size=32, epochs=5, batch_size=8)
+    record = training.train(tiny_split, classes, spec, tmp_path / "v1", progress=False, bootstrap=50)
     assert len(calls) == 1  # train and validation in one pass — not once per epoch
     assert record["training"]["epochs_run"] == 5
     assert (tmp_path / "v1" / "features.npz").is_file()
-    training.train(tiny_split, classes, "densenet121", "v1", tmp_path / "v1", weights=None,
-                   image_size=32, epochs=5, batch_size=8, progress=False, bootstrap=50, reuse=False)
+    training.train(tiny_split, classes, spec, tmp_path / "v1", progress=False, bootstrap=50, reuse=False)
     assert len(calls) == 1  # a re-run reads the cached features
     assert load_model(str(tmp_path / "v1" / "model.keras")).output_shape == (None, 2)
 
 
 def test_v0_is_untrained_and_recorded(tiny_split, tmp_path) -> None:
-    record = training.train(tiny_split, ["COVID", "Normal"], "densenet121", "v0", tmp_path / "v0",
-                            weights=None, image_size=32, batch_size=8, progress=False, bootstrap=50)
+    spec = variant_spec("densenet121", "v0", weights=None, image_size=32, batch_size=8)
+    record = training.train(tiny_split, ["COVID", "Normal"], spec, tmp_path / "v0", progress=False,
+                            bootstrap=50)
     assert record["training"]["epochs_run"] == 0 and record["training"]["history"] == {}
-    assert record["hyperparameters"]["clipnorm"] == 1.0   # the optimiser's clipping is recorded
+    assert record["spec"] == spec.model_dump(mode="json")   # the record stores the spec as it is
+    assert record["spec"]["clipnorm"] == 1.0
     assert 0.0 <= record["final"]["accuracy"] <= 1.0 and record["test"]["n"] > 0
     assert validate_record(read_record(tmp_path / "v0")) == []
 
 
 @pytest.mark.slow
 def test_scratch_cnn_learns_the_easy_set(easy_split, tmp_path) -> None:
-    record = training.train(easy_split, CLASSES_EASY, "scratch", "scratch", tmp_path / "cnn",
-                            weights=None, image_size=64, epochs=15, batch_size=16, seed=0,
-                            progress=False, bootstrap=200)
+    spec = variant_spec("scratch", "scratch", image_size=64, epochs=15, batch_size=16, seed=0)
+    record = training.train(easy_split, CLASSES_EASY, spec, tmp_path / "cnn", progress=False,
+                            bootstrap=200)
     # Learnt, in the statistical sense: the bootstrap interval of the test accuracy (42 films)
     # lies above chance (1/3). The accuracy itself is not bit-reproducible on the CPU and spreads
     # widely for so small a network and set: 0.67, 0.74, 0.79, 0.98 and 1.00 were measured with
@@ -203,9 +204,9 @@ def test_scratch_cnn_learns_the_easy_set(easy_split, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_v3_finetuning_learns_the_easy_set(easy_split, tmp_path) -> None:
-    record = training.train(easy_split, CLASSES_EASY, "densenet121", "v3", tmp_path / "v3",
-                            weights=None, image_size=32, epochs=16, batch_size=16, seed=0,
-                            optimizer="adam", learning_rate=1e-3, decay=0, progress=False,
+    spec = variant_spec("densenet121", "v3", weights=None, image_size=32, epochs=16, batch_size=16,
+                        seed=0, optimizer="adam", learning_rate=1e-3, decay=0)
+    record = training.train(easy_split, CLASSES_EASY, spec, tmp_path / "v3", progress=False,
                             bootstrap=200)
     # DenseNet121 trained whole from random weights on 126 images is noisy: the best
     # checkpoint scored 0.79-0.88 over four seeds and two CPUs. The bar is "clearly learned"
@@ -227,14 +228,14 @@ class _Crash(keras.callbacks.Callback):
 
 def test_interrupted_run_resumes_from_backup(tiny_split, tmp_path) -> None:
     out = tmp_path / "run"
-    kwargs = dict(weights=None, image_size=32, epochs=4, batch_size=8, progress=False, bootstrap=50)
+    spec = variant_spec("scratch", "scratch", image_size=32, epochs=4, batch_size=8)
+    kwargs = dict(progress=False, bootstrap=50)
     with pytest.raises(RuntimeError, match="power cut"):
-        training.train(tiny_split, ["COVID", "Normal"], "scratch", "scratch", out,
-                       callbacks=[_Crash(1)], **kwargs)
+        training.train(tiny_split, ["COVID", "Normal"], spec, out, callbacks=[_Crash(1)], **kwargs)
     partial = out / training.PARTIAL  # the run in progress stays out of the run folder proper
     assert (partial / "backup").is_dir() and not (out / "record.json").exists()
     assert len(training.read_history(partial / "history.csv")["loss"]) == 2
-    record = training.train(tiny_split, ["COVID", "Normal"], "scratch", "scratch", out, **kwargs)
+    record = training.train(tiny_split, ["COVID", "Normal"], spec, out, **kwargs)
     assert record["training"]["resumed"] is True
     assert record["training"]["epochs_run"] == 4
     assert len(record["training"]["history"]["val_loss"]) == 4
@@ -269,14 +270,16 @@ def test_same_seed_same_split_and_initial_weights(tiny_split) -> None:
 
 
 def test_finished_run_is_reused_and_report_built_from_records(tiny_split, tmp_path) -> None:
-    kwargs = dict(weights=None, image_size=32, epochs=1, batch_size=8, progress=False, bootstrap=50)
+    kwargs = dict(progress=False, bootstrap=50)
+    small = dict(weights=None, image_size=32, epochs=1, batch_size=8)
     runs = tmp_path / "runs"
-    first = training.train(tiny_split, ["COVID", "Normal"], "scratch", "scratch",
+    scratch = variant_spec("scratch", "scratch", **small)
+    first = training.train(tiny_split, ["COVID", "Normal"], scratch,
                            training.run_dir(runs, "scratch", "scratch"), **kwargs)
-    again = training.train(tiny_split, ["COVID", "Normal"], "scratch", "scratch",
+    again = training.train(tiny_split, ["COVID", "Normal"], scratch,
                            training.run_dir(runs, "scratch", "scratch"), **kwargs)
     assert again["created"] == first["created"]  # loaded, not retrained
-    training.train(tiny_split, ["COVID", "Normal"], "densenet121", "v0",
+    training.train(tiny_split, ["COVID", "Normal"], variant_spec("densenet121", "v0", **small),
                    training.run_dir(runs, "densenet121", "v0"), **kwargs)
     records = find_records(runs)
     assert [validate_record(r) for r in records] == [[], []]
@@ -298,9 +301,10 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_split, tmp_path) -> None:
         from cxrlib.data.splits import load_split
         from cxrlib.runs.train import train
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-        record = train(load_split({str(split_file)!r}), ["COVID", "Normal"], "scratch", "scratch",
-                       {str(tmp_path / "mirrored")!r}, weights=None, image_size=32, epochs=2,
-                       batch_size=8, strategy=strategy, progress=False, bootstrap=20)
+        from cxrlib.spec import variant_spec
+        spec = variant_spec("scratch", "scratch", image_size=32, epochs=2, batch_size=8)
+        record = train(load_split({str(split_file)!r}), ["COVID", "Normal"], spec,
+                       {str(tmp_path / "mirrored")!r}, strategy=strategy, progress=False, bootstrap=20)
         print(json.dumps({{"replicas": strategy.num_replicas_in_sync,
                            "epochs": record["training"]["epochs_run"],
                            "loss": record["final"]["loss"]}}))

@@ -204,15 +204,18 @@ def test_evaluate_two_stage_with_real_runs(tmp_path: Path) -> None:
     """Two barely trained scratch CNNs saved by train(): records, preps and models load and chain."""
     from cxrlib.data.datasets import relabel
     from cxrlib.runs.train import train
+    from cxrlib.spec import variant_spec
 
     rows = [(label, 0.5, 0.5) for label in FINAL for _ in range(4)]
     manifest = _write_images(tmp_path / "imgs", rows)
     manifest["split"] = ["train", "val", "test", "test"] * 3
     stage1_data = relabel(manifest, {c: "Pneumonia" for c in S2})
     stage2_data = manifest[manifest["label"] != "Normal"].reset_index(drop=True)
-    kw = dict(weights=None, image_size=32, epochs=1, batch_size=4, progress=False, bootstrap=0)
-    train(stage1_data, S1, "scratch", "scratch", tmp_path / "s1", binary=True, channels=1, **kw)
-    train(stage2_data, S2, "scratch", "scratch", tmp_path / "s2", **kw)
+    kw = dict(image_size=32, epochs=1, batch_size=4)
+    train(stage1_data, S1, variant_spec("scratch", "scratch", binary=True, channels=1, **kw),
+          tmp_path / "s1", progress=False, bootstrap=0)
+    train(stage2_data, S2, variant_spec("scratch", "scratch", **kw), tmp_path / "s2",
+          progress=False, bootstrap=0)
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     result = evaluate_two_stage(tmp_path / "s1", tmp_path / "s2", test, FINAL, bootstrap=0)
     assert result["n"] == 6 and len(result["predicted"]) == 6

@@ -73,22 +73,150 @@ def _train(args: argparse.Namespace) -> int:
     from cxrlib.data.splits import prepare_split
     from cxrlib.runs.train import train
 
+    spec = spec_from_args(args)
+    split = spec.split
     manifest, classes = prepare_split(args.data, layout=args.layout, classes=args.classes,
-                                      samples_per_class=args.samples_per_class, val=args.val,
-                                      test=args.test, seed=args.seed, split_file=args.split_file)
-    record = train(manifest, classes, args.backbone, args.variant, args.out,
-                   weights=None if args.weights.lower() == "none" else args.weights,
-                   image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
-                   optimizer=args.optimizer, learning_rate=args.learning_rate, seed=args.seed,
-                   class_weight=args.class_weight, crop=args.crop, equalize=args.equalize,
-                   channels=args.channels, binary=args.binary, early_stopping=args.early_stopping,
+                                      samples_per_class=split.samples_per_class,
+                                      val=split.val * (1 - split.test), test=split.test,
+                                      seed=spec.seed, split_file=args.split_file)
+    record = train(manifest, classes, spec, args.out, reuse=not args.force,
                    mixed_precision=args.mixed_precision, xla=args.xla, strategy=args.strategy,
-                   init_from=args.init_from, reuse=not args.force,
-                   dataset_info={"samples_per_class": args.samples_per_class})
+                   dataset_info={"samples_per_class": split.samples_per_class,
+                                 **({"preset": args.preset, "run": args.run} if args.preset else {})})
     test = record.get("test") or {}
     print(f"{record['name']}: {record['training']['epochs_run']} epochs, "
           f"val accuracy {record['final'].get('val_accuracy')}, test accuracy {test.get('accuracy')} "
           f"→ {Path(args.out) / 'record.json'}")
+    return 0
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _none_or(kind: Callable) -> Callable:
+    """An argparse type: ``none`` → None, anything else ``kind(text)``."""
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+def _pair(text: str) -> tuple[float, float]:
+    """An argparse type: ``LOW,HIGH`` → (low, high)."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a range LOW,HIGH (e.g. 0.8,1.25)") from None
+    return low, high
+
+
+def _flag(value: str) -> bool:
+    """An argparse type: yes/no, true/false, on/off, 1/0."""
+    if value.lower() in ("yes", "true", "on", "1"):
+        return True
+    if value.lower() in ("no", "false", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not yes or no")
+
+
+#: The train command's flags for the run spec (cxrlib.spec.RunSpec): flag → (spec field,
+#: argparse options). The one place the CLI maps flags onto the spec: a flag not given leaves
+#: the spec's value (the variant's library default, or the preset run's with --preset).
+TRAIN_FLAGS: dict[str, tuple[str, dict]] = {
+    "--weights": ("weights", dict(type=_none_or(str), help="imagenet, synthetic (pretrained by cxrlib "
+                                  "on synthetic films), none, or a weights file")),
+    "--image-size": ("image_size", dict(type=positive_int, help="input size (default: the backbone's)")),
+    "--channels": ("channels", dict(type=int, choices=(1, 3), help="1: grayscale input adapter")),
+    "--head": ("head", dict(choices=("course", "linear", "batchnorm", "flat", "vgg"))),
+    "--binary": ("binary", dict(type=_flag, help="yes: one sigmoid unit (two classes)")),
+    "--crop": ("crop", dict(type=_flag, help="yes: the proportional border crop")),
+    "--equalize": ("equalize", dict(type=_none_or(str), choices=("hist", "clahe", None))),
+    "--normalization": ("normalization", dict(choices=("backbone", "featurewise", "none"))),
+    "--flip": ("augment.flip", dict(type=_flag)),
+    "--brightness": ("augment.brightness", dict(type=_none_or(_pair), metavar="LOW,HIGH")),
+    "--contrast": ("augment.contrast", dict(type=_none_or(_pair), metavar="LOW,HIGH")),
+    "--zoom": ("augment.zoom", dict(type=_none_or(_pair), metavar="LOW,HIGH",
+                                    help="field-of-view scale range; above 1 zooms out")),
+    "--shear": ("augment.shear", dict(type=_none_or(float), metavar="DEGREES")),
+    "--rotation": ("augment.rotation", dict(type=_none_or(float), metavar="DEGREES")),
+    "--optimizer": ("optimizer", dict(choices=("sgd", "adam", "nadam", "rmsprop"))),
+    "--learning-rate": ("learning_rate", dict(type=float)),
+    "--momentum": ("momentum", dict(type=float, help="SGD momentum")),
+    "--nesterov": ("nesterov", dict(type=_flag)),
+    "--decay": ("decay", dict(type=float, help="inverse-time decay rate per step")),
+    "--clipnorm": ("clipnorm", dict(type=_none_or(float))),
+    "--epochs": ("epochs", dict(type=positive_int)),
+    "--early-stopping": ("early_stopping", dict(type=_none_or(positive_int), metavar="PATIENCE")),
+    "--keep-best": ("keep_best", dict(type=_flag, help="yes: score the best validation epoch")),
+    "--head-norm": ("head_norm", dict(type=_flag, help="yes: standardise the frozen heads' features")),
+    "--freeze-bn": ("freeze_bn", dict(type=_flag, help="yes: pretrained BatchNorm in inference mode")),
+    "--batch-size": ("batch_size", dict(type=positive_int)),
+    "--class-weight": ("class_weight", dict(type=_flag, help="yes: weight the loss n_total/(k*n_class)")),
+    "--init-from": ("init_from", dict(help="copy matching weights from this .keras model first")),
+    "--seed": ("seed", dict(type=int)),
+    "--samples-per-class": ("split.samples_per_class", dict(type=positive_int,
+                                                            help="balanced sample of N per class")),
+    "--val": ("split.val", dict(type=float, help="validation share of what the test leaves")),
+    "--test": ("split.test", dict(type=float, help="test share")),
+}
+
+
+def spec_from_args(args: argparse.Namespace) -> "RunSpec":  # noqa: F821
+    """The run spec of ``cxr train``: the preset run's (``--preset``/``--run``) or the
+    variant's library default (:func:`cxrlib.spec.variant_spec`), with every flag given
+    mapped onto it (:data:`TRAIN_FLAGS`)."""
+    from cxrlib.spec import updated, variant_spec
+
+    if args.preset:
+        from cxrlib.course.presets import get_preset, run_spec
+
+        if not args.run:
+            raise ValueError("--preset needs --run KEY; `cxr presets` lists each preset's runs.")
+        preset = get_preset(args.preset)
+        try:
+            spec = run_spec(preset, args.run, {k: "" for k in preset.keys()})
+        except KeyError as error:
+            raise ValueError(str(error).strip('"')) from None
+        spec = spec.model_copy(update={"init_from": None})  # a path: give it with --init-from
+        if args.backbone or args.variant:
+            spec = updated(spec, {k: v for k, v in (("backbone", args.backbone),
+                                                    ("variant", args.variant)) if v})
+    else:
+        if not (args.backbone and args.variant):
+            raise ValueError("give --backbone and --variant, or --preset NAME --run KEY.")
+        spec = variant_spec(args.backbone, args.variant)
+    given = {field: getattr(args, _dest(flag)) for flag, (field, _) in TRAIN_FLAGS.items()
+             if getattr(args, _dest(flag)) is not _UNSET}
+    return updated(spec, given) if given else spec
+
+
+_UNSET = object()
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+@command("presets")
+def _presets(args: argparse.Namespace) -> int:
+    from cxrlib.course.presets import PRESETS, as_json, get_preset
+    from cxrlib.course.tables import preset_markdown, spec_lines
+
+    chosen = [get_preset(args.name)] if args.name else list(PRESETS.values())
+    if args.json:
+        print(json.dumps({"presets": [as_json(p) for p in chosen]}, indent=2))
+    elif args.markdown:
+        print("\n\n".join(preset_markdown(p) for p in chosen))
+    else:
+        print("\n\n".join(spec_lines(p) for p in chosen))
     return 0
 
 
@@ -98,20 +226,24 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from cxrlib.course.setup import COURSE_BACKBONES
     from cxrlib.models.backbones import get_backbone
-    from cxrlib.runs.pretrain import describe, info_path, pretrain, weights_path
+    from cxrlib.runs.pretrain import (PRETRAIN_BATCH, check_settings, describe, ensure_pretrained,
+                                      is_standard)
 
     if args.cache:
         os.environ["CXR_PRETRAINED_DIR"] = args.cache   # so that later look-ups find them too
     names = list(COURSE_BACKBONES) if args.backbone == "course" else [args.backbone]
+    sizes = {name: max(args.image_size, get_backbone(name).min_size) for name in names}
+    for name in names:   # every backbone's settings refused before any of them pretrains
+        check_settings(name, sizes[name], args.images, args.epochs, PRETRAIN_BATCH, args.seed)
     for name in names:
-        size = max(args.image_size, get_backbone(name).min_size)
-        path = weights_path(name, size, args.seed)
-        if args.force or not (path.is_file() and info_path(path).is_file()):
-            path = pretrain(name, size, n_images=args.images, epochs=args.epochs, seed=args.seed,
-                            progress=not args.quiet)
+        path = ensure_pretrained(name, sizes[name], args.seed, progress=not args.quiet,
+                                 n_images=args.images, epochs=args.epochs, force=args.force)
         info = describe(path)
-        print(f"{name} at {size} px: {path} ({info.get('images')} films, {info.get('epochs')} epochs, "
+        print(f"{name} at {sizes[name]} px: {path} ({info['images']} films, {info['epochs']} epochs, "
               f"{info.get('wall_time_s')} s)")
+        if not is_standard(args.images, args.epochs, PRETRAIN_BATCH):
+            print(f"  not the standard budget, so --weights synthetic does not load it: give "
+                  f"--weights {path}")
     return 0
 
 
@@ -171,17 +303,6 @@ def _diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     from cxrlib.data.synthetic import SYNTH_CLASSES
 
@@ -214,37 +335,34 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     from cxrlib.models.variants import VARIANT_NAMES
     from cxrlib.data.datasets import LAYOUTS
 
-    p = sub.add_parser("train", help="train one backbone x variant; writes RUN_DIR/record.json and model.keras")
+    p = sub.add_parser("train", help="train one run spec (a backbone x variant, or a course preset's run); "
+                                     "writes RUN_DIR/record.json and model.keras")
     p.add_argument("--data", required=True, help="dataset directory (any supported layout)")
-    p.add_argument("--backbone", required=True, choices=sorted(BACKBONES) + ["scratch"])
-    p.add_argument("--variant", required=True, choices=VARIANT_NAMES)
-    p.add_argument("--weights", default="imagenet",
-                   help="imagenet, synthetic (pretrained by cxrlib on synthetic films), none, or a weights file")
-    p.add_argument("--image-size", type=positive_int, help="input size (default: the backbone's)")
-    p.add_argument("--epochs", type=positive_int, help="default: the variant's recipe")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--samples-per-class", type=positive_int, help="balanced sample of N per class (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backbone", choices=sorted(BACKBONES) + ["scratch"])
+    p.add_argument("--variant", choices=VARIANT_NAMES)
+    p.add_argument("--preset", help="start from a course preset's run (see `cxr presets`)")
+    p.add_argument("--run", help="the preset's run key, e.g. v3")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
     p.add_argument("--classes", nargs="+", help="classes to keep (default: all in the data)")
-    p.add_argument("--val", type=float, default=0.15, help="validation fraction")
-    p.add_argument("--test", type=float, default=0.15, help="test fraction")
     p.add_argument("--split-file", help="reuse a saved split CSV instead of splitting")
-    p.add_argument("--optimizer", choices=("sgd", "adam", "nadam", "rmsprop"))
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--class-weight", action="store_true", help="weight the loss n_total/(k*n_class)")
-    p.add_argument("--crop", action="store_true", help="proportional border crop")
-    p.add_argument("--equalize", choices=("hist", "clahe"))
-    p.add_argument("--channels", type=int, default=3, choices=(1, 3), help="1: grayscale input adapter")
-    p.add_argument("--binary", action="store_true", help="one sigmoid unit (two classes)")
-    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    spec = p.add_argument_group("run spec", "each flag not given keeps the spec's value "
+                                            "(`cxr presets` prints a preset's)")
+    for flag, (_, options) in TRAIN_FLAGS.items():
+        spec.add_argument(flag, default=_UNSET, **options)
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPUs)")
     p.add_argument("--xla", action="store_true", help="compile with XLA")
     p.add_argument("--strategy", choices=("mirrored", "multiworker"), help="distribution strategy")
-    p.add_argument("--init-from", help="copy matching weights from this .keras model first")
     p.add_argument("--force", action="store_true",
                    help="retrain even if a finished identical run exists; discard an interrupted run")
+
+
+def _add_presets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="every course preset and each run's full spec")
+    p.add_argument("name", nargs="?", help="one preset (default: all)")
+    p.add_argument("--json", action="store_true",
+                   help='{"presets": [{"name", "runs": [{"name", "spec", "reported"}]}]}')
+    p.add_argument("--markdown", action="store_true", help="the README's course tables")
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
@@ -258,10 +376,15 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                    help="input size (default 64; raised to the backbone's minimum)")
     p.add_argument("--cache", "--out", dest="cache",
                    help="cache folder (default: $CXR_PRETRAINED_DIR or ~/.cache/cxrlib/pretrained)")
-    p.add_argument("--images", type=int, default=PRETRAIN_IMAGES, help="source-task films")
-    p.add_argument("--epochs", type=int, default=PRETRAIN_EPOCHS)
+    p.add_argument("--images", type=int, default=PRETRAIN_IMAGES,
+                   help=f"source-task films (default {PRETRAIN_IMAGES}; other than the default "
+                        "budget, the weights are cached under another name, which --weights "
+                        "synthetic does not load)")
+    p.add_argument("--epochs", type=int, default=PRETRAIN_EPOCHS,
+                   help=f"default {PRETRAIN_EPOCHS} (the same rule as --images)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="pretrain again even when cached")
+    p.add_argument("--force", action="store_true",
+                   help="pretrain again even when cached (a damaged entry is rebuilt anyway)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -308,7 +431,7 @@ def _add_diagnose(sub: argparse._SubParsersAction) -> None:
 
 
 PARSER_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_synth, _add_data, _add_train, _add_pretrain, _add_evaluate, _add_report, _add_diagnose, _add_notebooks]
+    _add_synth, _add_data, _add_train, _add_presets, _add_pretrain, _add_evaluate, _add_report, _add_diagnose, _add_notebooks]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -1,29 +1,25 @@
-"""Course presets: each source course as it was taught, one readable entry per course.
+"""Course presets: each source course as its report teaches it, as a list of named run specs.
 
-A :class:`Preset` holds a course's data (dataset, database version, split), and its runs
-(:class:`Run`: backbone, head, optimiser and schedule, epochs, augmentation), each with the
-number the course reported. The notebooks take their defaults from their course's preset
-(``PRESET`` parameter, ``python -m cxrlib notebooks --preset NAME``); :func:`train_kwargs`
-turns a run into the exact arguments of :func:`cxrlib.runs.train.train`, and every record
-carries the preset, the run and the split it was trained with (``record["dataset"]["preset"]``).
+A :class:`Preset` holds a course's data (dataset, classes, how it was split) and its runs.
+Each :class:`Run` is a name and a :class:`cxrlib.spec.RunSpec` (everything the run is),
+plus which of the preset's data sets it trains on and which earlier run it starts from.
+The numbers a course reported are not typed here: they come from its report's table
+(:mod:`cxrlib.course.reports`), and ``tests/test_presets.py`` checks every preset run
+against its report's settings. Where a run does something else on purpose, ``differs``
+names the setting and why; what the report does not say is in ``assumed``.
 
-Where a course's report does not say (an optimiser, an epoch count), the entry says so in
-``assumed``: the numbers there are ours, not the course's.
+The notebooks take their runs from their course's preset (``PRESET`` parameter, ``python -m
+cxrlib notebooks --preset NAME``), scaled for smoke or demo settings by :func:`scaled`, and
+``python -m cxrlib presets`` prints every run's full spec.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from cxrlib.data.pipeline import NO_AUGMENT, Augment
-
-# The DenseNet121 course's V2 augmentation: flip, brightness 0.8–1.25, zoom 1–1.2 (it rejected
-# rotation); the two-stage pneumonia course's: flip, brightness ±10 %, contrast up to 10 %.
-RADIOGRAPHY_AUGMENT = Augment(flip=True, brightness=(0.8, 1.25), contrast=None, zoom=(1.0, 1.2),
-                              rotation=None)
-TWO_STAGE_AUGMENT = Augment(flip=True, brightness=(0.9, 1.1), contrast=0.1, zoom=None, rotation=None)
+from cxrlib.course.reports import report_of, results_of
+from cxrlib.spec import NO_AUGMENT, Augment, RunSpec, Split, flat_items, make_spec, scaled_spec
 
 # The COVID-19 Radiography Database as the DenseNet121 course used it (version 3); from v4 on,
 # Normal is mostly adult films from other sources.
@@ -31,50 +27,51 @@ RADIOGRAPHY_VERSIONS: dict[str, dict[str, int]] = {
     "v3": {"COVID": 1200, "Normal": 1341, "Viral Pneumonia": 1345},
 }
 
+#: The library's changes to what the courses did, off in every preset; what a preset keeps on
+#: says why in its runs' ``differs``.
+COURSE_FAITHFUL: dict[str, Any] = {"head_norm": False, "keep_best": False, "clipnorm": None}
+BN_REASON = ("kept in inference mode (the project's rule for fine-tuning, and Keras' advice): the "
+             "course let BatchNormalization re-estimate its statistics on small batches")
+
 
 @dataclass(frozen=True)
 class Run:
-    """One experiment of a course and what the course reported for it."""
+    """One experiment of a course: its name, its spec, its data, and what it starts from."""
 
-    key: str                         # short id, unique in its preset: "v2", "xception-finetune"
-    backbone: str
-    variant: str
-    epochs: int
-    optimizer: str
-    learning_rate: float
-    decay: float = 0.0               # old-style Keras decay: lr / (1 + decay · step)
-    augment: Augment = NO_AUGMENT
-    image_size: int | None = None    # None: the preset's
-    head: str = "course"             # see cxrlib.models.build.HEADS
-    channels: int = 3
-    crop: bool = False
-    equalize: str | None = None
-    early_stopping: int | None = None
-    init_from: str | None = None     # the key of the run this one starts from
-    data: str = "main"               # which of the preset's data sets it trains on
-    reported: Mapping[str, float] = field(default_factory=dict)   # accuracy, loss, …
+    key: str                              # unique in its preset: "v2", "xception-finetune"
+    spec: RunSpec
+    data: str = "main"                    # which of the preset's data sets it trains on
+    init_from: str | None = None          # the key of the run whose model it starts from
+    differs: Mapping[str, str] = field(default_factory=dict)   # spec field → why not the report's
+    reported: Mapping[str, float] = field(default_factory=dict)  # from the report's table
+
+    @property
+    def backbone(self) -> str:
+        return self.spec.backbone
+
+    @property
+    def variant(self) -> str:
+        return self.spec.variant
+
+    @property
+    def epochs(self) -> int:
+        return self.spec.epochs
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A course: its data, its split, its runs."""
+    """A course: its data, its runs, and what its report leaves open."""
 
     name: str
     course: str
     notebook: str
-    dataset: str                     # the layout: covid19-radiography, kermany, siim
+    dataset: str                          # the layout: covid19-radiography, kermany, siim
     classes: tuple[str, ...]
-    val: float                       # validation share of the images outside the test split
-    test: float                      # test share of all images (when there is no official test split)
-    image_size: int
+    image_size: int                       # the runs' size (each spec has it too)
     runs: tuple[Run, ...]
-    batch_size: int = 32
-    official_test: bool = False      # keep the dataset's own test split (Kermany's 624)
-    version: str | None = None       # a pinned database version (RADIOGRAPHY_VERSIONS)
-    binary: bool = False             # one sigmoid unit (two classes)
-    class_weight: bool = False
-    reported: Mapping[str, float] = field(default_factory=dict)   # results beyond single runs
-    assumed: str = ""                # what the course's report leaves open, and our choice
+    findings: Mapping[str, float] = field(default_factory=dict)   # results beyond single runs
+    assumed: str = ""                     # what the report leaves open, and our choice
+    scaling: tuple[str, ...] = ()         # what :func:`scaled` changed, and why
 
     def run(self, key: str) -> Run:
         """The run called ``key``."""
@@ -87,98 +84,163 @@ class Preset:
         return [run.key for run in self.runs]
 
     @property
-    def split(self) -> dict[str, Any]:
-        """The split fractions as recorded with every run."""
-        return {"val": self.val, "test": "official" if self.official_test else self.test}
+    def split(self) -> Split:
+        """How the main data set is split (the first run's; the spec of every run says its own)."""
+        return self.runs[0].spec.split
+
+    @property
+    def version(self) -> str | None:
+        return self.split.pinned
+
+
+def _runs(preset: str, common: Mapping[str, Any], entries) -> tuple[Run, ...]:
+    """Runs from (key, settings, extras) entries over ``common`` settings, each with the
+    numbers its report gives."""
+    out = []
+    for key, settings, extras in entries:
+        spec = make_spec(**{**common, **settings})
+        out.append(Run(key, spec, reported=results_of(preset, key), **extras))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------- radiography
+
+_FEATUREWISE = dict(normalization="featurewise",
+                    augment=Augment(flip=True, brightness=(0.8, 1.25), zoom=(1.0, 1.2)))
 
 
 def _radiography_runs() -> tuple[Run, ...]:
-    sgd = dict(optimizer="sgd", learning_rate=0.01, decay=1e-6, epochs=20)
-    runs = [Run("v0", "densenet121", "v0", **{**sgd, "epochs": 0}, reported={"accuracy": 0.3264}),
-            Run("v1", "densenet121", "v1", **sgd, reported={"accuracy": 0.8361}),
-            Run("v2", "densenet121", "v2", **sgd, augment=RADIOGRAPHY_AUGMENT,
-                reported={"accuracy": 0.9597}),
-            Run("v2reg", "densenet121", "v2reg", **sgd, augment=RADIOGRAPHY_AUGMENT,
-                reported={"accuracy": 0.9569}),
-            Run("v3", "densenet121", "v3", **sgd, augment=RADIOGRAPHY_AUGMENT, init_from="v2reg",
-                reported={"accuracy": 0.9736})]
-    finetuned = {"xception": 0.9875, "vgg16": 0.3388}
+    common = dict(COURSE_FAITHFUL, optimizer="sgd", learning_rate=0.01, momentum=0.9, nesterov=True,
+                  decay=1e-6, epochs=20, batch_size=32, image_size=224,
+                  split=Split(samples_per_class=1200, test=0.2, val=0.1, pinned="v3"))
+    bn = {"freeze_bn": BN_REASON}
+    entries = [("v0", dict(backbone="densenet121", variant="v0", epochs=0, normalization="none"), {}),
+               ("v1", dict(backbone="densenet121", variant="v1", normalization="none"), {}),
+               ("v2", dict(backbone="densenet121", variant="v2", **_FEATUREWISE), {}),
+               ("v2reg", dict(backbone="densenet121", variant="v2reg", **_FEATUREWISE), {}),
+               ("v3", dict(backbone="densenet121", variant="v3", **_FEATUREWISE),
+                {"init_from": "v2reg", "differs": bn})]
     for backbone in ("resnet50", "vgg16", "inceptionv3", "xception"):
-        runs.append(Run(f"{backbone}-frozen", backbone, "frozen", **sgd, augment=RADIOGRAPHY_AUGMENT))
-        runs.append(Run(f"{backbone}-finetune", backbone, "finetune", **sgd, augment=RADIOGRAPHY_AUGMENT,
-                        init_from=f"{backbone}-frozen",
-                        reported={"accuracy": finetuned[backbone]} if backbone in finetuned else {}))
-    return tuple(runs)
+        entries.append((f"{backbone}-frozen", dict(backbone=backbone, variant="frozen", **_FEATUREWISE), {}))
+        vgg = backbone == "vgg16"   # VGG16 has no BatchNorm: nothing to keep frozen
+        entries.append((f"{backbone}-finetune", dict(backbone=backbone, variant="finetune",
+                                                     freeze_bn=not vgg, **_FEATUREWISE),
+                        {"init_from": f"{backbone}-frozen", "differs": {} if vgg else bn}))
+    return _runs("radiography", common, entries)
+
+
+# --------------------------------------------------------------------- kermany-transfer
+
+_KERMANY_TRANSFER_AUGMENT = Augment(flip=True, zoom=(0.8, 1.2), rotation=10.0)
+
+
+def _kermany_transfer_runs() -> tuple[Run, ...]:
+    common = dict(COURSE_FAITHFUL, optimizer="rmsprop", learning_rate=1e-3, binary=True,
+                  class_weight=True, image_size=224, augment=_KERMANY_TRANSFER_AUGMENT,
+                  split=Split(val=0.2, official_test=True, test=0.0))
+    return _runs("kermany-transfer", common, [
+        ("cnn", dict(backbone="scratch", variant="scratch", weights=None, epochs=12), {}),
+        ("inceptionv3", dict(backbone="inceptionv3", variant="frozen", epochs=35), {}),
+        ("resnet50", dict(backbone="resnet50", variant="frozen", epochs=35), {})])
+
+
+# --------------------------------------------------------------------- siim
+
+_SIIM_AUGMENT = Augment(flip=True, zoom=(0.9, 1.1), shear=0.05, brightness=(0.8, 1.1))
 
 
 def _siim_runs() -> tuple[Run, ...]:
-    xception = dict(backbone="xception", head="batchnorm", equalize="hist")
-    nadam = dict(optimizer="nadam", learning_rate=1e-3, epochs=20)
-    return (
-        Run("study-sgd", variant="frozen", optimizer="sgd", learning_rate=0.2, epochs=100,
-            early_stopping=10, data="study", reported={"accuracy": 0.517}, **xception),
-        Run("study-adam", variant="frozen", optimizer="adam", learning_rate=1e-3, epochs=100,
-            early_stopping=10, data="study", reported={"accuracy": 0.593}, **xception),
-        Run("opacity-frozen", variant="frozen", reported={"accuracy": 0.750}, **nadam, **xception),
-        Run("opacity-finetune", variant="finetune", init_from="opacity-frozen",
-            reported={"accuracy": 0.802}, **nadam, **xception),
-        Run("phase1-frozen-union", variant="frozen", data="union", reported={"accuracy": 0.752},
-            **nadam, **xception),
-        Run("phase2-finetune-union", variant="finetune", data="union", init_from="phase1-frozen-union",
-            reported={"accuracy": 0.737}, **nadam, **xception),
-        Run("phase3-finetune-competition", variant="finetune", optimizer="nadam", learning_rate=0.01,
-            epochs=15, init_from="phase2-finetune-union", reported={"accuracy": 0.778}, **xception),
-    )
+    common = dict(COURSE_FAITHFUL, backbone="xception", equalize="hist", augment=_SIIM_AUGMENT,
+                  image_size=224, head="batchnorm", optimizer="nadam", learning_rate=1e-3)
+    competition = Split(val=0.2, test=0.0)         # 80/20, validation only
+    held_out = Split(val=0.2, test=0.2)             # the union: 1267 competition films held out
+    bn = {"freeze_bn": BN_REASON}
+    return _runs("siim", common, [
+        ("study-sgd", dict(variant="frozen", head="linear", optimizer="sgd", learning_rate=0.2,
+                           momentum=0.9, nesterov=False, decay=0.001, epochs=5, split=competition),
+         {"data": "study"}),
+        ("study-adam", dict(variant="finetune", head="linear", optimizer="adam", epochs=100,
+                            early_stopping=10, split=competition),
+         {"data": "study", "init_from": "study-sgd", "differs": bn}),
+        ("opacity-frozen", dict(variant="frozen", epochs=10, split=competition), {}),
+        ("opacity-finetune", dict(variant="finetune", epochs=100, early_stopping=10, split=competition),
+         {"init_from": "opacity-frozen", "differs": bn}),
+        ("phase1-frozen-union", dict(variant="frozen", epochs=20, split=held_out), {"data": "union"}),
+        ("phase2-finetune-union", dict(variant="finetune", epochs=100, early_stopping=10, split=held_out),
+         {"data": "union", "init_from": "phase1-frozen-union", "differs": bn}),
+        ("phase3-finetune-competition", dict(variant="finetune", learning_rate=0.01, epochs=15,
+                                             split=Split(val=0.0, test=0.2)),
+         {"data": "competition", "init_from": "phase1-frozen-union", "differs": bn}),
+    ])
+
+
+# --------------------------------------------------------------------- pneumonia two-stage
+
+_TWO_STAGE_AUGMENT = Augment(flip=True, brightness=(0.9, 1.1), contrast=(1.0, 1.1))
+
+
+def _two_stage_runs() -> tuple[Run, ...]:
+    common = dict(COURSE_FAITHFUL, backbone="vgg16", variant="frozen", head="vgg", channels=1,
+                  image_size=224, crop=True, augment=_TWO_STAGE_AUGMENT, class_weight=True,
+                  optimizer="adam", learning_rate=1e-3, epochs=20,
+                  split=Split(val=0.15, official_test=True, test=0.0))
+    sigmoid = {"binary": "one sigmoid unit instead of the report's two outputs: the same "
+                         "classifier for two classes, and the ROC operating points read one probability"}
+    return _runs("pneumonia-two-stage", common, [
+        ("stage1", dict(binary=True), {"data": "stage1", "differs": sigmoid}),
+        ("stage2", dict(binary=True), {"data": "stage2", "differs": sigmoid})])
+
+
+# --------------------------------------------------------------------- kermany 3-class
+
+def _kermany_3class_runs() -> tuple[Run, ...]:
+    return _runs("kermany-3class", dict(COURSE_FAITHFUL), [
+        ("cnn", dict(backbone="scratch", variant="scratch", weights=None, head="flat", channels=1,
+                     image_size=256, optimizer="adam", learning_rate=1e-3, epochs=20,
+                     augment=NO_AUGMENT, split=Split(test=0.2, val=0.1)), {})])
+
+
+def _findings(preset: str) -> dict[str, Any]:
+    return {name: item.value for name, item in report_of(preset).findings.items()}
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset(
         name="radiography", course="COVID-19 Radiography (DenseNet121 course)",
-        notebook="03 04 05", dataset="covid19-radiography", version="v3",
-        classes=("COVID", "Normal", "Viral Pneumonia"),
-        val=0.1, test=0.2,           # 80/20 train/test, 10 % of train for validation
-        image_size=224,              # every backbone at 224 px, InceptionV3 and Xception included
-        runs=_radiography_runs(),
-        assumed="V2's feature-wise mean/std normalisation is not reproduced: each backbone's own "
-                "preprocess_input is used. Whether V3 and the fine-tuned backbones start from the "
-                "frozen run's head is not said; they do here (notebook 03 explains why)."),
+        notebook="03 04 05", dataset="covid19-radiography",
+        classes=("COVID", "Normal", "Viral Pneumonia"), image_size=224,
+        runs=_radiography_runs(), findings=_findings("radiography"),
+        assumed="Whether V3 and the fine-tuned backbones start from the frozen run's head is not "
+                "said; they do here (notebook 03 explains why). The heads of the four other "
+                "backbones are V2-reg's ('the same modifications')."),
     Preset(
         name="kermany-transfer", course="Kermany pneumonia (scratch CNN vs InceptionV3 vs ResNet50)",
-        notebook="08", dataset="kermany", classes=("Normal", "Pneumonia"), binary=True,
-        val=0.2, test=0.2, official_test=True,   # train+val re-split 80:20; the official 624 test
-        image_size=224,
-        runs=(Run("cnn", "scratch", "scratch", epochs=12, optimizer="rmsprop", learning_rate=1e-3,
-                  reported={"accuracy": 0.625}),
-              Run("inceptionv3", "inceptionv3", "frozen", epochs=35, optimizer="rmsprop",
-                  learning_rate=1e-3, reported={"accuracy": 0.868}),
-              Run("resnet50", "resnet50", "frozen", epochs=35, optimizer="rmsprop",
-                  learning_rate=1e-3, reported={"accuracy": 0.625})),
-        assumed="Image size (224), RMSprop's learning rate (Keras' 1e-3) and frozen backbones "
-                "are not in the report."),
+        notebook="08", dataset="kermany", classes=("Normal", "Pneumonia"), image_size=224,
+        runs=_kermany_transfer_runs(), findings=_findings("kermany-transfer"),
+        assumed="The augmentation's parameters (flip, zoom ±20 %, rotation ±10°: the common "
+                "ImageDataGenerator settings for this dataset), RMSprop's learning rate (Keras' "
+                "1e-3), the image size (224), frozen backbones, and the scratch CNN's layers (the "
+                "library's five-block CNN: the report shows them only in a figure) are not in the "
+                "report's text."),
     Preset(
         name="pneumonia-two-stage", course="Pneumonia two-stage course (VGG16)", notebook="06",
         dataset="kermany", classes=("Normal", "Bacterial Pneumonia", "Viral Pneumonia"),
-        binary=True, class_weight=True, val=0.15, test=0.2, official_test=True, image_size=224,
-        runs=tuple(Run(key, "vgg16", "frozen", epochs=20, optimizer="adam", learning_rate=1e-3,
-                       augment=TWO_STAGE_AUGMENT, channels=1, crop=True, equalize="hist",
-                       data=key, reported=reported)
-                   for key, reported in (("stage1", {"accuracy": 0.92}), ("stage2", {}))),
-        reported={"two_stage_accuracy": 0.86, "healthy_share_of_positive_calls": 0.40},
-        assumed="The optimiser (Adam 1e-3), the epochs (20) and the validation fraction are not "
-                "in the report."),
+        image_size=224, runs=_two_stage_runs(), findings=_findings("pneumonia-two-stage"),
+        assumed="The optimiser (Adam 1e-3), the epochs (20) and the validation share (15 %) "
+                "are not in the report."),
     Preset(
         name="siim", course="SIIM-FISABIO-RSNA (Xception)", notebook="07", dataset="siim",
-        classes=("No Opacity", "Opacity"), val=0.15, test=0.15, image_size=224, runs=_siim_runs(),
-        assumed="Epochs of the opacity runs and of phases 1–2 (20), the split fractions, the "
-                "image size and the frozen backbone of the 4-class runs are not in the report."),
+        classes=("No Opacity", "Opacity"), image_size=224, runs=_siim_runs(),
+        findings=_findings("siim"),
+        assumed="The image size (224), phase 2's optimiser and epochs (Nadam 1e-3, up to 100 "
+                "with early stopping 10, as the other fine-tuning runs), and how the 20 % shares "
+                "were drawn (stratified here) are not in the report."),
     Preset(
         name="kermany-3class", course="3-class Kermany scratch course", notebook="08",
         dataset="kermany", classes=("Normal", "Bacterial Pneumonia", "Viral Pneumonia"),
-        val=0.1, test=0.2, official_test=True, image_size=256,
-        runs=(Run("cnn", "scratch", "scratch", epochs=20, optimizer="adam", learning_rate=1e-3,
-                  head="flat", channels=1, reported={"accuracy": 0.82}),),
-        assumed="The optimiser (Adam 1e-3), the epochs (20) and the validation fraction are not "
-                "in the report."),
+        image_size=256, runs=_kermany_3class_runs(), findings=_findings("kermany-3class"),
+        assumed="The optimiser (Adam 1e-3), the epochs (20), the validation share (10 % of the "
+                "rest) and the two Dropout layers' rate (0.5) are not in the report."),
 ]}
 
 NOTEBOOK_PRESETS: dict[str, tuple[str, ...]] = {
@@ -200,102 +262,103 @@ def notebooks_of(name: str) -> list[str]:
 
 
 def scaled(preset: Preset, image_size: int | None = None, epochs: int | None = None,
-           backbone: str | None = None, finetune_learning_rate: float | None = None) -> Preset:
-    """The preset with every run's image size, (non-zero) epochs or backbone replaced: smoke
-    and demo settings (``backbone="scratch"``: the CPU stand-in). ``finetune_learning_rate``
-    replaces the learning rate of the fine-tuning runs only (a trainable backbone that starts
-    from another run): the course's 0.01 suits ImageNet weights and thousands of films, and
-    scrambles the features of a demo's few hundred. Everything else (optimiser, schedule,
-    augmentation, split) stays the course's."""
-    from cxrlib.models.variants import get_variant
-
-    def swap(run: Run) -> Run:
-        if not backbone:
-            return run
-        variant = "scratch" if backbone == "scratch" else run.variant
-        return replace(run, backbone=backbone, variant=variant,
-                       head=run.head if backbone != "scratch" or run.head == "flat" else "course")
-
-    def rate(run: Run) -> float:
-        finetuning = run.init_from is not None and not get_variant(run.variant).frozen
-        return finetune_learning_rate if finetuning and finetune_learning_rate else run.learning_rate
-
-    runs = tuple(replace(swap(run), image_size=image_size or run.image_size,
-                         epochs=run.epochs if not epochs or run.epochs == 0 else epochs,
-                         learning_rate=rate(run))
-                 for run in preset.runs)
-    return replace(preset, runs=runs, image_size=image_size or preset.image_size)
-
-
-FLAT_MIN_SIZE = 94   # the flat CNN's five valid convolutions and poolings need 94 px
+           backbone: str | None = None, finetune_learning_rate: float | None = None,
+           weights: str | None = "imagenet", samples_per_class: int | None = None) -> Preset:
+    """The preset with every run's spec scaled for smoke or demo settings
+    (:func:`cxrlib.spec.scaled_spec`), and what changed in ``scaling``."""
+    runs = []
+    changes: list[str] = []
+    for run in preset.runs:
+        spec, why = scaled_spec(run.spec, image_size=image_size, epochs=epochs, backbone=backbone,
+                                finetune_learning_rate=finetune_learning_rate if run.init_from else None,
+                                weights=weights, samples_per_class=samples_per_class)
+        runs.append(replace(run, spec=spec))
+        changes += [line for line in why if line not in changes]
+    return replace(preset, runs=tuple(runs), image_size=image_size or preset.image_size,
+                   scaling=tuple(changes))
 
 
 def run_size(preset: Preset, run: Run) -> int:
-    """The run's input size, raised to what its network accepts (InceptionV3 75 px, Xception 71,
-    the flat CNN 94)."""
-    from cxrlib.models.backbones import SCRATCH, get_backbone
+    """The run's input size (the spec's, else the preset's), raised to what its network
+    accepts (InceptionV3 75 px, Xception 71, the flat CNN 94)."""
+    from cxrlib.models.backbones import min_input_size
 
-    size = run.image_size or preset.image_size
-    if run.backbone == SCRATCH:
-        return max(size, FLAT_MIN_SIZE) if run.head == "flat" else size
-    return max(size, get_backbone(run.backbone).min_size)
+    size = run.spec.image_size or preset.image_size
+    return max(size, min_input_size(run.backbone, run.spec.head))
 
 
-def train_kwargs(preset: Preset, key: str, run_dirs: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The arguments of :func:`cxrlib.runs.train.train` for run ``key``, exactly as the preset says.
-
-    ``run_dirs`` maps run keys to their folders (for ``init_from``).
-    """
+def run_spec(preset: Preset, key: str, run_dirs: Mapping[str, Any] | None = None) -> RunSpec:
+    """The spec of run ``key`` as :func:`cxrlib.runs.train.train` takes it: its size raised to
+    the network's minimum, and ``init_from`` the model file of the run it starts from
+    (``run_dirs`` maps run keys to their folders)."""
     run = preset.run(key)
-    init = None
+    changes: dict[str, Any] = {"image_size": run_size(preset, run)}
     if run.init_from:
-        init = str(f"{(run_dirs or {})[run.init_from]}/model.keras")
-    return dict(backbone=run.backbone, variant=run.variant, image_size=run_size(preset, run),
-                epochs=run.epochs, batch_size=preset.batch_size, optimizer=run.optimizer,
-                learning_rate=run.learning_rate, decay=run.decay, augment=run.augment,
-                head=run.head, channels=run.channels, crop=run.crop, equalize=run.equalize,
-                early_stopping=run.early_stopping, init_from=init, class_weight=preset.class_weight,
-                binary=preset.binary and run.data != "study",
-                dataset_info={"preset": preset.name, "run": key, "split": preset.split,
-                              "version": preset.version})
+        changes["init_from"] = str(f"{(run_dirs or {})[run.init_from]}/model.keras")
+    return run.spec.model_copy(update=changes)
 
 
-def recorded_settings(record: dict) -> dict[str, Any]:
-    """What a record says was trained, in :func:`expected_settings`' terms (for checks and tables)."""
-    hyper, model, prep, data = record["hyperparameters"], record["model"], record["prep"], record["dataset"]
-    return _as_json({"preset": data.get("preset"), "run": data.get("run"), "split": data.get("split"),
-            "version": data.get("version"), "backbone": model["backbone"], "variant": model["variant"],
-            "head": model.get("head", "course"), "image_size": model["image_size"],
-            "channels": model["channels"], "crop": prep["crop"], "equalize": prep["equalize"],
-            **{k: hyper[k] for k in ("epochs", "optimizer", "learning_rate", "decay", "augment",
-                                     "early_stopping", "batch_size", "class_weight")}})
-
-
-def expected_settings(preset: Preset, key: str) -> dict[str, Any]:
-    """What the record of run ``key`` must say, from the preset alone."""
+def run_info(preset: Preset, key: str) -> dict[str, Any]:
+    """What a record's ``dataset`` section says of the preset run it was trained for."""
     run = preset.run(key)
-    return _as_json({"preset": preset.name, "run": key, "split": preset.split, "version": preset.version,
-            "backbone": run.backbone, "variant": run.variant, "head": run.head,
-            "image_size": run_size(preset, run), "channels": run.channels, "crop": run.crop,
-            "equalize": run.equalize, "epochs": run.epochs, "optimizer": run.optimizer,
-            "learning_rate": run.learning_rate, "decay": run.decay, "augment": asdict(run.augment),
-            "early_stopping": run.early_stopping, "batch_size": preset.batch_size,
-            "class_weight": preset.class_weight})
-
-
-def _as_json(settings: dict[str, Any]) -> dict[str, Any]:
-    """As a record stores it (tuples become lists)."""
-    return json.loads(json.dumps(settings))
+    return {"preset": preset.name, "run": key, "data": run.data, "starts_from": run.init_from}
 
 
 def preset_table(preset: Preset) -> "pd.DataFrame":  # noqa: F821
-    """One row per run: the settings a student would look up in the course's report."""
+    """One row per run: the settings a student would look up in the course's report, and the
+    numbers it reported."""
     import pandas as pd
 
-    rows = [{"run": r.key, "backbone": r.backbone, "variant": r.variant, "head": r.head,
-             "size": run_size(preset, r), "epochs": r.epochs, "optimizer": r.optimizer,
-             "lr": r.learning_rate, "decay": r.decay, "early stop": r.early_stopping,
-             "augment": "none" if r.augment == NO_AUGMENT else "yes", "from": r.init_from or "",
-             "data": r.data, **{f"course {k}": v for k, v in r.reported.items()}}
-            for r in preset.runs]
+    rows = []
+    for run in preset.runs:
+        spec = run.spec
+        rows.append({
+            "run": run.key, "backbone": spec.backbone, "variant": spec.variant, "head": spec.head,
+            "size": run_size(preset, run), "epochs": spec.epochs, "optimizer": spec.optimizer,
+            "lr": spec.learning_rate, "decay": spec.decay, "early stop": spec.early_stopping,
+            "normalisation": spec.normalization,
+            "augment": describe_augment(spec.augment), "class weights": spec.class_weight,
+            "from": run.init_from or "", "data": run.data,
+            "differs": "; ".join(run.differs) or "",
+            **{f"course {k}": v for k, v in run.reported.items()}})
     return pd.DataFrame(rows).set_index("run")
+
+
+def describe_augment(augment: Augment) -> str:
+    """The augmentation in a few words, from its settings: ``flip, brightness ×0.8–1.25, …``."""
+    if not augment.active:
+        return "none"
+    parts = ["flip"] if augment.flip else []
+    if augment.brightness:
+        parts.append(f"brightness ×{augment.brightness[0]:g}–{augment.brightness[1]:g}")
+    if augment.contrast:
+        parts.append(f"contrast ×{augment.contrast[0]:g}–{augment.contrast[1]:g}")
+    if augment.zoom:
+        low, high = augment.zoom
+        kind = "out" if low >= 1 else ("in" if high <= 1 else "in or out")
+        parts.append(f"zoom {kind} (field ×{low:g}–{high:g})")
+    if augment.shear:
+        parts.append(f"shear ±{augment.shear:g}°")
+    if augment.rotation:
+        parts.append(f"rotation ±{augment.rotation:g}°")
+    return ", ".join(parts)
+
+
+def differences(preset: Preset) -> list[str]:
+    """Every way the preset departs from its report, with its reason: one line each."""
+    lines = []
+    for run in preset.runs:
+        for name, why in run.differs.items():
+            lines.append(f"{run.key}: {name} = {flat_items(run.spec).get(name)!r}: {why}")
+    return lines
+
+
+def as_json(preset: Preset) -> dict[str, Any]:
+    """``{"name", "course", "notebooks", "runs": [{"name", "spec", "reported", ...}]}``: the
+    shape ``python -m cxrlib presets --json`` prints."""
+    return {"name": preset.name, "course": preset.course, "notebooks": preset.notebook.split(),
+            "report": report_of(preset.name).file, "assumed": preset.assumed,
+            "findings": dict(preset.findings),
+            "runs": [{"name": run.key, "spec": run.spec.model_dump(mode="json"),
+                      "reported": dict(run.reported), "data": run.data, "starts_from": run.init_from,
+                      "differs": dict(run.differs)} for run in preset.runs]}

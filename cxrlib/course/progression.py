@@ -4,7 +4,7 @@
   it matches the notebook's settings, made and saved otherwise.
 - :func:`train_or_reuse`: :func:`cxrlib.runs.train.train`, saying whether the run was trained
   now or a finished identical run was reused (``04`` reuses what ``03`` trained).
-- :func:`input_size`, :func:`as_list`: parameter handling for the backbone loop.
+- :func:`as_list`: parameter handling for the backbone loop.
 - :func:`runs_table`, :func:`labelled_table`, :func:`accuracy_ci`, :func:`plot_tradeoff`:
   summaries and a figure computed from run records only (the conclusions: ``conclusions.py``).
 """
@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxrlib.models.backbones import default_size, get_backbone
 from cxrlib.models.variants import ALIASES
 
 if TYPE_CHECKING:
     from cxrlib.course.presets import Preset
+    from cxrlib.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def _split_matches(saved: pd.DataFrame, available: pd.DataFrame, samples_per_cla
 
 def split_settings(preset: "Preset | None", samples_per_class: int | None, seed: int) -> dict:
     """What a shared split was made with (saved beside it as ``split.json``)."""
-    return {"preset": preset.name if preset else None, "split": preset.split if preset else None,
+    return {"preset": preset.name if preset else None,
+            "split": preset.split.model_dump(mode="json") if preset else None,
             "version": preset.version if preset else None, "samples_per_class": samples_per_class,
             "seed": seed}
 
@@ -82,6 +83,8 @@ def course_split(data: str | os.PathLike, results: str | os.PathLike,
     from cxrlib.data.datasets import class_names, load_manifest
     from cxrlib.data.splits import load_split, sample_per_class, split_manifest
 
+    if preset is not None and samples_per_class is None:
+        samples_per_class = preset.split.samples_per_class   # the course's balanced sample
     settings = split_settings(preset, samples_per_class, seed)
     available = load_manifest(data, classes=classes)
     if preset is not None and (available["source"] != "synthetic").any():
@@ -100,27 +103,26 @@ def course_split(data: str | os.PathLike, results: str | os.PathLike,
 
 
 def preset_run(manifest: pd.DataFrame, classes: Sequence[str], preset: "Preset", key: str,
-               results: str | os.PathLike, **options: Any) -> tuple[dict, str]:
+               results: str | os.PathLike, weights: str | None = None, seed: int | None = None,
+               **options: Any) -> tuple[dict, str]:
     """:func:`train_or_reuse` of the preset's run ``key``, in the shared results directory
-    (``RESULTS/<backbone>-<variant>``, so ``03``, ``04`` and ``05`` share their runs)."""
-    from cxrlib.course.presets import train_kwargs
+    (``RESULTS/<backbone>-<variant>``, so ``03``, ``04`` and ``05`` share their runs).
+
+    ``weights`` and ``seed``, when given, replace the spec's (a scratch CNN keeps none)."""
+    from cxrlib.course.presets import run_info, run_spec
     from cxrlib.runs.train import run_dir
 
     dirs = {r.key: run_dir(results, r.backbone, r.variant) for r in preset.runs}
-    kwargs = train_kwargs(preset, key, dirs)
-    backbone, variant = kwargs.pop("backbone"), kwargs.pop("variant")
-    return train_or_reuse(manifest, classes, backbone, variant, dirs[key], **kwargs, **options)
+    spec = run_spec(preset, key, dirs)
+    changes = {"seed": seed} if seed is not None else {}
+    if weights is not None and spec.backbone != "scratch":
+        changes["weights"] = weights
+    spec = spec.model_copy(update=changes)
+    return train_or_reuse(manifest, classes, spec, dirs[key], dataset_info=run_info(preset, key),
+                          **options)
 
 
 # --------------------------------------------------------------------------- training
-
-def input_size(backbone: str, image_size: int | None) -> int:
-    """The input size for ``backbone``: its default when ``image_size`` is None, else
-    ``image_size`` raised to the architecture's minimum (75 px for InceptionV3, 71 for Xception)."""
-    if image_size is None:
-        return default_size(backbone)
-    return max(int(image_size), get_backbone(backbone).min_size)
-
 
 def as_list(value: str | Sequence[str] | None, everything: Sequence[str]) -> list[str]:
     """A list of names from a parameter: a list, a comma-separated string, ``"all"``/None
@@ -141,7 +143,7 @@ def _canonical(variant: str) -> str:
     return ALIASES.get(variant, variant)
 
 
-def train_or_reuse(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant: str,
+def train_or_reuse(manifest: pd.DataFrame, classes: Sequence[str], spec: "RunSpec",
                    out_dir: str | os.PathLike, **kwargs: Any) -> tuple[dict, str]:
     """:func:`cxrlib.runs.train.train`, plus ``"reused"`` or ``"trained"``.
 
@@ -159,8 +161,8 @@ def train_or_reuse(manifest: pd.DataFrame, classes: Sequence[str], backbone: str
             before = None
     from cxrlib.course.setup import run_name
 
-    kwargs.setdefault("name", run_name(backbone, variant))
-    record = train(manifest, classes, backbone, variant, out_dir=out_dir, **kwargs)
+    kwargs.setdefault("name", run_name(spec.backbone, spec.variant))
+    record = train(manifest, classes, spec, out_dir, **kwargs)
     return record, ("reused" if before is not None and record["created"] == before else "trained")
 
 

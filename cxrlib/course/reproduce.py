@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from cxrlib.course.presets import RADIOGRAPHY_VERSIONS, Preset, train_kwargs
+from cxrlib.course.presets import RADIOGRAPHY_VERSIONS, Preset, run_info, run_spec
+from cxrlib.spec import Split
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +74,23 @@ def pin_version(manifest: pd.DataFrame, version: str | None, seed: int = 0) -> p
     return out.reset_index(drop=True)
 
 
-def preset_split(preset: Preset, manifest: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """``manifest`` split as the preset says: test share (or the official test split), then
-    the validation share of what is left (an official validation split joins training)."""
+def preset_split(preset: Preset, manifest: pd.DataFrame, seed: int = 0,
+                 split: Split | None = None) -> pd.DataFrame:
+    """``manifest`` split as ``split`` says (default: the preset's, :attr:`Preset.split`): its
+    test share (or the official test split, whose validation folder then joins training), then
+    its validation share of what is left."""
     from cxrlib.data.splits import split_manifest
 
+    split = split or preset.split
     manifest = manifest.copy()
-    official = preset.official_test and (manifest["split"] == "test").any()
+    official = split.official_test and (manifest["split"] == "test").any()
     if official:
         manifest.loc[manifest["split"] == "val", "split"] = "train"
     else:
         manifest["split"] = ""
-    return split_manifest(manifest, val=preset.val * (1 - preset.test), test=preset.test,
-                          seed=seed, keep_official=official)
+    test = 0.0 if official else split.test
+    return split_manifest(manifest, val=split.val * (1 - test), test=test, seed=seed,
+                          keep_official=official)
 
 
 def _say_synthetic(dataset: str, path: Path) -> None:
@@ -176,17 +181,35 @@ def preset_data(preset: Preset, work_dir: str | Path, folders: Mapping[str, str 
                 "stage1": (binary, ["Normal", "Pneumonia"]),
                 "stage2": (pneumonia, ["Bacterial Pneumonia", "Viral Pneumonia"])}
     if preset.dataset == "siim":
-        studies = capped(siim_manifest(folder["siim"], work, 4 * n, size, seed))
-        study_split = preset_split(preset, studies, seed)
-        competition = relabel(study_split, SIIM_BINARY)
-        external = radiography_manifest(folder["external"], work / "external", n, size, seed,
-                                        classes=tuple(EXTERNAL_BINARY))
-        external = relabel(capped(external), EXTERNAL_BINARY).assign(split="train")  # used whole
-        union = pd.concat([external, competition], ignore_index=True)
-        union.attrs = dict(competition.attrs)
-        return {"study": (study_split, sorted(SIIM_BINARY)), "main": (competition, list(preset.classes)),
-                "union": (union, list(preset.classes))}
+        return _siim_data(preset, folder, work, n, size, seed, capped)
     raise ValueError(f"No data recipe for dataset {preset.dataset!r}.")
+
+
+def _siim_data(preset: Preset, folder: Mapping[str, Path | None], work: Path, n: int, size: int,
+               seed: int, capped) -> dict[str, tuple[pd.DataFrame, list[str]]]:
+    """The SIIM course's four data sets, as its report splits them: the competition's films
+    split 80/20 for the study and opacity runs (validation only); for the union, a fifth of
+    the competition's films held out as the final test, the rest joined with the external
+    films and split 80/20; and phase 3's competition films without a validation share, tested
+    on the same held-out fifth."""
+    from cxrlib.data.datasets import relabel
+
+    splits = {run.data: run.spec.split for run in preset.runs}
+    studies = capped(siim_manifest(folder["siim"], work, 4 * n, size, seed))
+    study_split = preset_split(preset, studies, seed, splits["study"])
+    held = preset_split(preset, studies, seed, Split(val=0.0, test=splits["union"].test))
+    competition = relabel(held, SIIM_BINARY)
+    external = radiography_manifest(folder["external"], work / "external", n, size, seed,
+                                    classes=tuple(EXTERNAL_BINARY))
+    external = relabel(capped(external), EXTERNAL_BINARY).assign(split="train")
+    pool = pd.concat([external, competition[competition["split"] == "train"]], ignore_index=True)
+    union = preset_split(preset, pool, seed, Split(val=splits["union"].val, test=0.0))
+    union = pd.concat([union, competition[competition["split"] == "test"]], ignore_index=True)
+    union.attrs = dict(competition.attrs)
+    return {"study": (study_split, sorted(SIIM_BINARY)),
+            "main": (relabel(study_split, SIIM_BINARY), list(preset.classes)),
+            "union": (union, list(preset.classes)),
+            "competition": (competition, list(preset.classes))}
 
 
 def preset_dirs(preset: Preset, results_dir: str | Path) -> dict[str, Path]:
@@ -210,27 +233,55 @@ def train_preset(preset: Preset, data: Mapping[str, tuple[pd.DataFrame, list[str
         if only and run.key not in only:
             continue
         manifest, classes = data[run.data]
-        kwargs = train_kwargs(preset, run.key, dirs)
-        backbone, variant = kwargs.pop("backbone"), kwargs.pop("variant")
-        run_weights = usable_weights(weights, backbone)
-        records[run.key], how = train_or_reuse(manifest, classes, backbone, variant, dirs[run.key],
-                                               weights=run_weights, seed=seed,
-                                               name=f"{preset.name}: {run.key}", **kwargs, **options)
-        print(f"{run.key:<28} {how:>7}: test accuracy {records[run.key]['test']['accuracy']:.3f}")
+        spec = run_spec(preset, run.key, dirs)
+        if spec.backbone != "scratch":
+            spec = spec.model_copy(update={"weights": usable_weights(weights, spec.backbone)})
+        spec = spec.model_copy(update={"seed": seed})
+        records[run.key], how = train_or_reuse(manifest, classes, spec, dirs[run.key],
+                                               name=f"{preset.name}: {run.key}",
+                                               dataset_info=run_info(preset, run.key), **options)
+        print(f"{run.key:<28} {how:>7}: {_headline(records[run.key])}")
     return records
 
 
+def _headline(record: dict) -> str:
+    """A run's test accuracy, or its validation accuracy when it has no test split."""
+    test = record.get("test") or {}
+    if test.get("accuracy") is not None:
+        return f"test accuracy {test['accuracy']:.3f}"
+    return f"validation accuracy {(record.get('final') or {}).get('val_accuracy') or float('nan'):.3f}"
+
+
+RESULT_SOURCES: dict[str, tuple[str, str]] = {
+    "test_accuracy": ("test", "accuracy"), "test_loss": ("test", "loss"),
+    "loss": ("final", "loss"), "accuracy": ("final", "accuracy"),
+    "val_loss": ("final", "val_loss"), "val_accuracy": ("final", "val_accuracy"),
+    "epochs_run": ("training", "epochs_run")}
+"""Where a record keeps each number a report gives (see :mod:`cxrlib.course.reports`)."""
+
+
+def record_number(record: dict | None, name: str) -> float | None:
+    """The number ``name`` (a key of :data:`RESULT_SOURCES`) of a run record, or None."""
+    section, key = RESULT_SOURCES[name]
+    value = ((record or {}).get(section) or {}).get(key)
+    return None if value is None else float(value)
+
+
 def comparison(preset: Preset, records: Mapping[str, dict]) -> pd.DataFrame:
-    """Ours beside the course's: test accuracy (and loss), one row per run given, from the records."""
+    """Ours beside the course's, one row per run given, from the records and the report: every
+    number the report gives for the run (test, or validation where it reported validation),
+    and the test accuracy always."""
     rows = []
     for run in (r for r in preset.runs if r.key in records):
         record = records[run.key]
-        test = (record or {}).get("test") or {}
-        rows.append({"run": run.key, "ours: test accuracy": test.get("accuracy"),
-                     "course: test accuracy": run.reported.get("accuracy"),
-                     "ours: test loss": test.get("loss"), "course: test loss": run.reported.get("loss"),
-                     "test images": test.get("n"),
-                     "epochs run": ((record or {}).get("training") or {}).get("epochs_run")})
+        row: dict[str, Any] = {"run": run.key}
+        for name in ("test_accuracy", *[n for n in RESULT_SOURCES if n != "test_accuracy"]):
+            if name == "test_accuracy" or name in run.reported:
+                label = name.replace("_", " ")
+                row[f"ours: {label}"] = record_number(record, name)
+                row[f"course: {label}"] = run.reported.get(name)
+        row["test images"] = ((record or {}).get("test") or {}).get("n")
+        rows.append(row)
     table = pd.DataFrame(rows).set_index("run")
     return table.dropna(axis=1, how="all")
 

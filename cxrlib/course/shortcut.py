@@ -17,6 +17,7 @@ import pandas as pd
 from cxrlib.data.images import read_image
 from cxrlib.data.pipeline import Prep, border_crop, resize
 from cxrlib.data.pipeline import model_inputs, read_prepared
+from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT, variant_spec
 from cxrlib.explain.maps import (border_mask, border_share, default_layer, energy_inside, heatmap,
                                  lung_share)
 from cxrlib.runs.evaluate import load_run, predict
@@ -174,10 +175,10 @@ def shortcut_experiment(work_dir: str | os.PathLike, size: int = 64, per_class: 
                      "augment": augment},
     }
     for name, crop in (("shortcut", False), ("cropped", True)):
-        train(train_set, classes, SCRATCH, "scratch", work / name, weights=None,
-                       image_size=size, epochs=epochs, batch_size=batch_size, optimizer="adam",
-                       learning_rate=1e-3, seed=seed, crop=crop, augment=augment,
-                       progress=progress, bootstrap=0)
+        spec = variant_spec(SCRATCH, "scratch", image_size=size, epochs=epochs,
+                            batch_size=batch_size, optimizer="adam", learning_rate=1e-3, seed=seed,
+                            crop=crop, augment=LIBRARY_AUGMENT if augment else NO_AUGMENT)
+        train(train_set, classes, spec, work / name, progress=progress, bootstrap=0)
         model, _, prep, _, _ = load_run(work / name)
         scores = _shortcut_scores(model, marked, clean, classes, prep, method,
                                   explain_class, layer)

@@ -39,24 +39,11 @@ import pandas as pd
 
 from cxrlib.models.backbones import preprocess_function
 from cxrlib.data.images import ImageReadError, plain_format, read_image
+from cxrlib.spec import NORMALIZATIONS, Augment
 
 log = logging.getLogger(__name__)
 
 EQUALIZE_METHODS = (None, "hist", "clahe")
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Which train-time augmentations are on, and how strong (the course's defaults)."""
-
-    flip: bool = True
-    brightness: tuple[float, float] | None = (0.8, 1.25)   # multiplicative
-    contrast: float | None = 0.1                           # ±10 %
-    zoom: tuple[float, float] | None = (1.0, 1.2)          # zoom in by up to 20 %
-    rotation: float | None = 5.0                            # degrees, either way
-
-
-NO_AUGMENT = Augment(flip=False, brightness=None, contrast=None, zoom=None, rotation=None)
 
 
 @dataclass(frozen=True)
@@ -70,6 +57,8 @@ class Prep:
     crop_reference: tuple[int, int] | None = None   # (w_max, h_max) of the training data
     equalize: str | None = None
     interpolation: str = "bilinear"
+    normalization: str = "backbone"                 # "backbone", "featurewise" or "none"
+    norm_stats: tuple[float, float] | None = None   # featurewise: (mean, std) of the training pixels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +69,8 @@ def prep_from_record(record: dict) -> Prep:
     fields = dict(record["prep"])
     if fields.get("crop_reference") is not None:
         fields["crop_reference"] = tuple(int(v) for v in fields["crop_reference"])
+    if fields.get("norm_stats") is not None:
+        fields["norm_stats"] = tuple(float(v) for v in fields["norm_stats"])
     return Prep(**fields)
 
 
@@ -419,41 +410,111 @@ def _encode(y, n_classes: int, label_mode: str):
 
 
 def augmentation_layers(augment: Augment, seed: int = 0):
-    """A Keras ``Sequential`` of preprocessing layers for batches of 0–255 float images."""
+    """A Keras ``Sequential`` of preprocessing layers for batches of 0–255 float images.
+
+    The layers compute in float32 whatever the global dtype policy (under mixed precision
+    only the model computes in float16). The ranges mean what ``ImageDataGenerator``'s did
+    (:class:`cxrlib.spec.Augment`): a zoom scale ``z`` shows ``z`` times the field (above 1
+    zooms out), drawn for width and height independently; a shear of θ degrees moves each
+    row by sin θ of its height from the centre, either way."""
+    import math
+
     import keras
 
+    f32 = {"dtype": "float32"}
     layers = []
     if augment.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, **f32))
     if augment.rotation:
-        layers.append(keras.layers.RandomRotation(augment.rotation / 360.0, fill_mode="constant", seed=seed + 1))
+        layers.append(keras.layers.RandomRotation(augment.rotation / 360.0, fill_mode="constant",
+                                                  seed=seed + 1, **f32))
     if augment.zoom:
-        low, high = augment.zoom  # a zoom-in by factor z keeps 1/z of the field: height_factor < 0
-        layers.append(keras.layers.RandomZoom((1 / high - 1, 1 / low - 1), fill_mode="constant", seed=seed + 2))
-    if augment.contrast:
-        layers.append(keras.layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed + 3))
+        low, high = (z - 1 for z in augment.zoom)   # RandomZoom: +0.2 shows 1.2 × the field
+        layers.append(keras.layers.RandomZoom((low, high), (low, high), fill_mode="constant",
+                                              seed=seed + 2, **f32))
+    if augment.shear:
+        layers.append(keras.layers.RandomShear(x_factor=math.sin(math.radians(augment.shear)),
+                                               y_factor=0.0, fill_mode="constant", seed=seed + 4, **f32))
     return keras.Sequential(layers, name="augmentation")
 
 
 def augment_batch(x, augment: Augment, seed: int = 0, layers=None):
-    """Training augmentation of a float batch (N, S, S, C) at 0–255: the Keras layers of
-    :func:`augmentation_layers`, then the multiplicative brightness. ``layers`` reuses
-    layers already built (the pipeline builds them once)."""
+    """Training augmentation of a float32 batch (N, S, S, C) at 0–255: the Keras layers of
+    :func:`augmentation_layers`, then the contrast and the multiplicative brightness.
+    ``layers`` reuses layers already built (the pipeline builds them once)."""
+    import tensorflow as tf
+
+    x = tf.cast(x, tf.float32)
     layers = augmentation_layers(augment, seed) if layers is None else layers
     if layers.layers:
         x = layers(x, training=True)
+    if augment.contrast:
+        x = _contrast(x, augment.contrast, seed + 3)
     if augment.brightness:
         x = _brightness(x, augment.brightness, seed)
     return x
+
+
+def _factors(images, low_high: tuple[float, float], seed: int):
+    """One random factor per image of the batch, uniform in ``low_high`` (float32, (N,1,1,1))."""
+    import tensorflow as tf
+
+    shape = tf.stack([tf.shape(images)[0], 1, 1, 1])
+    return tf.random.uniform(shape, low_high[0], low_high[1], dtype=tf.float32, seed=seed)
 
 
 def _brightness(images, factors: tuple[float, float], seed: int):
     """Multiply each image by a random factor in ``factors`` (keras' RandomBrightness is additive)."""
     import tensorflow as tf
 
-    shape = tf.stack([tf.shape(images)[0], 1, 1, 1])
-    scale = tf.random.uniform(shape, factors[0], factors[1], seed=seed)
-    return tf.clip_by_value(images * scale, 0.0, 255.0)
+    return tf.clip_by_value(images * _factors(images, factors, seed), 0.0, 255.0)
+
+
+def _contrast(images, factors: tuple[float, float], seed: int):
+    """Scale each image's spread around its own mean by a random factor in ``factors``
+    (keras' RandomContrast draws from a symmetric range only)."""
+    import tensorflow as tf
+
+    mean = tf.reduce_mean(images, axis=(1, 2, 3), keepdims=True)
+    return tf.clip_by_value((images - mean) * _factors(images, factors, seed) + mean, 0.0, 255.0)
+
+
+def pixel_normalisation(prep: Prep) -> Callable:
+    """The normalisation of 0–255 RGB pixels that ``prep`` says: the backbone's own
+    ``preprocess_input`` (``"backbone"``), the training set's mean and standard deviation
+    (``"featurewise"``, as ``ImageDataGenerator(featurewise_center=True,
+    featurewise_std_normalization=True)`` did), or none (raw 0–255 pixels)."""
+    if prep.normalization not in NORMALIZATIONS:
+        raise ValueError(f"Unknown normalization {prep.normalization!r}; choose one of "
+                         f"{', '.join(NORMALIZATIONS)}.")
+    if prep.normalization == "backbone":
+        return preprocess_function(prep.backbone)
+    if prep.normalization == "none":
+        return lambda x: x
+    if prep.norm_stats is None:
+        raise ValueError("Featurewise normalisation needs the training set's statistics "
+                         "(with_norm_stats).")
+    mean, std = prep.norm_stats
+    return lambda x: (x - mean) / max(std, 1e-6)
+
+
+def with_norm_stats(prep: Prep, manifest: pd.DataFrame) -> Prep:
+    """``prep`` with the training pixels' (mean, std) when it normalises featurewise (from the
+    prepared images of ``manifest``, its training split); ``prep`` itself otherwise or when
+    they are known already."""
+    from dataclasses import replace
+
+    if prep.normalization != "featurewise" or prep.norm_stats is not None:
+        return prep
+    images, _ = prepare_readable(manifest["path"].astype(str).tolist(), prep)
+    if len(images) == 0:
+        raise ValueError("No readable training image to measure the featurewise statistics on.")
+    total = squares = 0.0
+    for chunk in np.array_split(images, max(1, len(images) // 256)):   # no float copy of the set
+        values = chunk.astype(np.float64)
+        total, squares = total + values.sum(), squares + np.square(values).sum()
+    mean = total / images.size
+    return replace(prep, norm_stats=(mean, float(np.sqrt(max(squares / images.size - mean ** 2, 0.0)))))
 
 
 def normaliser(prep: Prep) -> Callable:
@@ -462,7 +523,7 @@ def normaliser(prep: Prep) -> Callable:
     ImageNet normalisations are per RGB channel; a 1-channel input (for the grayscale adapter)
     is normalised as its RGB copy would be, then averaged back to one channel.
     """
-    function = preprocess_function(prep.backbone)
+    function = pixel_normalisation(prep)
     if prep.channels == 3:
         return function
 
@@ -487,7 +548,7 @@ def input_affine(prep: Prep) -> tuple[np.ndarray, np.ndarray] | None:
     """
     grey = np.array([0.0, 255.0, 100.0, 37.0])
     x = np.repeat(grey[:, None, None, None], 3, axis=-1)
-    y = np.asarray(preprocess_function(prep.backbone)(x.copy()), dtype=np.float64)[:, 0, 0, :]
+    y = np.asarray(pixel_normalisation(prep)(x.copy()), dtype=np.float64)[:, 0, 0, :]
     offset, scale = y[0], (y[1] - y[0]) / 255.0
     if not np.allclose(grey[:, None] * scale + offset, y, rtol=1e-6, atol=1e-6):
         return None
@@ -546,7 +607,7 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
     normalise = normaliser(prep)
     affine = input_affine(prep) if preprocess else None
     layers = (augmentation_layers(augment, seed)
-              if training and augment is not None and augment != NO_AUGMENT else None)
+              if training and augment is not None and augment.active else None)
 
     def finish(index):
         """One vectorised step per batch of indices (per-image maps cost more than the work
@@ -559,8 +620,7 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
                                  stateful=False, name="gather_batch")
         x.set_shape((None, prep.image_size, prep.image_size))
         y.set_shape((None,))
-        x = x if layers is None else augment_batch(
-            tf.cast(tf.expand_dims(x, -1), tf.float32), augment, seed, layers)[..., 0]
+        x = x if layers is None else augment_batch(tf.expand_dims(x, -1), augment, seed, layers)[..., 0]
         if affine is not None:
             return _affine_input(prep)(x), _encode(y, len(classes), label_mode)
         x = tf.cast(tf.expand_dims(x, -1), tf.float32)

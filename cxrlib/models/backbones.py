@@ -83,9 +83,15 @@ def default_size(name: str) -> int:
     return SCRATCH_SIZE if name == SCRATCH else get_backbone(name).size
 
 
-def min_input_size(name: str) -> int:
-    """The smallest square input a backbone (or the from-scratch CNN) accepts."""
-    return SCRATCH_MIN_SIZE if name == SCRATCH else get_backbone(name).min_size
+FLAT_MIN_SIZE = 94
+"""The flat CNN's (head ``"flat"``) five valid convolutions and poolings need 94 px."""
+
+
+def min_input_size(name: str, head: str = "course") -> int:
+    """The smallest square input a backbone (or the from-scratch CNN, with its head) accepts."""
+    if name == SCRATCH:
+        return FLAT_MIN_SIZE if head == "flat" else SCRATCH_MIN_SIZE
+    return get_backbone(name).min_size
 
 
 def _load(path: str) -> Callable:

@@ -63,21 +63,29 @@ def last_conv_layer(model: keras.Model, backbone: str) -> str:
 
 
 def _head(x, n_classes: int, variant: str, dropout: float, binary: bool, seed: int,
-          head: str = "course"):
-    """The classification head on a feature map: the variant's own (``head="course"``, from
-    its registry entry) or pooling → BatchNorm → output (``head="batchnorm"``, SIIM course).
+          head: str = "course", head_norm: bool = True):
+    """The classification head on a feature map (see :data:`HEADS`): the variant's own
+    (``head="course"``, from its registry entry); pooling → output (``"linear"``); pooling →
+    BatchNorm → output (``"batchnorm"``, the SIIM course's opacity runs); or VGG16's own
+    classifier (``"vgg"``: flatten, two Dense(4096), then the output).
 
-    Every trained variant's course head standardises the pooled features (:data:`HEAD_NORM`,
-    adapted on the training features by :func:`adapt_head_norm`): pooled features of a frozen
-    backbone can have tiny means and spreads (random weights: about 0.03 ± 0.002), on which a
-    softmax trained with SGD barely moves. ``v0`` stays the untrained head on raw features.
+    With ``head_norm`` (a library change; off in the course presets) every trained head that
+    has no BatchNorm standardises the pooled features (:data:`HEAD_NORM`, adapted on the
+    training features by :func:`adapt_head_norm`): pooled features of a frozen backbone can
+    have tiny means and spreads (random weights: about 0.03 ± 0.002), on which a softmax
+    trained with SGD barely moves. ``v0`` stays the untrained head on raw features.
     """
     entry = get_variant(variant)
-    layout = "batchnorm" if head == "batchnorm" else entry.head
+    layout = entry.head if head == "course" else head
+    if layout == "vgg":
+        x = keras.layers.Flatten(name=HEAD_PREFIX + "flatten")(x)
+        for index in (1, 2):
+            x = keras.layers.Dense(4096, activation="relu", name=f"{HEAD_PREFIX}fc{index}")(x)
+        return _output(x, n_classes, binary)
     x = keras.layers.GlobalAveragePooling2D(name=HEAD_PREFIX + "pool")(x)
     if layout == "batchnorm":
         x = keras.layers.BatchNormalization(name=HEAD_PREFIX + "bn")(x)
-    elif entry.training != "none":
+    elif head_norm and entry.training != "none":
         x = keras.layers.Normalization(axis=-1, name=HEAD_NORM)(x)
     if layout not in ("linear", "batchnorm"):
         x = keras.layers.Dense(500, activation="relu", name=HEAD_PREFIX + "dense500")(x)
@@ -96,9 +104,11 @@ def _output(x, n_classes: int, binary: bool):
 
 
 def _application(backbone: str, weights: str | None, input_tensor=None, input_shape=None) -> keras.Model:
-    """Instantiate a Keras application, turning a failed download into a clear error."""
+    """Instantiate a Keras application, turning a failed download into a clear error
+    (with neither an input tensor nor a shape: the whole network with its ImageNet top)."""
+    top = input_tensor is None and input_shape is None
     try:
-        return application(backbone)(include_top=False, weights=weights,
+        return application(backbone)(include_top=top, weights=weights,
                                      input_tensor=input_tensor, input_shape=input_shape)
     except WeightsUnavailableError:
         raise
@@ -177,22 +187,27 @@ def flat_cnn(inputs, n_classes: int, binary: bool, seed: int = 0):
     return _output(x, n_classes, binary)
 
 
-HEADS = ("course", "batchnorm", "flat")
+HEADS = ("course", "linear", "batchnorm", "flat", "vgg")
+"""The heads a spec may ask for (:data:`cxrlib.spec.HEADS`, checked there)."""
 
 
 def build_model(backbone: str, variant: str, n_classes: int, image_size: int | None = None,
                 weights: str | None = "imagenet", channels: int = 3, dropout: float = 0.5,
-                binary: bool = False, seed: int = 0, head: str = "course") -> keras.Model:
+                binary: bool = False, seed: int = 0, head: str = "course", head_norm: bool = True,
+                freeze_bn: bool = True) -> keras.Model:
     """Build a flat model for ``backbone`` × ``variant`` with its layers frozen as the variant says.
 
     ``weights`` is ``"imagenet"``, ``None`` or a local weights file. ``binary=True`` (two
     classes only) ends in one sigmoid unit instead of a softmax. ``head`` is the course's
     head (``"course"``), pooling + BatchNorm + output (``"batchnorm"``, SIIM course), or for the
-    scratch backbone the 3-class Kermany course's flat CNN (``"flat"``).
+    scratch backbone the 3-class Kermany course's flat CNN (``"flat"``); ``"linear"`` and
+    ``"vgg"`` are in :func:`_head`. ``head_norm`` and ``freeze_bn`` are the library's changes
+    (:mod:`cxrlib.spec`): standardised head features, and pretrained BatchNormalization kept
+    in inference mode.
     """
-    if head not in HEADS or (head == "flat" and backbone != SCRATCH):
+    if head not in HEADS or (head == "flat" and backbone != SCRATCH) or (head == "vgg" and backbone != "vgg16"):
         raise ValueError(f"Unknown head {head!r} for {backbone}; choose one of {', '.join(HEADS)} "
-                         "('flat' with the scratch backbone only).")
+                         "('flat' with the scratch backbone only, 'vgg' with vgg16 only).")
     if (backbone == SCRATCH) != (get_variant(variant).head == "scratch"):
         raise ValueError("The 'scratch' backbone goes with the 'scratch' variant and only with it.")
     if binary and n_classes != 2:
@@ -216,10 +231,25 @@ def build_model(backbone: str, variant: str, n_classes: int, image_size: int | N
         return model
     features = _backbone_features(inputs, backbone, resolve_weights(backbone, weights),
                                   image_size, channels)
-    model = keras.Model(inputs, _head(features, n_classes, variant, dropout, binary, seed, head),
-                        name=model_name(backbone, variant))
-    set_trainable(model, variant, pretrained=weights is not None)
+    model = keras.Model(inputs, _head(features, n_classes, variant, dropout, binary, seed, head,
+                                      head_norm), name=model_name(backbone, variant))
+    set_trainable(model, variant, pretrained=weights is not None, freeze_bn=freeze_bn)
+    if head == "vgg" and weights == "imagenet":
+        _copy_vgg_classifier(model, image_size)
     return model
+
+
+def _copy_vgg_classifier(model: keras.Model, image_size: int) -> None:
+    """VGG16's ImageNet classifier (fc1, fc2) into the ``"vgg"`` head, as the two-stage
+    course kept it; only at 224 px, the size its first dense layer was trained for (at any
+    other size it starts from random weights, said in the log)."""
+    if image_size != 224:
+        log.warning("VGG16's own classifier was trained at 224 px; at %d px its dense layers "
+                    "start from random weights.", image_size)
+        return
+    full = _application("vgg16", "imagenet")  # include_top=True is needed for fc1/fc2
+    for index in (1, 2):
+        model.get_layer(f"{HEAD_PREFIX}fc{index}").set_weights(full.get_layer(f"fc{index}").get_weights())
 
 
 def is_head(layer: keras.layers.Layer) -> bool:
@@ -227,16 +257,20 @@ def is_head(layer: keras.layers.Layer) -> bool:
     return layer.name.startswith(HEAD_PREFIX) or layer.name in ("predictions", "adapter_conv")
 
 
-def set_trainable(model: keras.Model, variant: str, pretrained: bool = True) -> None:
+def set_trainable(model: keras.Model, variant: str, pretrained: bool = True,
+                  freeze_bn: bool = True) -> None:
     """Freeze the backbone for the frozen variants; when fine-tuning, train all but BatchNorm.
 
-    BatchNormalization of a pretrained backbone stays frozen (inference mode) either way.
+    BatchNormalization of a pretrained backbone stays frozen (inference mode) either way,
+    unless ``freeze_bn`` is False: then it trains with the rest when fine-tuning, updating
+    its statistics on the new data's batches (what ``trainable = True`` on a whole Keras
+    application does).
     """
     frozen = get_variant(variant).frozen
     for layer in model.layers:
         if is_head(layer):
             layer.trainable = True
-        elif isinstance(layer, keras.layers.BatchNormalization) and pretrained:
+        elif isinstance(layer, keras.layers.BatchNormalization) and pretrained and freeze_bn:
             layer.trainable = False        # inference mode, frozen or fine-tuned alike
         elif isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = not frozen
@@ -291,18 +325,20 @@ CLIPNORM = 1.0
 
 
 def make_optimizer(name: str = "sgd", learning_rate: float = 0.01, decay: float = 1e-6,
-                   momentum: float = 0.9, clipnorm: float | None = CLIPNORM) -> keras.optimizers.Optimizer:
-    """The course's optimisers in Keras 3 form, with gradient clipping (:data:`CLIPNORM`).
+                   momentum: float = 0.9, clipnorm: float | None = CLIPNORM,
+                   nesterov: bool = True) -> keras.optimizers.Optimizer:
+    """The courses' optimisers in Keras 3 form, with optional gradient clipping (:data:`CLIPNORM`).
 
     The old ``SGD(lr=0.01, decay=1e-6, momentum=0.9, nesterov=True)`` becomes SGD with an
     ``InverseTimeDecay`` schedule: lr / (1 + decay · step), exactly what ``decay=`` did.
+    ``momentum`` and ``nesterov`` are SGD's.
     """
     schedule = (keras.optimizers.schedules.InverseTimeDecay(learning_rate, decay_steps=1,
                                                              decay_rate=decay)
                 if decay else learning_rate)
     name = name.lower()
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=True,
+        return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=nesterov,
                                     clipnorm=clipnorm)
     kinds = {"adam": keras.optimizers.Adam, "nadam": keras.optimizers.Nadam,
              "rmsprop": keras.optimizers.RMSprop}

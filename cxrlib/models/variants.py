@@ -4,8 +4,13 @@ One entry per variant; ``frozen`` and ``finetune`` are aliases (the V2-reg and V
 for any backbone), resolved here and nowhere else. Keras-free, so the CLI can list variants
 without importing TensorFlow.
 
-The defaults (optimiser, learning rate, decay, augmentation, epochs) are the DenseNet121
-course's recipe; a course preset or a CLI flag overrides any of them.
+The defaults (optimiser, learning rate, decay, whether to augment, epochs) are the
+library's, for ``cxr train`` without a preset (:func:`cxrlib.spec.variant_spec` turns them
+into a spec): SGD at 0.01 with Nesterov momentum 0.9 and an inverse-time decay of 1e-6 for
+20 epochs for the frozen variants; a tenth of that rate for 10 epochs to fine-tune (``v3``),
+the usual advice for moving pretrained weights; Adam at 1e-3 for 30 epochs from scratch.
+They are not any course's recipe: a course's settings are its preset
+(``cxr train --preset radiography --run v3``), checked against its report.
 """
 
 from __future__ import annotations

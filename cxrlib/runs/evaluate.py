@@ -225,7 +225,7 @@ def evaluate_saved_model(model_path: str | Path, data: str | Path | None = None,
     else:
         raise InputError(f"split must be 'test' or 'all', not {split!r}")
     metrics = evaluate(run.model, manifest, classes, prep,
-                       seed=record["hyperparameters"].get("seed", 0))
+                       seed=record["spec"].get("seed", 0))
     metrics.update({"model": str(model_path), "data": str(data), "split": split,
                     "run": record["name"]})
     if out_dir is not None:

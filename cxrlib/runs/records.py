@@ -16,11 +16,12 @@ Two rules keep records trustworthy:
   ``os.replace``): a crash or a full disk never leaves half a JSON file where the previous
   good one was.
 
-Schema ``cxrlib.run/1``, defined once as the typed :class:`RunRecord` (its ``hyperparameters``
-section is the :class:`TrainConfig` that ``train`` validates before it starts)::
+Schema ``cxrlib.run/2``, defined once as the typed :class:`RunRecord`. Its ``spec`` section
+is the run's :class:`cxrlib.spec.RunSpec` as it was given (everything the run is), and
+``runtime`` how it was computed (strategy, mixed precision, XLA)::
 
-    {"schema": "cxrlib.run/1", "name": "DN-V2", "created": "2024-05-01T12:00:00+00:00",
-     "dataset": {...}, "model": {...}, "prep": {...}, "hyperparameters": {...},
+    {"schema": "cxrlib.run/2", "name": "DN-V2", "created": "2024-05-01T12:00:00+00:00",
+     "dataset": {...}, "model": {...}, "prep": {...}, "spec": {...}, "runtime": {...},
      "environment": {...}, "training": {...}, "final": {...},
      "test": {...compute_metrics...} or null, "skipped": [{"path", "error"}],
      "artifacts": {"model": "model.keras", "history": "history.csv"}}
@@ -40,10 +41,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cxrlib.files import jsonable, write_json_atomic
+from cxrlib.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "cxrlib.run/1"
+SCHEMA = "cxrlib.run/2"
 RECORD_FILE = "record.json"
 
 class _Section(BaseModel):
@@ -53,28 +55,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
 
-class TrainConfig(_Section):
-    """How a run was trained: the ``hyperparameters`` of its record. :func:`cxrlib.runs.train.train`
-    builds one before it touches anything, so an impossible setting fails first."""
+class Runtime(_Section):
+    """How a run was computed, which does not change what it is (:func:`cxrlib.runs.train.train`'s
+    keyword options)."""
 
-    epochs: int = Field(ge=0)
-    batch_size: int = Field(ge=1)
-    optimizer: str
-    learning_rate: float = Field(gt=0)
-    seed: int
-    decay: float = Field(default=0.0, ge=0)
-    clipnorm: float | None = Field(default=None, gt=0)   # each gradient's norm clipped to this
-    class_weight: bool = False
-    augment: dict | bool = False
-    binary: bool = False
-    early_stopping: int | None = Field(default=None, ge=1)
+    strategy: str | None = None
     mixed_precision: bool = False
     xla: bool = False
     run_eagerly: bool = False
-    head: str = "course"
-    strategy: str | None = None
-    init_from: str | None = None
-    weights: str | None = None
 
 
 class DatasetInfo(_Section):
@@ -147,15 +135,16 @@ class Skipped(_Section):
 
 
 class RunRecord(_Section):
-    """A run record (schema ``cxrlib.run/1``): the one definition of what ``record.json`` holds."""
+    """A run record (schema ``cxrlib.run/2``): the one definition of what ``record.json`` holds."""
 
-    schema_: Literal["cxrlib.run/1"] = Field(alias="schema")
+    schema_: Literal["cxrlib.run/2"] = Field(alias="schema")
     name: str
     created: str
     dataset: DatasetInfo
     model: ModelInfo
     prep: dict
-    hyperparameters: TrainConfig
+    spec: RunSpec
+    runtime: Runtime
     environment: Environment
     training: Training
     final: Final
@@ -183,17 +172,6 @@ def _parse_time(text: str) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def train_config(**settings) -> dict:
-    """The settings of a training run, checked (:class:`TrainConfig`), as the record stores them.
-
-    Raises ValueError with one line per impossible setting (``batch_size: Input should be
-    greater than or equal to 1``)."""
-    try:
-        return TrainConfig.model_validate(jsonable(settings)).model_dump()
-    except ValidationError as error:
-        raise ValueError("Invalid training settings: " + "; ".join(problems_of(error))) from None
 
 
 def problems_of(error: ValidationError) -> list[str]:

@@ -29,7 +29,6 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -40,10 +39,11 @@ from cxrlib.environment import environment_info
 from cxrlib.models.backbones import SCRATCH, default_size, min_input_size
 from cxrlib.models.variants import get_variant
 from cxrlib.runs.pretrain import weights_source
-from cxrlib.data.pipeline import NO_AUGMENT, Augment, Prep, make_dataset, with_crop_reference
+from cxrlib.data.pipeline import Prep, make_dataset, with_crop_reference, with_norm_stats
 from cxrlib.data.splits import class_weights as balanced_weights
 from cxrlib.data.splits import save_split, subset
 from cxrlib.runs.evaluate import evaluate
+from cxrlib.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -115,67 +115,52 @@ def _strategy(strategy):
     return strategy
 
 
-def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant: str,
-          out_dir: str | Path, weights: str | None = "imagenet", image_size: int | None = None,
-          epochs: int | None = None, batch_size: int = 32, optimizer: str | None = None,
-          learning_rate: float | None = None, decay: float | None = None, seed: int = 0,
-          class_weight: bool = False, augment: Augment | bool | None = None, crop: bool = False,
-          equalize: str | None = None, channels: int = 3, binary: bool = False,
-          early_stopping: int | None = None, head: str = "course", tensorboard: bool = False,
-          strategy=None, mixed_precision: bool = False, xla: bool = False, run_eagerly: bool = False,
-          init_from: str | None = None, name: str | None = None, dataset_info: dict | None = None, reuse: bool = True,
-          progress: bool = True, callbacks: Sequence = (), bootstrap: int = 1000) -> dict:
-    """Train ``backbone`` × ``variant`` on the ``train`` split of ``manifest``; return the record.
+def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir: str | Path, *,
+          name: str | None = None, dataset_info: dict | None = None, reuse: bool = True,
+          progress: bool = True, callbacks: Sequence = (), bootstrap: int = 1000,
+          strategy=None, mixed_precision: bool = False, xla: bool = False,
+          run_eagerly: bool = False, tensorboard: bool = False) -> dict:
+    """Train ``spec`` on the ``train`` split of ``manifest``; return the run's record.
 
-    The manifest must carry a ``split`` column (see :func:`cxrlib.data.splits.split_manifest`).
-    Defaults not given (epochs, optimiser, learning rate, decay, augmentation) come from the
-    variant's registry entry (:mod:`cxrlib.models.variants`). The run validates on ``val``, keeps
-    the best model, and scores it on ``test``; everything lands in ``out_dir``.
+    ``spec`` (:class:`cxrlib.spec.RunSpec`) is everything the run is; the record stores it as
+    it is. The manifest must carry a ``split`` column (made as ``spec.split`` says, by
+    :func:`cxrlib.data.splits.prepare_split` or a course's data recipe). The run validates on
+    ``val``, keeps the best model (``spec.keep_best``; else the last epoch's), and scores it on
+    ``test``; everything lands in ``out_dir``.
 
-    ``run_eagerly`` skips graph tracing: slower per step, so only worth it for a handful of
-    steps (tracing a 400-layer backbone takes longer than a smoke run's whole training).
-    Every setting is checked (:class:`cxrlib.runs.records.TrainConfig`) before anything is
-    written; an impossible one raises ValueError.
+    The keyword options change how the run is computed, not what it is: ``strategy``
+    (None, ``"mirrored"``, ``"multiworker"`` or a strategy object), ``mixed_precision``,
+    ``xla``, ``run_eagerly`` (skips graph tracing: only worth it for a handful of steps),
+    ``tensorboard``, ``progress``, extra Keras ``callbacks``, and ``bootstrap`` resamples for
+    the test intervals. Every setting is checked before anything is written; an impossible
+    one raises ValueError.
     """
     import keras
 
     from cxrlib.models import build as models
     from cxrlib.runs import records
 
+    if not isinstance(spec, RunSpec):
+        raise TypeError(f"train() takes a RunSpec (cxrlib.spec), not {type(spec).__name__}; "
+                        "build one with cxrlib.spec.variant_spec(backbone, variant, ...).")
     out = Path(out_dir)
-    recipe = get_variant(variant)
-    image_size = default_size(backbone) if image_size is None else int(image_size)
-    epochs = recipe.epochs if epochs is None else epochs
-    if recipe.training == "none":
-        epochs = 0
-    if backbone == SCRATCH and weights is not None:
-        if str(weights).lower() != "imagenet":
-            raise ValueError("The from-scratch CNN has no pretrained weights; drop --weights "
-                             "or give --weights none.")
-        weights = None  # "imagenet" is only the default, meaningless for a scratch network
-    optimizer = optimizer or recipe.optimizer
-    learning_rate = recipe.learning_rate if learning_rate is None else learning_rate
-    decay = recipe.decay if decay is None else decay
-    if augment is None or augment is True:
-        augment = Augment() if (recipe.augment or augment is True) else NO_AUGMENT
-    elif augment is False:
-        augment = NO_AUGMENT
+    backbone, recipe = spec.backbone, get_variant(spec.variant)
+    image_size = default_size(backbone) if spec.image_size is None else spec.image_size
+    epochs = 0 if recipe.training == "none" else spec.epochs
+    if backbone == SCRATCH and spec.weights is not None:
+        raise ValueError("The from-scratch CNN has no pretrained weights; drop --weights "
+                         "or give --weights none.")
     train_df, val_df, test_df = (subset(manifest, s) for s in ("train", "val", "test"))
-    check_arguments(backbone, variant, classes, train_df, out, image_size=image_size, epochs=epochs,
-                    batch_size=batch_size, learning_rate=learning_rate, binary=binary,
-                    init_from=init_from)
-    prep = with_crop_reference(Prep(image_size=image_size, backbone=backbone, channels=channels,
-                                    crop=crop, equalize=equalize), train_df)
-    hyper = records.train_config(
-        epochs=epochs, batch_size=batch_size, optimizer=optimizer, learning_rate=learning_rate,
-        decay=decay, clipnorm=models.CLIPNORM, seed=seed, class_weight=class_weight,
-        augment=asdict(augment), binary=binary,
-        early_stopping=early_stopping, mixed_precision=mixed_precision, xla=xla,
-        run_eagerly=run_eagerly, strategy=str(strategy) if strategy is not None else None,
-        init_from=init_from, weights=None if weights is None else str(weights), head=head)
-    weights_info = weights_source(backbone, weights, image_size)  # pretrains "synthetic" if missing
-    config = {"backbone": backbone, "variant": recipe.name,
-              "classes": list(classes), "prep": prep.to_dict(), "hyper": hyper,
+    check_arguments(spec, classes, train_df, out, image_size=image_size, epochs=epochs)
+    prep = with_crop_reference(Prep(image_size=image_size, backbone=backbone, channels=spec.channels,
+                                    crop=spec.crop, equalize=spec.equalize,
+                                    normalization=spec.normalization), train_df)
+    prep = with_norm_stats(prep, train_df)
+    runtime = {"strategy": str(strategy) if strategy is not None else None,
+               "mixed_precision": mixed_precision, "xla": xla, "run_eagerly": run_eagerly}
+    weights_info = weights_source(backbone, spec.weights, image_size)  # pretrains "synthetic" if missing
+    config = {"spec": spec.model_dump(mode="json"), "classes": list(classes), "prep": prep.to_dict(),
+              "runtime": runtime,
               **({"weights_file": _fingerprint_file(weights_info["file"])} if weights_info["file"] else {})}
     key = config_key({**config, "data": sorted(zip(manifest["path"], manifest["split"]))})
     if reuse:
@@ -187,70 +172,73 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
                 records.write_record(out, existing)
             return existing
 
-    label_mode = "binary" if binary else "categorical"
+    label_mode = "binary" if spec.binary else "categorical"
     skipped: list = []
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(spec.seed)
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        # built before the folder is touched: a bad weights file or --init-from stops here
+        # built before the folder is touched: a bad weights file or init_from stops here
         with _strategy(strategy).scope():
-            model = models.build_model(backbone, variant, len(classes), image_size, weights_info["file"] or weights,
-                                       channels=channels, binary=binary, seed=seed, head=head)
-            if init_from:
-                copied = models.copy_matching_weights(models.load_model(init_from), model)
-                log.info("Initialised %d layers from %s.", copied, init_from)
-            models.compile_model(model, models.make_optimizer(optimizer, learning_rate, decay,
-                                                                   clipnorm=hyper["clipnorm"]),
-                                 jit_compile=True if xla else False, run_eagerly=run_eagerly)
+            model = models.build_model(backbone, spec.variant, len(classes), image_size,
+                                       weights_info["file"] or spec.weights, channels=spec.channels,
+                                       binary=spec.binary, seed=spec.seed, head=spec.head,
+                                       head_norm=spec.head_norm, freeze_bn=spec.freeze_bn)
+            if spec.init_from:
+                copied = models.copy_matching_weights(models.load_model(spec.init_from), model)
+                log.info("Initialised %d layers from %s.", copied, spec.init_from)
+            models.compile_model(model, models.make_optimizer(
+                spec.optimizer, spec.learning_rate, spec.decay, momentum=spec.momentum,
+                nesterov=spec.nesterov, clipnorm=spec.clipnorm),
+                jit_compile=True if xla else False, run_eagerly=run_eagerly)
         with run_lock(out):
             work = _staging(out, key, config, fresh=not reuse)
             save_split(manifest, work / "split.csv")
             # the frozen heads standardise their features (v1 on its cached ones); a fine-tuned
             # backbone's features move, so V3 keeps what it inherits (init_from) or the identity
-            if not init_from and recipe.frozen and recipe.training == "fit":
-                _standardise(model, train_df, classes, prep, batch_size)
-            weights_by_class = balanced_weights(train_df["label"], classes) if class_weight else None
+            if not spec.init_from and recipe.frozen and recipe.training == "fit":
+                _standardise(model, train_df, classes, prep, spec.batch_size)
+            weights_by_class = balanced_weights(train_df["label"], classes) if spec.class_weight else None
             started = time.time()
             resumed = (work / "backup").is_dir()
             if recipe.training == "features":
                 if (out / "features.npz").is_file() and not (work / "features.npz").is_file():
                     shutil.copy2(out / "features.npz", work / "features.npz")
-                history = _train_v1(model, train_df, val_df, classes, prep, work, epochs, batch_size,
-                                    label_mode, weights_by_class, early_stopping, progress, skipped)
+                history = _train_v1(model, train_df, val_df, classes, prep, work, epochs, spec,
+                                    label_mode, weights_by_class, progress, skipped)
             elif epochs > 0:
-                history = _fit(model, train_df, val_df, classes, prep, work, epochs, batch_size,
-                               label_mode, weights_by_class, augment, seed, early_stopping,
-                               tensorboard, progress, callbacks, skipped)
+                history = _fit(model, train_df, val_df, classes, prep, work, epochs, spec,
+                               label_mode, weights_by_class, tensorboard, progress, callbacks, skipped)
             else:
                 history = {}
                 model.save(work / "model.keras")
             wall = time.time() - started
             best = models.load_model(str(work / "model.keras")) if (work / "model.keras").is_file() else model
-            test = (evaluate(best, test_df, classes, prep, batch_size, bootstrap=bootstrap, seed=seed)
-                    if not test_df.empty else None)
-            untrained = (_score_untrained(model, train_df, val_df, classes, prep, batch_size, label_mode)
-                         if epochs == 0 else {})  # v0: what the untrained head scores, for the table
+            test = (evaluate(best, test_df, classes, prep, spec.batch_size, bootstrap=bootstrap,
+                             seed=spec.seed) if not test_df.empty else None)
+            untrained = (_score_untrained(model, train_df, val_df, classes, prep, spec.batch_size,
+                                          label_mode) if epochs == 0 else {})  # v0's row of the table
 
             epochs_run = len(history.get("loss", []))
             final = {k: (history[k][-1] if history.get(k) else untrained.get(k))
                      for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
             record = {
                 "schema": records.SCHEMA,
-                "name": name or models.model_name(backbone, variant),
+                "name": name or models.model_name(backbone, spec.variant),
                 "created": pd.Timestamp.now(tz="UTC").isoformat(),
                 "config_key": key,
                 "dataset": {"root": manifest.attrs.get("root", ""), "layout": manifest.attrs.get("layout", ""),
                             "split_file": str(out / "split.csv"), "classes": list(classes),
                             "n_train": len(train_df), "n_val": len(val_df), "n_test": len(test_df),
                             **(dataset_info or {})},
-                "model": {"backbone": backbone, "variant": variant, "weights": hyper["weights"],
+                "model": {"backbone": backbone, "variant": spec.variant, "weights": spec.weights,
                           "weights_file": weights_info["file"], "weights_info": weights_info["info"],
-                          "image_size": image_size, "channels": channels, "head": head,
+                          "image_size": image_size, "channels": spec.channels, "head": spec.head,
                           "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
                           "total_params": int(model.count_params())},
                 "prep": prep.to_dict(),
-                "hyperparameters": hyper,
+                "spec": spec.model_dump(mode="json"),
+                "runtime": runtime,
                 "environment": environment_info(),
                 "training": {"epochs_run": epochs_run, "wall_time_s": wall, "history": history,
                              "resumed": resumed},
@@ -267,21 +255,21 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], backbone: str, variant
     return record
 
 
-def check_arguments(backbone: str, variant: str, classes: Sequence[str], train_df: pd.DataFrame,
-                    out: Path, image_size: int, epochs: int, batch_size: int,
-                    learning_rate: float, binary: bool, init_from: str | None) -> None:
+def check_arguments(spec: RunSpec, classes: Sequence[str], train_df: pd.DataFrame, out: Path,
+                    image_size: int, epochs: int) -> None:
     """Every check that needs no model, before anything is written; ValueError says what to do.
-    (The settings' own ranges, such as a batch size of at least 1, are :class:`TrainConfig`'s.)"""
-    if image_size < min_input_size(backbone):
-        raise ValueError(f"{backbone} needs images of at least {min_input_size(backbone)} px, "
+    (The settings' own ranges, such as a batch size of at least 1, are :class:`RunSpec`'s.)"""
+    backbone = spec.backbone
+    if image_size < min_input_size(backbone, spec.head):
+        raise ValueError(f"{backbone} needs images of at least {min_input_size(backbone, spec.head)} px, "
                          f"not {image_size}; use a larger --image-size.")
-    if epochs < 1 and get_variant(variant).training != "none":
+    if epochs < 1 and get_variant(spec.variant).training != "none":
         raise ValueError(f"epochs must be at least 1, not {epochs} (for an untrained baseline "
                          "use --variant v0).")
     if len(classes) < 2:
         raise ValueError(f"A classifier needs at least two classes; the data has {list(classes)}. "
                          "Add a folder per class.")
-    if binary and len(classes) != 2:
+    if spec.binary and len(classes) != 2:
         raise ValueError(f"--binary needs exactly two classes, not {len(classes)}; pick two with --classes.")
     if train_df.empty:
         raise ValueError("The manifest has no 'train' rows; split it with split_manifest first.")
@@ -289,8 +277,8 @@ def check_arguments(backbone: str, variant: str, classes: Sequence[str], train_d
     if missing:
         raise ValueError(f"Classes {missing} have no training images; add images or leave them "
                          "out with --classes.")
-    if init_from and not Path(init_from).is_file():
-        raise FileNotFoundError(f"No model file at {init_from} (--init-from).")
+    if spec.init_from and not Path(spec.init_from).is_file():
+        raise FileNotFoundError(f"No model file at {spec.init_from} (--init-from).")
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"The run folder {out} is a file; give --out a folder path.")
 
@@ -419,27 +407,33 @@ def _publish(work: Path, out: Path) -> None:
     shutil.rmtree(work)
 
 
-def _fit(model, train_df, val_df, classes, prep, out: Path, epochs: int, batch_size: int,
-         label_mode: str, weights_by_class, augment: Augment, seed: int, early_stopping,
-         tensorboard: bool, progress: bool, extra_callbacks: Sequence, skipped: list) -> dict:
-    """``model.fit`` with checkpoint, backup/restore, CSV log and optional early stopping."""
+def _fit(model, train_df, val_df, classes, prep, out: Path, epochs: int, spec: RunSpec,
+         label_mode: str, weights_by_class, tensorboard: bool, progress: bool,
+         extra_callbacks: Sequence, skipped: list) -> dict:
+    """``model.fit`` with checkpoint, backup/restore, CSV log and optional early stopping.
+
+    The checkpoint keeps the epoch with the best validation loss (``spec.keep_best``), or
+    every epoch's model in turn, so that the last one is scored (as the courses did)."""
     import keras
 
-    train_ds = make_dataset(train_df, classes, prep, batch_size, training=True, augment=augment,
-                            seed=seed, label_mode=label_mode, skip_log=skipped, progress=progress)
-    val_ds = (make_dataset(val_df, classes, prep, batch_size, label_mode=label_mode, skip_log=skipped)
-              if not val_df.empty else None)
+    train_ds = make_dataset(train_df, classes, prep, spec.batch_size, training=True,
+                            augment=spec.augment, seed=spec.seed, label_mode=label_mode,
+                            skip_log=skipped, progress=progress)
+    val_ds = (make_dataset(val_df, classes, prep, spec.batch_size, label_mode=label_mode,
+                           skip_log=skipped) if not val_df.empty else None)
     monitor = "val_loss" if val_ds is not None else "loss"
     earlier = read_history(out / "history.csv")  # epochs logged before a resume
     done = len(earlier.get("loss", []))
+    checkpoint = (best_checkpoint(out / "model.keras", monitor, earlier) if spec.keep_best
+                  else keras.callbacks.ModelCheckpoint(str(out / "model.keras")))
     callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
-        best_checkpoint(out / "model.keras", monitor, earlier),
+        checkpoint,
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=done > 0),
         *extra_callbacks,
     ]
-    if early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=early_stopping,
+    if spec.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=spec.early_stopping,
                                                        restore_best_weights=False))
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
@@ -499,13 +493,13 @@ def extract_features(model, frames: Sequence[pd.DataFrame], classes, prep: Prep,
     return out
 
 
-def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, batch_size: int,
-              label_mode: str, weights_by_class, early_stopping: int | None, progress: bool,
-              skipped: list) -> dict:
+def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, spec: RunSpec,
+              label_mode: str, weights_by_class, progress: bool, skipped: list) -> dict:
     """V1: extract the frozen features once (cached in ``features.npz``), train the softmax on
-    them, and keep the epoch with the best validation loss, as every other variant does (a
-    softmax on ~1000 features and a few hundred films fits the training set within a few
-    epochs; what it does after that is fit noise)."""
+    them, and keep the epoch with the best validation loss when ``spec.keep_best``, as every
+    other variant does (a softmax on ~1000 features and a few hundred films fits the training
+    set within a few epochs; what it does after that is fit noise). Without it, the last
+    epoch is kept, as the course did."""
     import keras
 
     from cxrlib.models.build import adapt_head_norm, classifier_head, feature_extractor
@@ -520,7 +514,7 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, ba
     data = dict(np.load(cache)) if cache.is_file() else {}
     if data.get("key") is None or str(data["key"]) != key:
         frames = [train_df] + ([val_df] if not val_df.empty else [])
-        extracted = extract_features(model, frames, classes, prep, batch_size, label_mode, skipped)
+        extracted = extract_features(model, frames, classes, prep, spec.batch_size, label_mode, skipped)
         data = {"x_train": extracted[0][0], "y_train": extracted[0][1]}
         if len(extracted) > 1:
             data["x_val"], data["y_val"] = extracted[1]
@@ -530,13 +524,15 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, ba
     head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
     validation = (data["x_val"], data["y_val"]) if "x_val" in data else None
     callbacks = [keras.callbacks.CSVLogger(str(out / "history.csv"))]
-    if validation is not None:   # restores the best epoch's weights when the fit ends
+    if validation is not None and (spec.keep_best or spec.early_stopping):
+        # restores the best epoch's weights when the fit ends (keep_best)
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=early_stopping or epochs, restore_best_weights=True))
+            monitor="val_loss", patience=spec.early_stopping or epochs,
+            restore_best_weights=spec.keep_best))
     if progress:
         callbacks.append(_epoch_bar(epochs))
     head.fit(data["x_train"], data["y_train"], validation_data=validation, epochs=epochs,
-             batch_size=batch_size, class_weight=weights_by_class, callbacks=callbacks,
+             batch_size=spec.batch_size, class_weight=weights_by_class, callbacks=callbacks,
              shuffle=True, verbose=0)
     model.save(out / "model.keras")  # the head shares its layers with the full model
     return read_history(out / "history.csv")
