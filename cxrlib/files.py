@@ -1,19 +1,23 @@
-"""Writing files safely: the one way cxrlib writes a JSON, CSV or text file.
+"""Writing files safely: the one way cxrlib writes a JSON, CSV, text or binary file.
 
 Every write goes to a temporary file beside the target, is flushed to disk, then renamed over
 the target in one step (``os.replace``). Until that rename the previous file is untouched; if
 anything fails the temporary file is removed and the error re-raised, so a crash or a full
-disk never leaves half a file where a good one was.
+disk never leaves half a file where a good one was. A temporary file is named
+``.<target name>.<random><suffix>``, so one that a killed process left behind is recognisably
+that target's (:func:`cxrlib.runs.pretrain` removes its own stale ones).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -39,25 +43,34 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> Path:
-    """Call ``write(handle)`` on a temporary text file beside ``path``, then rename it over
-    ``path``; return the path. The old file's mode is kept (new files get 0644)."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write (``.<name>.<random><suffix>``, created empty);
+    when the block ends it is flushed to disk and renamed over ``path``, and if the block raises
+    it is removed. The old file's mode is kept (new files get 0644)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
+        yield Path(tmp_name)
+        _fsync_file(Path(tmp_name))
         os.chmod(tmp_name, mode)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False) -> Path:
+    """Call ``write(handle)`` on a temporary file beside ``path`` (text, or bytes with
+    ``binary``), then rename it over ``path``; return the path (see :func:`replacing`)."""
+    with replacing(path) as tmp:
+        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="") as handle:
+            write(handle)
+    return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
@@ -81,6 +94,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_atomic(path, lambda handle: handle.write(text))
 
 
+def _fsync_file(path: Path) -> None:
+    """Flush a written file's content to disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(directory: Path) -> None:
     """Make a rename in directory durable (POSIX); silently skipped where unsupported."""
     try:
@@ -93,3 +115,12 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's content, as hex (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

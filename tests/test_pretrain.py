@@ -23,6 +23,12 @@ from cxrlib.runs.metrics import paired_accuracy_gain
 from cxrlib.runs import train as training
 
 
+def tiny_model() -> keras.Model:
+    """A two-weight model: a stand-in backbone for the cache's own tests (its files, not its
+    architecture, are what they check)."""
+    return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+
+
 def _layer_values(model, name: str) -> list[np.ndarray]:
     return [np.asarray(w) for w in model.get_layer(name).weights]
 
@@ -42,10 +48,8 @@ def _save_as_synthetic(backbone: str, size: int, cache) -> tuple[keras.Model, st
     from cxrlib.models.backbones import application
 
     base = application(backbone)(include_top=False, weights=None, input_shape=(size, size, 3))
-    path = pretrain.weights_path(backbone, size, cache=cache)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    base.save_weights(path)
-    pretrain.info_path(path).write_text(json.dumps({"backbone": backbone, "images": 0}))
+    path = pretrain.save_entry(base, pretrain.weights_path(backbone, size, cache=cache),
+                               pretrain.entry_info(backbone, size))
     return base, str(path)
 
 
@@ -233,13 +237,12 @@ def test_cli_pretrain_reuses_the_cache_and_raises_the_size_to_the_minimum(tmp_pa
 
     monkeypatch.setenv("CXR_PRETRAINED_DIR", str(tmp_path / "elsewhere"))
     for backbone, size in (("densenet121", 64), ("inceptionv3", 75)):
-        path = pretrain.weights_path(backbone, size, cache=tmp_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"cached")
-        pretrain.info_path(path).write_text(json.dumps({"images": 7, "epochs": 1, "wall_time_s": 2.0}))
-    monkeypatch.setattr(pretrain, "pretrain", lambda *a, **k: pytest.fail("the cache was not reused"))
+        pretrain.save_entry(tiny_model(), pretrain.weights_path(backbone, size, cache=tmp_path),
+                            {**pretrain.entry_info(backbone, size), "wall_time_s": 2.0})
+    monkeypatch.setattr(pretrain, "_train", lambda *a, **k: pytest.fail("the cache was not reused"))
     for backbone in ("densenet121", "inceptionv3"):
         assert main(["pretrain", "--backbone", backbone, "--image-size", "64", "--cache", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "densenet121 at 64 px" in out and "inceptionv3 at 75 px" in out and "7 films" in out
+    assert "densenet121 at 64 px" in out and "inceptionv3 at 75 px" in out
+    assert f"{pretrain.PRETRAIN_IMAGES} films" in out and "2.0 s" in out
     assert pretrain.cache_dir() == tmp_path   # later look-ups in this process use --cache
