@@ -265,9 +265,19 @@ def _report(args: argparse.Namespace) -> int:
     from cxrlib.runs.records import find_records
     from cxrlib.runs.report import comparison_table, markdown_table, write_report
 
-    written = write_report(args.runs_dir, args.out)
-    print(markdown_table(comparison_table(find_records(args.runs_dir))))
-    print("\nWritten: " + ", ".join(str(p) for p in written.values() if not isinstance(p, list)))
+    out = Path(args.out or args.runs_dir)
+    written = write_report(args.runs_dir, out)
+    listing = out / "files.txt"   # the list of what was written goes to a file, not the screen
+    listing.write_text("".join(f"{path}\n" for path in written.values()), encoding="utf-8")
+    records = find_records(args.runs_dir)
+    if args.summary:
+        from cxrlib.course.summary import demo_summary
+
+        print(demo_summary(records, report_dir=out, notebooks_dir=args.notebooks, figures_dir=args.figures,
+                           started=args.started, files_written=len(written)))
+    else:
+        print(markdown_table(comparison_table(records)))
+        print(f"{len(written)} files written to {out} (listed in {listing}).")
     return 0
 
 
@@ -275,6 +285,12 @@ def _report(args: argparse.Namespace) -> int:
 def _notebooks(args: argparse.Namespace) -> int:
     from cxrlib.course.runner import run_series
 
+    try:
+        import papermill  # noqa: F401
+    except ImportError:
+        print("error: the notebooks command needs the course's packages: pip install 'cxrlib[course]' "
+              "(make install does it)", file=sys.stderr)
+        return 2
     parameters = {name: _parse_value(value) for name, value in args.parameter or []}
     run_series(args.out, only=args.only, smoke=args.smoke, parameters=parameters, preset=args.preset)
     return 0
@@ -416,6 +432,11 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="comparison table and plots from the run records in RUNS_DIR")
     p.add_argument("runs_dir")
     p.add_argument("--out", help="where to write (default: RUNS_DIR)")
+    p.add_argument("--summary", action="store_true",
+                   help="print what the demo showed (the lesson's table and verdicts) instead of the table")
+    p.add_argument("--notebooks", help="with --summary: the executed notebooks' folder")
+    p.add_argument("--figures", help="with --summary: the notebooks' figures folder")
+    p.add_argument("--started", type=float, help="with --summary: when the demo started (Unix time)")
 
 
 def _add_diagnose(sub: argparse._SubParsersAction) -> None:
