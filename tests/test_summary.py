@@ -113,3 +113,20 @@ def test_cli_report_summary_lists_files_in_a_file(tmp_path: Path, capsys, monkey
     assert "figures/3.png" not in shown and "the 65 files" in shown
     listed = (tmp_path / "report" / "files.txt").read_text().splitlines()
     assert len(listed) == 65 and listed[0].endswith("figures/0.png")
+
+
+def test_the_chart_against_a_course_says_what_ours_is_and_keeps_its_legend_off_the_bars() -> None:
+    import pandas as pd
+
+    from cxrlib.course.reproduce import plot_against_course
+
+    table = pd.DataFrame({"ours: test accuracy": [0.95, 0.9], "course: test accuracy": [0.625, 0.868]},
+                         index=pd.Index(["cnn", "inceptionv3"], name="run"))
+    figure = plot_against_course(table, ours="ours: the synthetic stand-in, 300 films, 64 px, 10 epochs")
+    ax = figure.axes[0]
+    legend = ax.get_legend()
+    texts = [t.get_text().replace("\n", " ") for t in legend.get_texts()]
+    assert texts == ["ours: the synthetic stand-in, 300 films, 64 px, 10 epochs", "the course (reported)"]
+    figure.canvas.draw()
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(bar.get_window_extent()) for bar in ax.patches)
