@@ -17,22 +17,25 @@ export PYTHONHASHSEED ?= 0
 # needs the internet), once, into the cache (~/.cache/cxrlib/pretrained or $CXR_PRETRAINED_DIR);
 # a second `make demo` reuses it. FINETUNE_LR 0.001: the fine-tuning runs (V3, FINETUNE_BACKBONES)
 # at the common advice instead of the course's 0.01, which scrambles a few hundred films' features.
-DEMO_DIRS := -p RESULTS_DIR $(CURDIR)/$(OUT)/results -p FIGURES_DIR $(CURDIR)/figures
+DEMO_DIRS := -p RESULTS_DIR $(abspath $(OUT))/results -p FIGURES_DIR $(CURDIR)/figures
 DEMO_DATA := -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 -p EPOCHS 10 -p WEIGHTS synthetic -p FINETUNE_LR 0.001
 
-.PHONY: install test test-fast demo notebooks notebooks-smoke bench clean
+.PHONY: install test test-fast nbval demo notebooks notebooks-smoke bench clean
 
+# The library with the course's packages (Jupyter, papermill, nbval) and the tests' (pytest,
+# ruff): the extras [course] and [test] in pyproject.toml. `pip install .` alone is the library.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt -e .
+	$(BIN)/python -m pip install --quiet -e ".[course,test]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# The whole suite: unit tests and every notebook once, in smoke mode (tests/test_notebooks.py
-# checks that each cell ran without an error and that each notebook left what it must).
+# The whole suite: unit tests and every notebook once, in smoke mode, through nbval
+# (tests/test_notebooks.py runs `CXR_SMOKE=1 pytest --nbval-lax notebooks/` and checks that
+# each cell ran without an error, quietly, and that each notebook left what it must).
 # One pytest worker per core (pytest-xdist), each test module on one worker, so a module's
 # fixtures (the notebook series, the synthetic sets) are built once. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= auto
@@ -43,6 +46,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+# The series through nbval as a reviewer runs it, in smoke mode; results in $(OUT)/smoke.
+nbval: $(STAMP)
+	CXR_SMOKE=1 CXR_SMOKE_DIR=$(abspath $(OUT))/smoke $(BIN)/python -m pytest --nbval-lax notebooks/
+
+# It ends with what it showed (cxrlib/course/summary.py): the lesson's table, whether each
+# lesson held, how long it took and what to open next.
+demo: DEMO_START := $(shell date +%s)
 demo: $(STAMP)
 	$(BIN)/python -m cxrlib pretrain --backbone course --image-size 64
 	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 00 01 02 03 $(DEMO_DIRS) $(DEMO_DATA)
@@ -54,7 +64,8 @@ demo: $(STAMP)
 		-p BACKBONE scratch -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 \
 		-p EPOCHS 8 -p WEIGHTS none
 	$(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks --only 08 $(DEMO_DIRS) $(DEMO_DATA)
-	$(BIN)/python -m cxrlib report $(OUT)/results --out $(OUT)/report
+	$(BIN)/python -m cxrlib report $(OUT)/results --out $(OUT)/report --summary \
+		--notebooks $(OUT)/notebooks --figures figures --started $(DEMO_START)
 
 # The series at course settings (each notebook's course preset), for a GPU machine. One folder
 # per dataset, each optional: what is not given is a synthetic stand-in, and the notebook says
