@@ -246,3 +246,217 @@ def test_cli_pretrain_reuses_the_cache_and_raises_the_size_to_the_minimum(tmp_pa
     assert "densenet121 at 64 px" in out and "inceptionv3 at 75 px" in out
     assert f"{pretrain.PRETRAIN_IMAGES} films" in out and "2.0 s" in out
     assert pretrain.cache_dir() == tmp_path   # later look-ups in this process use --cache
+
+
+# --------------------------------------------------------------------------- the cache: nothing lost
+# Each test: the exit status, the one line that says what is wrong and what to do, and no file
+# outside the cache changed (the cache itself only as documented). Pretraining is replaced by
+# a stand-in (:func:`stand_in_training`) except where the real one is the point.
+
+from test_bad_input import assert_one_line_error, cli_run, tree_hash  # noqa: E402
+
+STANDARD = ["--backbone", "vgg16", "--image-size", "32"]
+TINY = ["--images", "10", "--epochs", "1"]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder (CXR_PRETRAINED_DIR), tracebacks logged under tmp_path."""
+    monkeypatch.setenv("CXR_PRETRAINED_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXR_LOG_DIR", str(tmp_path / "logs"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A folder beside the cache that no command may touch."""
+    folder = tmp_path / "victim"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("years of work")
+    return folder
+
+
+@pytest.fixture
+def trained(monkeypatch) -> list[tuple]:
+    """Pretraining replaced by a stand-in that records each call and returns a tiny model with
+    the JSON a real run states (so the cache's checks, locks and writes are what run)."""
+    calls: list[tuple] = []
+
+    def stand_in_training(backbone, image_size, n_images, epochs, seed, batch_size, target, progress):
+        calls.append((backbone, image_size, n_images, epochs))
+        info = pretrain.entry_info(backbone, image_size, seed, n_images, epochs, batch_size)
+        return tiny_model(), {**info, "wall_time_s": 0.5}
+
+    monkeypatch.setattr(pretrain, "_train", stand_in_training)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A three-class synthetic set of 4 films per class, for ``train`` to refuse weights on."""
+    out = tmp_path_factory.mktemp("tiny")
+    generate_synthetic(out, per_class=4, size=40, seed=1, classes=["COVID", "Normal", "Viral Pneumonia"],
+                       progress=False)
+    return out
+
+
+def standard_entry(cache, backbone: str = "vgg16", size: int = 32):
+    """A valid standard cache entry (a tiny stand-in model), as ``weights='synthetic'`` finds it."""
+    return pretrain.save_entry(tiny_model(), pretrain.weights_path(backbone, size, cache=cache),
+                               {**pretrain.entry_info(backbone, size), "wall_time_s": 0.5})
+
+
+def train_synthetic(data, out) -> list:
+    return ["train", "--data", data, "--backbone", "vgg16", "--variant", "frozen", "--weights",
+            "synthetic", "--image-size", "32", "--epochs", "1", "--out", out]
+
+
+def cache_hash(cache) -> dict[str, str]:
+    """:func:`tree_hash` of the cache without its lock files (empty, and documented)."""
+    return {name: digest for name, digest in tree_hash(cache).items() if not name.endswith(".lock")}
+
+
+def cache_files(cache) -> list[str]:
+    """The cache's files, lock files left out (they are the cache's own, and empty)."""
+    return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) if cache.exists() else []
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--epochs", "0"], "--epochs"), (["--epochs", "-1"], "--epochs"), (["--images", "1"], "--images"),
+    (["--images", "0"], "--images"), (["--images", "-5"], "--images"), (["--seed", "-1"], "--seed")])
+def test_pretrain_refuses_impossible_settings(cache, victim, trained, capsys, flags, fragment) -> None:
+    before = tree_hash(victim)
+    code, _, err = cli_run(["pretrain", *STANDARD, *flags], capsys)
+    assert code == 2
+    assert_one_line_error(err, fragment, "at least" if fragment != "--seed" else "0 or more")
+    assert trained == [] and cache_files(cache) == []    # no weights, no films of 0 or -5
+    assert tree_hash(victim) == before
+
+
+def test_other_settings_are_cached_under_their_own_name(cache, victim, trained, tiny_data, tmp_path,
+                                                        capsys) -> None:
+    before = tree_hash(victim)
+    code, out, _ = cli_run(["pretrain", *STANDARD, *TINY], capsys)
+    assert code == 0 and trained == [("vgg16", 32, 10, 1)]
+    other = pretrain.weights_path("vgg16", 32, cache=cache, n_images=10, epochs=1)
+    assert cache_files(cache) == sorted([other.name, pretrain.info_path(other).name])
+    assert f"--weights synthetic does not load it: give --weights {other}" in out
+    assert not pretrain.weights_path("vgg16", 32, cache=cache).exists()
+    # train --weights synthetic does not take them: it pretrains the standard budget (here the
+    # stand-in) and records that file
+    source = weights_source("vgg16", "synthetic", 32)
+    assert trained[-1] == ("vgg16", 32, pretrain.PRETRAIN_IMAGES, pretrain.PRETRAIN_EPOCHS)
+    assert source["file"] == str(pretrain.weights_path("vgg16", 32, cache=cache))
+    assert tree_hash(victim) == before
+
+
+def _truncate(path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _claim(key, value):
+    def edit(path) -> None:
+        info_file = pretrain.info_path(path)
+        info_file.write_text(json.dumps({**json.loads(info_file.read_text()), key: value}))
+    return edit
+
+
+def _garbage_json(path) -> None:
+    pretrain.info_path(path).write_text("{not json")
+
+
+def _old_json(path) -> None:   # what cxrlib wrote before the hash: nothing ties it to the file
+    _claim("sha256", None)(path)
+
+
+DAMAGE = {"truncated weights": (_truncate, "truncated"),
+          "another backbone": (_claim("backbone", "resnet50"), "backbone 'resnet50' (not 'vgg16')"),
+          "another size": (_claim("image_size", 48), "image_size 48 (not 32)"),
+          "another film count": (_claim("images", 7), "images 7 (not 1200)"),
+          "garbage JSON": (_garbage_json, "not readable JSON"),
+          "no hash": (_old_json, "sha256"),
+          "no JSON": (lambda path: pretrain.info_path(path).unlink(), "is missing")}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_train_refuses_a_damaged_entry_with_the_command_that_rebuilds_it(
+        cache, victim, trained, tiny_data, tmp_path, capsys, damage) -> None:
+    edit, reason = DAMAGE[damage]
+    edit(standard_entry(cache))
+    before = cache_hash(cache), tree_hash(victim), tree_hash(tiny_data)
+    code, _, err = cli_run(train_synthetic(tiny_data, tmp_path / "run"), capsys)
+    assert code == 2
+    assert_one_line_error(err, "cannot be used", reason,
+                          "cxr pretrain --backbone vgg16 --image-size 32 --force")
+    assert trained == [] and not (tmp_path / "run").exists()
+    assert (cache_hash(cache), tree_hash(victim), tree_hash(tiny_data)) == before
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_pretrain_rebuilds_a_damaged_entry_and_says_why(cache, victim, trained, capsys, damage) -> None:
+    edit, reason = DAMAGE[damage]
+    path = standard_entry(cache)
+    edit(path)
+    before = tree_hash(victim)
+    code, out, err = cli_run(["pretrain", *STANDARD], capsys)
+    assert code == 0 and err == ""
+    [why] = [line for line in out.splitlines() if "cannot be used" in line]
+    assert reason in why and "pretraining it again" in why
+    assert len(trained) == 1 and pretrain.entry_problem(path, pretrain.entry_info("vgg16", 32)) is None
+    assert f"{path} ({pretrain.PRETRAIN_IMAGES} films, {pretrain.PRETRAIN_EPOCHS} epochs" in out
+    assert tree_hash(victim) == before
+
+
+def test_weights_renamed_to_another_size_are_not_used_at_that_size(cache, trained, tiny_data,
+                                                                   tmp_path, capsys) -> None:
+    small = standard_entry(cache, size=32)
+    large = pretrain.weights_path("vgg16", 48, cache=cache)
+    small.rename(large)
+    pretrain.info_path(small).rename(pretrain.info_path(large))
+    code, _, err = cli_run([*train_synthetic(tiny_data, tmp_path / "run")[:-4], "--image-size", "48",
+                            "--epochs", "1", "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "image_size 32 (not 48)",
+                          "cxr pretrain --backbone vgg16 --image-size 48 --force")
+    assert trained == [] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "other films"])
+def test_a_damaged_films_file_is_named_and_made_again(cache, victim, capsys, damage) -> None:
+    images, labels = pretrain.source_films(10, 32, 0, cache, progress=False)
+    path = pretrain.films_path(10, 32, 0, cache)
+    if damage == "truncated":
+        _truncate(path)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        np.savez_compressed(path, images=images[:5], labels=labels[:5])
+    before = tree_hash(victim)
+    capsys.readouterr()
+    again, again_labels = pretrain.source_films(10, 32, 0, cache, progress=False)
+    [line] = capsys.readouterr().out.splitlines()
+    assert str(path) in line and "generating the films again" in line
+    np.testing.assert_array_equal(again, images)
+    np.testing.assert_array_equal(again_labels, labels)
+    with np.load(path) as data:   # and the file is whole again
+        np.testing.assert_array_equal(data["images"], images)
+    assert cache_files(cache) == [path.name] and tree_hash(victim) == before
+
+
+def test_a_real_tiny_pretraining_records_its_hash_and_remakes_a_truncated_films_file(
+        cache, victim, capsys) -> None:
+    """The real pretraining, end to end, at the smallest settings (VGG16, 32 px, 10 films)."""
+    films = pretrain.films_path(10, 32, 0, cache)
+    films.parent.mkdir(parents=True)
+    films.write_bytes(b"PK\x03\x04 half a zip")
+    before = tree_hash(victim)
+    code, out, err = cli_run(["pretrain", *STANDARD, *TINY, "--quiet"], capsys)
+    assert code == 0 and err == ""
+    assert f"{films} cannot be used" in out
+    path = pretrain.weights_path("vgg16", 32, cache=cache, n_images=10, epochs=1)
+    assert pretrain.entry_problem(path, pretrain.entry_info("vgg16", 32, 0, 10, 1)) is None
+    info = pretrain.describe(path)
+    assert info["images"] == 10 and info["validation_images"] == 1 and len(info["history"]["loss"]) == 1
+    with np.load(films) as data:
+        assert data["images"].shape == (10, 32, 32)
+    assert tree_hash(victim) == before
