@@ -14,12 +14,14 @@ A second-stage model (``--stage2``) refines the images the first calls pneumonia
 whose name contains "pneumonia"): normal → pneumonia → bacterial or viral, as in the
 pneumonia course. It uses its own recorded preparation.
 
-A file that cannot be read becomes a row with its error, never a crash; the model runs on
-batches of images; ``summary.csv`` is written atomically, so a crash never leaves half a file.
+A file that cannot be read (or whose figure name is too long for the file system) becomes a
+row with its error, never a crash; the model runs on batches of images; ``summary.csv`` is
+written atomically, so a crash never leaves half a file.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -136,7 +138,8 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
                 relative = path.relative_to(root)
                 row: dict[str, Any] = {"file": relative.as_posix()}
                 if i in results:
-                    row.update(_row(results[i], classes, stage2, out / _figure_name(relative), relative))
+                    row.update(_figure_row(results[i], classes, stage2, out / _figure_name(relative),
+                                           relative))
                 else:
                     row["error"] = errors[i]
                 rows.append(row)
@@ -177,6 +180,22 @@ def _stage2(paths: Sequence[Path], predicted: Sequence[str], stage2, batch_size:
             out[chosen[j]] = {"stage2_probs": probs[row], "stage2_classes": classes2,
                               "stage2_predicted": classes2[int(probs[row].argmax())]}
     return out
+
+
+def _figure_row(result: dict[str, Any], classes: Sequence[str], stage2, figure: Path,
+                relative: Path) -> dict[str, Any]:
+    """:func:`_row`, or ``{"error": ...}`` for an image whose figure name is too long for the
+    file system (nested folders make long names), so that one image never stops the batch."""
+    try:
+        return _row(result, classes, stage2, figure, relative)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        message = (f"cannot write its figure {figure.name[:40]}...: the name is too long for the "
+                   f"file system ({len(os.fsencode(figure.name))} bytes; most allow 255); shorten "
+                   "the folder or file names under the images folder, or give a shorter --out")
+        log.warning("Skipping %s: %s", relative, message)
+        return {"error": message}
 
 
 def _row(result: dict[str, Any], classes: Sequence[str], stage2, figure: Path,
