@@ -516,8 +516,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 #: a ValueError that their own code raises counts as a user error until they raise UserError.
 #: A ValueError raised anywhere else (numpy, pandas, Keras) is an internal error.
 UNCONVERTED_MODULES: frozenset[str] = frozenset(
-    {"cxrlib.runs.train", "cxrlib.runs.records", "cxrlib.spec", "cxrlib.course.presets",
-     "cxrlib.models.variants", "cxrlib.models.build"})
+    {"cxrlib.apps.cli", "cxrlib.runs.train", "cxrlib.runs.records", "cxrlib.spec",
+     "cxrlib.course.presets", "cxrlib.models.variants", "cxrlib.models.build"})
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
