@@ -3,7 +3,13 @@ checked offline, and the standardised heads; the slow test checks that pretraini
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -460,3 +466,120 @@ def test_a_real_tiny_pretraining_records_its_hash_and_remakes_a_truncated_films_
     with np.load(films) as data:
         assert data["images"].shape == (10, 32, 32)
     assert tree_hash(victim) == before
+
+
+#: A ``cxr pretrain`` in its own process, with pretraining replaced by a stand-in that writes a
+#: line to argv[1] and takes argv[2] seconds; it starts once argv[3] (a folder) holds argv[4]
+#: "ready" files, so that concurrent processes reach the cache together.
+STAND_IN_PROCESS = """
+import os, sys, time
+from pathlib import Path
+import keras
+from cxrlib.runs import pretrain
+from cxrlib.apps.cli import main
+
+log, seconds, ready, wanted = sys.argv[1], float(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+
+def stand_in(backbone, image_size, n_images, epochs, seed, batch_size, target, progress):
+    with open(log, "a") as handle:
+        handle.write(f"{os.getpid()}\\n")
+    time.sleep(seconds)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    return model, {**pretrain.entry_info(backbone, image_size, seed, n_images, epochs, batch_size),
+                   "wall_time_s": seconds}
+
+pretrain._train = stand_in
+if os.environ.get("HANG_BEFORE_JSON"):   # the weights' temporary file is written, then: kill -9
+    def hang(*args, **kwargs):
+        print("saving", flush=True)
+        time.sleep(600)
+    pretrain.write_json_atomic = hang
+(ready / f"{os.getpid()}").touch()
+while len(list(ready.iterdir())) < wanted:
+    time.sleep(0.05)
+sys.exit(main(["pretrain", "--backbone", "vgg16", "--image-size", "32", "--quiet"]))
+"""
+
+
+def stand_in_process(tmp_path, cache, seconds: float, wanted: int = 1, **env) -> subprocess.Popen:
+    ready = tmp_path / "ready"
+    ready.mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, "-c", STAND_IN_PROCESS, str(tmp_path / "trained.log"),
+                             str(seconds), str(ready), str(wanted)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CXR_PRETRAINED_DIR": str(cache),
+                                 "PYTHONPATH": os.pathsep.join(sys.path), **env})
+
+
+def test_two_concurrent_pretrains_of_one_entry_do_the_work_once(cache, victim, tmp_path) -> None:
+    before = tree_hash(victim)
+    runs = [stand_in_process(tmp_path, cache, seconds=3, wanted=2) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert len((tmp_path / "trained.log").read_text().split()) == 1     # pretrained once
+    waited = [out for out, _ in outputs if "waiting for it" in out]
+    assert len(waited) == 1 and "pretraining it now" not in waited[0]  # the other one found it cached
+    path = pretrain.weights_path("vgg16", 32, cache=cache)
+    assert all(f"vgg16 at 32 px: {path} (1200 films" in out for out, _ in outputs)
+    assert pretrain.entry_problem(path, pretrain.entry_info("vgg16", 32)) is None
+    assert tree_hash(victim) == before
+
+
+def test_a_file_left_by_a_pretrain_killed_while_saving_is_removed_by_the_next(
+        cache, victim, trained, tmp_path, capsys) -> None:
+    run = stand_in_process(tmp_path, cache, seconds=0, HANG_BEFORE_JSON="1")
+    try:
+        assert "saving" in (line.strip() for line in run.stdout)   # up to the stand-in's word
+    finally:
+        run.kill()   # SIGKILL: no clean-up of its own
+        run.communicate(timeout=60)
+    path = pretrain.weights_path("vgg16", 32, cache=cache)
+    [partial] = [p for p in cache.iterdir() if p.name.startswith(f".{path.name}.")]
+    assert partial.stat().st_size > 0 and cache_files(cache) == [partial.name]
+    before = tree_hash(victim)
+    code, out, err = cli_run(["pretrain", *STANDARD], capsys)   # the lock died with its process
+    assert code == 0 and err == "" and f"Removed {partial}" in out and len(trained) == 1
+    assert cache_files(cache) == sorted([path.name, pretrain.info_path(path).name])
+    assert pretrain.entry_problem(path, pretrain.entry_info("vgg16", 32)) is None
+    assert tree_hash(victim) == before
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_entry(cache, victim, trained, monkeypatch,
+                                                                  capsys) -> None:
+    def half_then_full(self, filepath, *args, **kwargs):
+        Path(filepath).write_bytes(b"\x89HDF" * 1000)
+        _disk_full()
+
+    monkeypatch.setattr(keras.Model, "save_weights", half_then_full)
+    before = tree_hash(victim)
+    code, _, err = cli_run(["pretrain", *STANDARD], capsys)
+    assert code == 2
+    assert_one_line_error(err, f"No space left on the disk of {cache}", "nothing was cached", "--cache")
+    assert len(trained) == 1 and cache_files(cache) == []   # no weights, no JSON, no hidden temporaries
+    assert tree_hash(victim) == before
+
+
+def test_a_full_disk_while_rebuilding_keeps_the_old_entry(cache, victim, trained, monkeypatch,
+                                                          capsys) -> None:
+    standard_entry(cache)
+    before = cache_hash(cache), tree_hash(victim)
+    monkeypatch.setattr(pretrain, "write_json_atomic", _disk_full)
+    code, _, err = cli_run(["pretrain", *STANDARD, "--force"], capsys)
+    assert code == 2
+    assert_one_line_error(err, f"No space left on the disk of {cache}")
+    assert len(trained) == 1 and (cache_hash(cache), tree_hash(victim)) == before
+
+
+def test_too_little_free_space_is_refused_before_pretraining(cache, victim, monkeypatch, capsys) -> None:
+    usage = shutil.disk_usage(victim)
+    monkeypatch.setattr(pretrain.shutil, "disk_usage", lambda path: usage._replace(free=2_000_000))
+    monkeypatch.setattr(pretrain, "source_films", lambda *a, **k: pytest.fail("films made"))
+    before = tree_hash(victim)
+    code, _, err = cli_run(["pretrain", *STANDARD], capsys)   # the real pretraining: it stops first
+    assert code == 2
+    assert_one_line_error(err, f"Not enough space in {cache}", "2 MB free", "--cache")
+    assert cache_files(cache) == [] and tree_hash(victim) == before
