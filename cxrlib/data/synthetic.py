@@ -512,8 +512,8 @@ def _listed_files(out: Path, meta: dict) -> list[str]:
         return []
     found = [p.relative_to(out).as_posix() for c in classes if c in SYNTH_CLASSES
              for sub in ("images", "masks") for p in sorted((out / c / sub).glob(f"{c}-*.png"))]
-    return [f for f in found + ["markers.csv"]
-            if f == "markers.csv" or int(_SYNTH_FILE.fullmatch(f)["i"]) <= per_class]
+    numbered = [(f, _SYNTH_FILE.fullmatch(f)) for f in found]
+    return [f for f, match in numbered if match and int(match["i"]) <= per_class] + ["markers.csv"]
 
 
 def _owned_files(out: Path) -> set[str]:
