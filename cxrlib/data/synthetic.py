@@ -871,20 +871,20 @@ def generate_siim_like(out_dir: str | Path, n_studies: int = 600, size: int = 25
             "vary_size": vary_size, "severity": [lo, hi], "marker_prob": marker_prob,
             "classes": SIIM_SYNTHETIC_CLASSES,
             "layout": "SIIM-FISABIO-RSNA: train_study_level.csv, train_image_level.csv, train/<image>.png"}
+    _refuse_links_out(out, ["train", "synthetic.json", *_SIIM_CSVS])
     if (out / "train_study_level.csv").exists():
         if not meta_path.is_file():
             raise RefusedFolderError(f"{out} holds a train_study_level.csv but no synthetic.json: "
                                      "refusing to overwrite what looks like the real competition "
                                      "data. Give the generator a new or empty folder.")
-        _refuse_links_out(out, ["train", "synthetic.json", *_SIIM_CSVS])
         ids = _siim_listed_ids(out)
         old = _read_meta(meta_path)
         if reuse and {k: v for k, v in old.items() if k != "cxrlib_version"} == \
-                {k: v for k, v in meta.items() if k != "cxrlib_version"} and _siim_complete(out, ids):
+                {k: v for k, v in meta.items() if k != "cxrlib_version"} and \
+                _siim_complete(out, ids, int(n_studies)):
             return out
         for image_id in ids:  # the images the earlier run wrote, and nothing else
             (out / "train" / f"{image_id}.png").unlink(missing_ok=True)
-    _refuse_links_out(out, ["train", "synthetic.json", *_SIIM_CSVS])
     (out / "train").mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -944,6 +944,7 @@ def _siim_listed_ids(out: Path) -> list[str]:
     return ours
 
 
-def _siim_complete(out: Path, ids: Sequence[str]) -> bool:
-    """True when ``ids`` (as listed by :func:`_siim_listed_ids`) is not empty and every image is there."""
-    return bool(ids) and all((out / "train" / f"{i}.png").is_file() for i in ids)
+def _siim_complete(out: Path, ids: Sequence[str], n_studies: int) -> bool:
+    """True when ``ids`` (as :func:`_siim_listed_ids` gives them) are the ``n_studies`` images of
+    one run, and every one of them is there."""
+    return len(ids) == n_studies and all((out / "train" / f"{i}.png").is_file() for i in ids)
