@@ -23,6 +23,7 @@ from cxrlib.runs.report import comparison_table, write_report
 from cxrlib.data.splits import split_manifest
 from cxrlib.data.synthetic import generate_synthetic
 from cxrlib.runs import train as training
+from cxrlib.spec import variant_spec
 
 CLASSES_EASY = ["Bacterial Pneumonia", "COVID", "Normal"]
 
