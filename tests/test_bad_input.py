@@ -807,3 +807,78 @@ def test_only_cxrlibs_user_errors_exit_2(tmp_path: Path, capsys, monkeypatch, fa
     line = assert_one_line_error(err, *(f.format(tmp=tmp_path) for f in fragments))
     logs = list((tmp_path / "logs").glob("cxr-*.log"))
     assert len(logs) == (1 if status == 1 else 0) and all(str(log) in line for log in logs)
+
+
+# --------------------------------------------------------------------------- cxr notebooks
+
+@pytest.fixture
+def no_kernel(monkeypatch) -> list[str]:
+    """papermill's execution replaced by a recorder (the checks run before any kernel would)."""
+    import papermill
+
+    ran: list[str] = []
+    monkeypatch.setattr(papermill, "execute_notebook", lambda path, *a, **k: ran.append(Path(path).name))
+    for variable in ("COVID_DIR", "KERMANY_DIR", "SIIM_DIR", "EXTERNAL_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    return ran
+
+
+@pytest.mark.parametrize("parameters, fragments", [
+    (["-p", "COVID_DIR", "/missing/covid"], ["-p COVID_DIR /missing/covid", "no such folder",
+                                              "leave COVID_DIR out for synthetic data"]),
+    (["-p", "EPOCH", "5"], ["parameter EPOCH", "did you mean EPOCHS?"]),
+    (["-p", "EPOCHS", "abc"], ["-p EPOCHS 'abc'", "00_setup_and_data.ipynb", "EPOCHS = 20",
+                               "give a whole number"]),
+    (["-p", "SMOKE", "yes"], ["SMOKE = False", "give True or False"])])
+def test_notebooks_refuse_bad_parameters_before_anything_runs(tmp_path: Path, victim: Path, no_kernel,
+                                                              capsys, parameters, fragments) -> None:
+    before = tree_hash(tmp_path)
+    code, out, err = cli_run(["notebooks", "--out", tmp_path / "nb", "--only", "00", *parameters], capsys)
+    assert code == 2
+    assert_one_line_error(err, *fragments)
+    assert no_kernel == [] and "▶" not in out
+    assert changes_outside(tmp_path, before) == []
+
+
+def test_notebooks_say_the_synthetic_fallback_on_the_terminal(tmp_path: Path, victim: Path, no_kernel,
+                                                              capsys) -> None:
+    before = tree_hash(victim)
+    code, out, err = cli_run(["notebooks", "--out", tmp_path / "nb", "--only", "00", "06",
+                              "-p", "EPOCHS", "1"], capsys)
+    assert code == 0 and err == ""
+    assert no_kernel == ["00_setup_and_data.ipynb", "06_pneumonia.ipynb"]
+    lines = out.splitlines()
+    assert lines[0].startswith("No COVID_DIR given: notebook 00 uses synthetic data")
+    assert lines[1].startswith("No KERMANY_DIR given: notebook 06 uses synthetic data")
+    assert tree_hash(victim) == before
+
+
+def write_failing_notebook(path: Path) -> Path:
+    """A two-cell notebook: its parameters cell, then a cell that raises with its own message."""
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"}})
+    notebook.cells = [nbformat.v4.new_code_cell("EPOCHS = 20", metadata={"tags": ["parameters"]}),
+                      nbformat.v4.new_code_cell("if EPOCHS % 2:\n"
+                                                "    raise ValueError(f'EPOCHS must be even, not {EPOCHS}')")]
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_a_failing_notebook_names_the_cell_its_error_and_the_executed_copy(
+        tmp_path: Path, victim: Path, capsys, monkeypatch) -> None:
+    from cxrlib.course import runner
+
+    (tmp_path / "book").mkdir()
+    notebook = write_failing_notebook(tmp_path / "book" / "99_fails.ipynb")
+    monkeypatch.setattr(runner, "list_notebooks", lambda folder, only: [notebook])
+    before = tree_hash(tmp_path)
+    code, _, err = cli_run(["notebooks", "--out", tmp_path / "nb", "-p", "EPOCHS", "5"], capsys)
+    assert code == 1
+    copy = (tmp_path / "nb" / "99_fails.ipynb").resolve()
+    line = assert_one_line_error(err, "99_fails.ipynb failed in cell 2",
+                                 "ValueError: EPOCHS must be even, not 5", f"open {copy}")
+    assert "internal error" not in line and copy.is_file()
+    assert changes_outside(tmp_path, before, tmp_path / "nb") == []
