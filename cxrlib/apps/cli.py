@@ -283,7 +283,7 @@ def _report(args: argparse.Namespace) -> int:
 
 @command("notebooks")
 def _notebooks(args: argparse.Namespace) -> int:
-    from cxrlib.course.runner import run_series
+    from cxrlib.course.runner import NotebookFailed, run_series
 
     try:
         import papermill  # noqa: F401
@@ -292,14 +292,21 @@ def _notebooks(args: argparse.Namespace) -> int:
               "(make install does it)", file=sys.stderr)
         return 2
     parameters = {name: _parse_value(value) for name, value in args.parameter or []}
-    run_series(args.out, only=args.only, smoke=args.smoke, parameters=parameters, preset=args.preset)
+    try:
+        run_series(args.out, only=args.only, smoke=args.smoke, parameters=parameters,
+                   preset=args.preset)
+    except NotebookFailed as failure:   # the notebook's own error: not the user's flags, not a bug here
+        print(f"error: {one_line(failure)}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _parse_value(text: str):
-    """A papermill parameter from the command line: int, float, None/none, or string."""
+    """A papermill parameter from the command line: int, float, True/False, None/none, or string."""
     if text.lower() in ("none", "null"):
         return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for kind in (int, float):
         try:
             return kind(text)

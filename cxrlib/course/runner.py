@@ -11,6 +11,7 @@ cell and nothing else, so a student opening one in Jupyter gets the course as ta
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import time
@@ -62,9 +63,106 @@ def dataset_folders() -> dict[str, str]:
 
 def notebook_parameters(path: str | Path) -> set[str]:
     """The names defined in a notebook's ``parameters`` cell."""
+    return set(notebook_defaults(path))
+
+
+def notebook_defaults(path: str | Path) -> dict[str, Any]:
+    """A notebook's parameters with their defaults as values (``...`` for a default that is an
+    expression rather than a literal)."""
     import papermill
 
-    return set(papermill.inspect_notebook(str(path)))
+    defaults = {}
+    for name, spec in papermill.inspect_notebook(str(path)).items():
+        try:
+            defaults[name] = ast.literal_eval(spec["default"])
+        except (ValueError, SyntaxError, TypeError):
+            defaults[name] = ...
+    return defaults
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook that raised while it ran: the message names it, the cell, the error, and the
+    executed copy to open. Not a user error (the CLI exits 1), not a bug in the runner."""
+
+
+#: What a parameters cell's default says a value must be, in words, by the default's type.
+_KINDS: dict[type, str] = {bool: "True or False", int: "a whole number", float: "a number",
+                           str: "text"}
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """Whether ``value`` can stand where a parameters cell has ``default`` (``None`` always can;
+    a default that is None, an expression or a container says nothing)."""
+    if value is None or default is None or type(default) not in _KINDS:
+        return True
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return type(value) is type(default)
+
+
+def _as_default_type(value: Any, defaults: list[Any]) -> Any:
+    """A number given where the parameters cells hold text, as that text (``-p RESULTS_DIR 2024``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and any(
+            isinstance(d, str) for d in defaults):
+        return str(value)
+    return value
+
+
+def check_parameters(paths: Sequence[Path], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` (the caller's parameters) checked against the parameters cells of ``paths``
+    before anything runs; returns them with numbers turned into text where the cells hold text.
+
+    Raises :class:`InputError` for a name that no notebook of the run defines (with the closest
+    ones), or a value of another type than the cells' default (a number for ``EPOCHS = 20``).
+    """
+    import difflib
+
+    from cxrlib.errors import InputError
+
+    defaults = {path.name: notebook_defaults(path) for path in paths}
+    known = sorted({name for cell in defaults.values() for name in cell})
+    unknown = [name for name in given if name not in known]
+    if unknown:
+        parts = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            parts.append(f"{name} (did you mean {' or '.join(close)}?)" if close else name)
+        listed = "" if all("did you mean" in part for part in parts) else f" (theirs: {', '.join(known)})"
+        raise InputError(f"No notebook of this run has the parameter {', '.join(parts)}; check "
+                         f"-p{listed}.")
+    checked = {}
+    for name, value in given.items():
+        value = _as_default_type(value, [cell[name] for cell in defaults.values() if name in cell])
+        for notebook, cell in defaults.items():
+            if name in cell and not _fits(value, cell[name]):
+                kind = _KINDS[type(cell[name])]
+                raise InputError(f"-p {name} {value!r}: {notebook}'s parameters cell has {name} = "
+                                 f"{cell[name]!r}, {kind}; give {kind} (or none).")
+        checked[name] = value
+    return checked
+
+
+def check_data_folders(paths: Sequence[Path], given: dict[str, Any]) -> None:
+    """Refuse a dataset folder (``COVID_DIR`` …, from -p or the environment) that does not exist,
+    and say on the terminal which notebooks fall back to synthetic data for want of one."""
+    from cxrlib.course.reproduce import FOLDER_VARIABLES
+    from cxrlib.errors import InputError
+
+    from_env = dataset_folders()
+    names = {path.name[:2]: notebook_parameters(path) for path in paths}
+    for variable in FOLDER_VARIABLES.values():
+        users = [number for number, known in names.items() if variable in known]
+        if not users:
+            continue
+        source = "-p" if variable in given else "the environment variable"
+        value = given[variable] if variable in given else from_env.get(variable)
+        if value is None:
+            which = f"notebooks {', '.join(users)} use" if len(users) > 1 else f"notebook {users[0]} uses"
+            print(f"No {variable} given: {which} synthetic data (-p {variable} FOLDER, or the "
+                  f"{variable} variable, for the real dataset).", flush=True)
+        elif not Path(str(value)).expanduser().is_dir():
+            raise InputError(f"{source} {variable} {value}: no such folder. Give the dataset's "
+                             f"folder, or leave {variable} out for synthetic data.")
 
 
 def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict | None = None,
@@ -89,9 +187,16 @@ def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict | None 
         log.debug("%s has no parameter %s: not passed.", path.name, ", ".join(unused))
     injected = {k: v for k, v in injected.items() if k in known}
     started = time.time()
-    papermill.execute_notebook(str(path), str(out), parameters=injected, cwd=str(path.parent),
-                               kernel_name="python3", progress_bar=False,
-                               execution_timeout=timeout, **kernel_options())
+    try:
+        papermill.execute_notebook(str(path), str(out), parameters=injected, cwd=str(path.parent),
+                                   kernel_name="python3", progress_bar=False,
+                                   execution_timeout=timeout, **kernel_options())
+    except papermill.PapermillExecutionError as error:
+        from cxrlib.text import one_line
+
+        raise NotebookFailed(f"{path.name} failed in cell {error.cell_index} ({error.ename}: "
+                             f"{one_line(error.evalue, 300)}); open {out} to see the cell and "
+                             "its traceback.") from None
     return {"notebook": path.name, "output": str(out), "seconds": round(time.time() - started, 1),
             "parameters": injected}
 
@@ -121,20 +226,24 @@ def list_notebooks(folder: str | Path = NOTEBOOK_DIR, only: Sequence[str] | None
 def run_series(out_dir: str | Path, only: Sequence[str] | None = None, smoke: bool = False,
                parameters: dict | None = None, folder: str | Path = NOTEBOOK_DIR,
                preset: str | None = None) -> list[dict]:
-    """Run every numbered notebook in order (stopping at the first failure).
+    """Run every numbered notebook in order (stopping at the first failure: :class:`NotebookFailed`).
 
     ``preset`` runs the notebooks of that course preset (those of ``only`` if given) with
-    ``PRESET`` set to it.
+    ``PRESET`` set to it. The parameters and the dataset folders are checked before the first
+    notebook starts (:func:`check_parameters`, :func:`check_data_folders`).
     """
     from cxrlib.course.presets import get_preset, notebooks_of
 
-    parameters = dict(parameters or {})
     if preset:
         get_preset(preset)
-        parameters["PRESET"] = preset
         only = only or notebooks_of(preset)
+    paths = list_notebooks(folder, only)
+    parameters = check_parameters(paths, dict(parameters or {}))
+    check_data_folders(paths, parameters)
+    if preset:
+        parameters["PRESET"] = preset
     results = []
-    for path in list_notebooks(folder, only):
+    for path in paths:
         print(f"▶ {path.name}", flush=True)
         result = run_notebook(path, out_dir, parameters, smoke)
         print(f"  done in {result['seconds']} s → {result['output']}", flush=True)
