@@ -539,6 +539,9 @@ def test_an_internal_error_is_one_line_and_logged(tmp_path: Path, capsys, monkey
 
 # --------------------------------------------------------------------------- nothing lost, round 2
 
+IMAGE_CSV, STUDY_CSV = "train_image_level.csv", "train_study_level.csv"
+
+
 def write_png_bomb(path: Path, side: int) -> Path:
     """A ``side`` × ``side`` grey PNG of zeros, written row by row (never held in memory): at
     20000 px it is about 400 KB on disk and 400 MB decoded, a decompression bomb."""
@@ -602,17 +605,19 @@ def test_synth_trusts_only_the_files_it_writes_inside_its_folder(tmp_path: Path,
     assert changes_outside(tmp_path, before) == []
 
 
-def hostile_siim_folder(host: Path, victim: Path) -> Path:
-    """A synthetic SIIM set whose ``train_image_level.csv`` lists ids that lead out of it."""
-    import pandas as pd
-
+def siim_set(folder: Path) -> Path:
+    """A small synthetic SIIM set (four studies at 32 px)."""
     from cxrlib.data.synthetic import generate_siim_like
 
-    generate_siim_like(host, n_studies=4, size=32, progress=False)
-    table = pd.read_csv(host / "train_image_level.csv", dtype=str, keep_default_na=False)
-    table.loc[0, "id"] = "../../victim/victim_image"
-    table.loc[1, "id"] = str(victim / "abs") + "_image"
-    table.to_csv(host / "train_image_level.csv", index=False)
+    return generate_siim_like(folder, n_studies=4, size=32, progress=False)
+
+
+def hostile_siim_folder(host: Path, victim: Path) -> Path:
+    """A synthetic SIIM set whose ``train_image_level.csv`` lists ids that lead out of it, by a
+    relative and an absolute path."""
+    siim_set(host)
+    edit_csv(host / IMAGE_CSV, 0, "id", "../../victim/victim_image")
+    edit_csv(host / IMAGE_CSV, 1, "id", str(victim / "abs") + "_image")
     return host
 
 
@@ -658,6 +663,8 @@ def test_diagnose_makes_an_overlong_output_name_a_row(run_copy: Path, tmp_path: 
 def test_a_decompression_bomb_is_a_logged_skip_in_every_command(made, run_copy: Path,
                                                                tmp_path: Path, victim: Path,
                                                                capsys) -> None:
+    import pandas as pd
+
     from cxrlib.data.images import MAX_PIXELS
 
     data = Path(shutil.copytree(made[0], tmp_path / "data"))
@@ -678,8 +685,6 @@ def test_a_decompression_bomb_is_a_logged_skip_in_every_command(made, run_copy: 
     code, _, err = cli_run(["diagnose", images, "--model", run_copy / "model.keras",
                             "--out", tmp_path / "dx", "--quiet"], capsys)
     assert code == 0, err
-    import pandas as pd
-
     summary = pd.read_csv(tmp_path / "dx" / "summary.csv").fillna("").set_index("file")
     assert summary.loc["good.png", "error"] == ""
     assert all(f.lower() in summary.loc["bomb.png", "error"].lower() for f in reason)
@@ -690,16 +695,6 @@ def test_a_decompression_bomb_is_a_logged_skip_in_every_command(made, run_copy: 
     assert {s["path"] for s in skipped} == {str(bomb.resolve())}
     assert all(f.lower() in s["error"].lower() for s in skipped for f in reason)
     assert changes_outside(tmp_path, before, tmp_path / "dx", tmp_path / "run") == []
-
-
-def siim_set(folder: Path) -> Path:
-    """A small synthetic SIIM set to break."""
-    from cxrlib.data.synthetic import generate_siim_like
-
-    return generate_siim_like(folder, n_studies=4, size=32, progress=False)
-
-
-IMAGE_CSV, STUDY_CSV = "train_image_level.csv", "train_study_level.csv"
 
 
 def edit_csv(path: Path, row: int | None = None, column: str | None = None, value: str = "",
