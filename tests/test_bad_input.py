@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrlib.spec import variant_spec
 from cxrlib.apps import cli
 from cxrlib.apps.cli import main
 from cxrlib.data.datasets import DatasetError
 from cxrlib.errors import InputError
 from cxrlib.runs import train as training
 from cxrlib.runs.records import find_records, read_record
+from cxrlib.spec import variant_spec
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 

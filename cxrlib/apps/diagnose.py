@@ -30,10 +30,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.explain import maps as explain
 from cxrlib.data.images import is_image_path
 from cxrlib.data.pipeline import model_inputs, read_prepared
 from cxrlib.errors import InputError
+from cxrlib.explain import maps as explain
 from cxrlib.files import write_csv_atomic
 from cxrlib.runs.evaluate import load_run, predict
 
