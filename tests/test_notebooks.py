@@ -19,9 +19,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from cxrlib.course.runner import NOTEBOOK_DIR, list_notebooks
 from cxrlib.course.setup import COURSE_BACKBONES
 from cxrlib.runs.records import find_records, validate_record
-from cxrlib.course.runner import NOTEBOOK_DIR, list_notebooks
 from cxrlib.runs.train import run_dir
 
 NOTEBOOKS = list_notebooks(NOTEBOOK_DIR)

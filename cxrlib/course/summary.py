@@ -153,7 +153,7 @@ def _synthetic(record: Mapping) -> bool | None:
         except (OSError, ValueError, IndexError):
             return None
     folder = Path(root)
-    return any((parent / "synthetic.json").is_file() for parent in [folder, *folder.parents][:4])
+    return any((parent / "synthetic.json").is_file() for parent in [folder, *folder.parents][:5])
 
 
 def trained_on(records: Sequence[Mapping]) -> str:
@@ -168,8 +168,9 @@ def trained_on(records: Sequence[Mapping]) -> str:
     films = _span([sum(_dataset(r).get(k, 0) or 0 for k in ("n_train", "n_val", "n_test")) for r in records],
                   " films")
     size = _span([(r.get("model") or {}).get("image_size") for r in records], " px")
-    epochs = _span([(r.get("hyperparameters") or {}).get("epochs",
-                     (r.get("training") or {}).get("epochs_run")) for r in records], " epochs")
+    trained = [(r.get("hyperparameters") or {}).get("epochs", (r.get("training") or {}).get("epochs_run"))
+               for r in records]   # V0 is not trained: its 0 epochs say nothing of the others
+    epochs = _span([e for e in trained if e], " epoch" if {e for e in trained if e} == {1} else " epochs")
     weights = sorted({str((r.get("model") or {}).get("weights")).lower() for r in records})
     parts = [data, films, size, epochs, "weights " + "/".join(weights)]
     return ", ".join(p for p in parts if p)
@@ -181,7 +182,8 @@ def _duration(seconds: float) -> str:
 
 
 def _notebook_seconds(folder: Path) -> float | None:
-    """The executed notebooks' run time together (papermill's ``duration``)."""
+    """The executed notebooks' run time together (papermill's ``duration``, or what
+    ``notebooks/conftest.py`` records under nbval)."""
     import json
 
     total, found = 0.0, False
@@ -190,7 +192,7 @@ def _notebook_seconds(folder: Path) -> float | None:
             meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
         except (OSError, ValueError):
             continue
-        seconds = (meta.get("papermill") or {}).get("duration")
+        seconds = (meta.get("papermill") or {}).get("duration", (meta.get("cxrlib") or {}).get("seconds"))
         if isinstance(seconds, (int, float)):
             total, found = total + seconds, True
     return total if found else None
