@@ -877,3 +877,83 @@ def test_a_failing_notebook_names_the_cell_its_error_and_the_executed_copy(
                                  "ValueError: EPOCHS must be even, not 5", f"open {copy}")
     assert "internal error" not in line and copy.is_file()
     assert changes_outside(tmp_path, before, tmp_path / "nb") == []
+
+
+# --------------------------------------------------------------------------- cxr report on garbage
+
+def _two_classes(record: dict) -> None:
+    """The test section of a two-class run, with a valid rising ROC curve."""
+    record["test"].update(classes=["COVID", "Normal"], confusion_matrix=[[2, 1], [0, 3]],
+                          roc={"fpr": [0.0, 0.25, 1.0], "tpr": [0.0, 0.75, 1.0]},
+                          per_class={"Normal": {"auc": 0.8}},
+                          operating_point={"threshold": 0.5, "sensitivity": 0.75, "specificity": 0.75})
+
+
+def _garbage(section: str, value, two_classes: bool = False):
+    def change(record: dict) -> None:
+        if two_classes:
+            _two_classes(record)
+        target = record["test"]
+        *parents, key = section.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[key] = value
+    return change
+
+
+REPORT_GARBAGE = {
+    "ci a string": (_garbage("ci", "garbage"), "accuracy interval", "test.ci is 'garbage'", "comparison"),
+    "ci backwards": (_garbage("ci.accuracy", [0.9, 0.1]), "accuracy interval", "not [low, high]",
+                     "comparison"),
+    "confusion of text": (_garbage("confusion_matrix", [["a", "b", "c"]] * 3), "confusion matrix",
+                          "not a 3 x 3 table of counts", "confusion"),
+    "roc of garbage": (_garbage("roc.fpr", [0.0, "x", 2.0], two_classes=True), "ROC curve",
+                       "test.roc.fpr", "roc"),
+    "roc falling": (_garbage("roc.tpr", [0.0, 0.9, 0.2], two_classes=True), "ROC curve",
+                    "falls somewhere", "roc"),
+    "operating point of text": (_garbage("operating_point", {"threshold": "high", "sensitivity": 0.7,
+                                                            "specificity": 0.6}, two_classes=True),
+                                "ROC operating point", "not a threshold", None),
+}
+
+
+def runs_with(made, tmp_path: Path, change) -> tuple[Path, Path]:
+    """A runs folder with two copies of the finished run, the second's record changed on disk."""
+    runs = tmp_path / "runs"
+    good, bad = (Path(shutil.copytree(made[1], runs / name)) for name in ("good", "bad"))
+    record = json.loads((bad / "record.json").read_text())
+    change(record)
+    (bad / "record.json").write_text(json.dumps(record))
+    return runs, bad / "record.json"
+
+
+@pytest.mark.parametrize("damage", REPORT_GARBAGE)
+def test_report_leaves_out_a_bad_section_and_writes_the_rest(made, tmp_path: Path, victim: Path,
+                                                             capsys, caplog, damage) -> None:
+    change, section, reason, figure = REPORT_GARBAGE[damage]
+    runs, bad_record = runs_with(made, tmp_path, change)
+    before = tree_hash(tmp_path)
+    caplog.set_level("WARNING")
+    code, _, err = cli_run(["report", runs, "--out", tmp_path / "report"], capsys)
+    assert code == 0 and "error" not in err.lower()
+    one_warning(caplog, "cxrlib.runs.report", str(bad_record), section, reason)
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "[good]" in table and "[bad]" in table                      # both runs in the table
+    figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
+    assert "comparison.png" in figures
+    assert any("_good_" in n and n.endswith("_confusion.png") for n in figures)
+    if figure == "confusion" or figure == "roc":                       # only that figure is left out
+        assert not any("_bad_" in n and n.endswith(f"_{figure}.png") for n in figures), figures
+    assert any("_bad_" in n and n.endswith("_curves.png") for n in figures)
+    assert changes_outside(tmp_path, before, tmp_path / "report") == []
+
+
+def test_report_draws_a_valid_two_class_roc(made, tmp_path: Path, capsys, caplog) -> None:
+    """The control for the test above: the same two-class record, undamaged, has its ROC."""
+    runs, _ = runs_with(made, tmp_path, _two_classes)
+    caplog.set_level("WARNING")
+    code, _, _ = cli_run(["report", runs, "--out", tmp_path / "report"], capsys)
+    assert code == 0
+    assert not [r for r in caplog.records if r.name == "cxrlib.runs.report"]
+    figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
+    assert any("_bad_" in n and n.endswith("_roc.png") for n in figures), figures
