@@ -24,6 +24,7 @@ import re
 from collections import Counter
 from numbers import Integral, Real
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -132,6 +133,121 @@ def _unique_slugs(names: list[str]) -> list[str]:
     return stems
 
 
+def _record_file(record: dict) -> Path:
+    """The ``record.json`` a record was read from (for a warning)."""
+    return Path(str(record.get("_dir", "?"))) / "record.json"
+
+
+def _usable(record: dict, what: str, check: Callable[[], Any]) -> Any:
+    """``check()``: a section of ``record`` ready to draw, or None when it has none. A section
+    that is not what the report needs (``check`` raises ValueError) is left out, with a warning
+    naming the record's file and why; the rest of the report is still written."""
+    try:
+        return check()
+    except ValueError as error:
+        log.warning("%s: %s left out of the report (%s).", _record_file(record), what, error)
+        return None
+
+
+def _short(value: object) -> str:
+    """A value from a record as a short text, for a warning."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _is_rate(value: object) -> bool:
+    """A number within [0, 1] (an accuracy, a rate, an AUC)."""
+    return isinstance(value, Real) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def _is_count(value: object) -> bool:
+    """A whole number of at least 0."""
+    return (isinstance(value, Real) and not isinstance(value, bool) and value >= 0
+            and float(value).is_integer())
+
+
+def _test(record: dict) -> dict:
+    """The record's ``test`` section ({} when it has none)."""
+    test = record.get("test")
+    return test if isinstance(test, dict) else {}
+
+
+def _accuracy_interval(test: dict) -> tuple[float, float] | None:
+    """``test.ci.accuracy`` as (low, high); None when there is none or it is unknown (nulls)."""
+    ci = test.get("ci")
+    if ci is None:
+        return None
+    if not isinstance(ci, dict):
+        raise ValueError(f"test.ci is {_short(ci)}, not an object")
+    interval = ci.get("accuracy")
+    if interval is None or (isinstance(interval, list) and None in interval):
+        return None
+    if not (isinstance(interval, list) and len(interval) == 2 and all(map(_is_rate, interval))
+            and interval[0] <= interval[1]):
+        raise ValueError(f"test.ci.accuracy is {_short(interval)}, not [low, high] within [0, 1]")
+    return float(interval[0]), float(interval[1])
+
+
+def _classes(record: dict) -> list[str]:
+    """The classes of the run's test set (``test.classes``, else the dataset's)."""
+    classes = _test(record).get("classes") or (record.get("dataset") or {}).get("classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise ValueError(f"its classes are {_short(classes)}, not a list of names")
+    return classes
+
+
+def _confusion(test: dict, classes: list[str]) -> list | None:
+    """``test.confusion_matrix``: a k × k table of counts for the k classes."""
+    matrix = test.get("confusion_matrix")
+    if not matrix:
+        return None
+    k = len(classes)
+    if not (isinstance(matrix, list) and len(matrix) == k and all(
+            isinstance(row, list) and len(row) == k and all(map(_is_count, row)) for row in matrix)):
+        raise ValueError(f"test.confusion_matrix is not a {k} x {k} table of counts: {_short(matrix)}")
+    return matrix
+
+
+def _roc(test: dict, classes: list[str]) -> dict | None:
+    """``test.roc`` of a two-class run as one curve of :func:`cxrlib.plots.plot_roc`: rising false
+    and true positive rates within [0, 1], as many of each; its AUC where one is recorded."""
+    roc = test.get("roc")
+    if not roc or len(classes) != 2:
+        return None
+    if not isinstance(roc, dict):
+        raise ValueError(f"test.roc is {_short(roc)}, not an object")
+    for key in ("fpr", "tpr"):
+        rates = roc.get(key)
+        if not (isinstance(rates, list) and len(rates) >= 2 and all(map(_is_rate, rates))):
+            raise ValueError(f"test.roc.{key} is {_short(rates)}, not a list of rates within [0, 1]")
+        if any(later < earlier for earlier, later in zip(rates, rates[1:])):
+            raise ValueError(f"test.roc.{key} falls somewhere; an ROC curve only rises")
+    if len(roc["fpr"]) != len(roc["tpr"]):
+        raise ValueError(f"test.roc has {len(roc['fpr'])} false and {len(roc['tpr'])} true positive rates")
+    per_class = test.get("per_class")
+    entry = per_class.get(classes[1]) if isinstance(per_class, dict) else None
+    auc = entry.get("auc") if isinstance(entry, dict) else None
+    return {"fpr": roc["fpr"], "tpr": roc["tpr"], "auc": auc if _is_rate(auc) else None}
+
+
+def _operating_point(test: dict) -> dict | None:
+    """``test.operating_point``: a threshold with its sensitivity and specificity (rates; with
+    either null there is no point to mark, and :func:`cxrlib.plots.plot_roc` marks none)."""
+    point = test.get("operating_point")
+    if point is None:
+        return None
+    if not isinstance(point, dict):
+        raise ValueError(f"test.operating_point is {_short(point)}, not an object")
+    sensitivity, specificity = point.get("sensitivity"), point.get("specificity")
+    if sensitivity is None or specificity is None:
+        return point
+    threshold = point.get("threshold")
+    if not (_is_rate(sensitivity) and _is_rate(specificity) and isinstance(threshold, Real)
+            and not isinstance(threshold, bool)):
+        raise ValueError(f"test.operating_point is {_short(point)}, not a threshold with its rates")
+    return point
+
+
 def _comparison_figure(records: list[dict], table: pd.DataFrame, path: Path) -> Path | None:
     """Test accuracy per model with CIs (validation accuracy when no run was tested)."""
     metric = "Test Accuracy" if table["Test Accuracy"].notna().any() else "Validation Accuracy"
@@ -141,9 +257,10 @@ def _comparison_figure(records: list[dict], table: pd.DataFrame, path: Path) -> 
     ci = {}
     if metric == "Test Accuracy":
         for label, record in zip(table["Model"], records):
-            interval = ((record.get("test") or {}).get("ci") or {}).get("accuracy")
+            interval = _usable(record, "its accuracy interval",
+                               lambda: _accuracy_interval(_test(record)))
             if interval:
-                ci[label] = tuple(interval)
+                ci[label] = interval
     n_classes = {len(record["dataset"]["classes"]) for record in records if "dataset" in record}
     chance = 1 / n_classes.pop() if len(n_classes) == 1 else None
     plots.plot_comparison(table, metric=metric, ci=ci or None, chance=chance, save=path)
@@ -157,16 +274,20 @@ def _run_figures(record: dict, name: str, stem: str, figures: Path) -> list[Path
     if history:
         written.append(plots.save_figure(plots.plot_history(history, title=name),
                                          figures / f"{stem}_curves.png"))
-    test = record.get("test") or {}
-    classes = test.get("classes") or (record.get("dataset") or {}).get("classes")
-    if test.get("confusion_matrix") and classes:
-        figure = plots.plot_confusion(test["confusion_matrix"], classes, title=f"{name}: test set")
+    test = _test(record)
+    if not (test.get("confusion_matrix") or test.get("roc")):
+        return written
+    classes = _usable(record, "its test figures", lambda: _classes(record))
+    if not classes:
+        return written
+    matrix = _usable(record, "its confusion matrix", lambda: _confusion(test, classes))
+    if matrix:
+        figure = plots.plot_confusion(matrix, classes, title=f"{name}: test set")
         written.append(plots.save_figure(figure, figures / f"{stem}_confusion.png"))
-    if test.get("roc") and classes and len(classes) == 2:
-        auc = ((test.get("per_class") or {}).get(classes[1]) or {}).get("auc")
-        curves = {classes[1]: {"fpr": test["roc"]["fpr"], "tpr": test["roc"]["tpr"], "auc": auc}}
-        figure = plots.plot_roc(curves, operating_point=test.get("operating_point"),
-                                title=f"{name}: test ROC")
+    curve = _usable(record, "its ROC curve", lambda: _roc(test, classes))
+    if curve:
+        point = _usable(record, "its ROC operating point", lambda: _operating_point(test))
+        figure = plots.plot_roc({classes[1]: curve}, operating_point=point, title=f"{name}: test ROC")
         written.append(plots.save_figure(figure, figures / f"{stem}_roc.png"))
     return written
 
