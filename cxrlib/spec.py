@@ -255,6 +255,8 @@ def scaled_spec(spec: RunSpec, image_size: int | None = None, epochs: int | None
                    f"{spec.learning_rate:g}), for a few hundred films")
     if samples_per_class and samples_per_class != spec.split.samples_per_class:
         changes["split.samples_per_class"] = samples_per_class
+        why.append(f"{samples_per_class} films per class (the course: "
+                   f"{spec.split.samples_per_class or 'all'})")
     pretrained = changes.get("backbone", spec.backbone) != "scratch"
     if pretrained and weights != spec.weights:
         changes["weights"] = weights

@@ -248,7 +248,7 @@ def test_resume_needs_the_same_configuration(made, run_copy: Path, capsys, monke
             raise RuntimeError("simulated power cut")
 
     real_fit = training._fit
-    monkeypatch.setattr(training, "_fit", lambda *a: real_fit(*a[:15], [PowerCut()], a[16]))
+    monkeypatch.setattr(training, "_fit", lambda *a: real_fit(*a[:12], [PowerCut()], a[13]))
     code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.5", "--epochs", "3"),
                            capsys)
     assert code == 1 and "simulated power cut" in err
@@ -265,7 +265,7 @@ def test_resume_needs_the_same_configuration(made, run_copy: Path, capsys, monke
     assert code == 0, err
     assert not partial.exists()  # the stale backup is gone with the finished run
     record = read_record(run_copy)
-    assert record["hyperparameters"]["learning_rate"] == 0.002
+    assert record["spec"]["learning_rate"] == 0.002
     assert record["training"]["resumed"] is False
 
 
@@ -310,8 +310,8 @@ def assert_train_flag_refused(made, tmp_path: Path, capsys, flag: str, value: st
 def test_zero_or_negative_epochs_are_refused(made, tmp_path: Path, capsys, epochs: str) -> None:
     assert_train_flag_refused(made, tmp_path, capsys, "--epochs", epochs)
     with pytest.raises(ValueError, match="--variant v0"):
-        training.check_arguments("scratch", "scratch", CLASSES, _train_rows(), tmp_path, 32, 0, 4,
-                                 1e-3, False, None)
+        training.check_arguments(variant_spec("scratch", "scratch"), CLASSES, _train_rows(), tmp_path,
+                                 image_size=32, epochs=0)
 
 
 def _train_rows():
@@ -323,8 +323,8 @@ def _train_rows():
 def test_image_size_zero_is_refused_not_the_default(made, tmp_path: Path, capsys) -> None:
     assert_train_flag_refused(made, tmp_path, capsys, "--image-size", "0")
     with pytest.raises(ValueError, match="at least 16 px"):
-        training.check_arguments("scratch", "scratch", CLASSES, _train_rows(), tmp_path, 0, 1, 4,
-                                 1e-3, False, None)
+        training.check_arguments(variant_spec("scratch", "scratch"), CLASSES, _train_rows(), tmp_path,
+                                 image_size=0, epochs=1)
 
 
 def test_samples_per_class_zero_is_refused_not_all(made, tmp_path: Path, capsys) -> None:

@@ -59,7 +59,7 @@ def test_train_writes_record_and_model(trained) -> None:
     assert (run / "model.keras").is_file() and (run / "split.csv").is_file()
     record = read_record(run)
     assert record["model"]["backbone"] == "scratch" and record["model"]["image_size"] == 32
-    assert record["hyperparameters"]["seed"] == 0 and record["training"]["epochs_run"] == 2
+    assert record["spec"]["seed"] == 0 and record["training"]["epochs_run"] == 2
     assert record["dataset"]["n_train"] + record["dataset"]["n_val"] + record["dataset"]["n_test"] == 30
     assert record["dataset"]["samples_per_class"] == 10
 

@@ -288,7 +288,8 @@ def comparison(preset: Preset, records: Mapping[str, dict]) -> pd.DataFrame:
 
 def plot_against_course(table: pd.DataFrame, title: str = "", save: str | Path | None = None,
                         ours: str = "ours"):
-    """Bars of our test accuracy beside the course's, one pair per run (a :func:`comparison`).
+    """Bars of our test accuracy beside the course's, one pair per run (a :func:`comparison`),
+    and the validation accuracies too where the course reported validation (SIIM).
 
     ``ours`` labels our bars with what our runs were trained on, e.g. "ours: the synthetic
     stand-in, 300 films, 64 px, 10 epochs" (:func:`cxrlib.course.summary.trained_on`); the
@@ -300,14 +301,17 @@ def plot_against_course(table: pd.DataFrame, title: str = "", save: str | Path |
 
     from cxrlib.plots import save_figure
 
-    labels = {"ours: test accuracy": textwrap.fill(ours, 32), "course: test accuracy": "the course (reported)"}
+    labels = {"ours: test accuracy": textwrap.fill(ours + " (test)", 32),
+              "course: test accuracy": "the course (reported, test)",
+              "ours: val accuracy": textwrap.fill(ours + " (validation)", 32),
+              "course: val accuracy": "the course (reported, validation)"}
     columns = [c for c in labels if c in table]
     figure, ax = plt.subplots(figsize=(2.0 + 1.1 * len(table), 3.2))
     table[columns].astype(float).rename(columns=labels).plot.bar(
-        ax=ax, rot=30, color=["tab:blue", "tab:gray"][:len(columns)], legend=False)
+        ax=ax, rot=30, color=["tab:blue", "tab:gray", "tab:cyan", "silver"][:len(columns)], legend=False)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
     ax.set_ylim(0, 1)
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("accuracy")
     ax.set_title(title)
     figure.tight_layout()
     if save:

@@ -79,3 +79,22 @@ def spec_lines(preset: Preset) -> str:
         if run.reported:
             lines.append("    reported: " + ", ".join(f"{k} {v:g}" for k, v in run.reported.items()))
     return "\n".join(lines)
+
+
+def course_notes(preset: Preset, keys=None) -> str:
+    """What a notebook says under its preset table: the course and its report, what this run's
+    scaling changed and why, where the preset departs from the report, and what the report
+    leaves open. All of it from the preset (``keys``: only those runs' departures)."""
+    lines = [f"**{preset.course}**, from its report `../shared/courses/{report_of(preset.name).file}`. "
+             f"Split: {split_text(preset)}."]
+    if preset.scaling:
+        lines.append("**This run is not at course settings:** " + "; ".join(preset.scaling) + ".")
+    else:
+        lines.append("**This run is at course settings.**")
+    chosen = [r for r in preset.runs if keys is None or r.key in keys]
+    departs = [line for line in differences(preset) if line.split(":")[0] in {r.key for r in chosen}]
+    if departs:
+        lines.append("**Where the preset departs from the report:** " + " ".join(f"{d}." for d in departs))
+    if preset.assumed:
+        lines.append(f"**Not in the report** (our choice): {preset.assumed}")
+    return "\n\n".join(lines)
