@@ -4,9 +4,11 @@ Each notebook executes in a fresh kernel with the working directory set to ``not
 so it behaves exactly as when a student opens it. Executed copies (with outputs) go to an
 output folder; the committed notebooks stay output-free.
 
-Smoke mode (``--smoke`` or ``CXR_SMOKE=1``) is injected here, as papermill parameters
-(:func:`smoke_parameters`): the notebooks carry the course's settings in their parameters
-cell and nothing else, so a student opening one in Jupyter gets the course as taught.
+Smoke mode (``--smoke`` or ``CXR_SMOKE=1``) has its values here and nowhere else
+(:func:`smoke_parameters`): the runner injects them as papermill parameters, and the last line
+of each notebook's parameters cell (:func:`cxrlib.course.setup.apply_smoke`) applies them when
+``CXR_SMOKE=1`` in a kernel the runner did not start (nbval). A student opening a notebook in
+Jupyter gets the course as taught.
 """
 
 from __future__ import annotations
