@@ -104,3 +104,37 @@ def test_from_scratch_on_real_radiographs_beats_chance(covid_sample: Path, tmp_p
     test = read_record(run)["test"]
     assert test["n"] >= 60
     assert test["accuracy"] >= 0.6 and test["ci"]["accuracy"][0] > 1 / 3  # chance is 1/3
+
+
+def test_train_flags_map_onto_the_spec_in_one_place() -> None:
+    """Every flag of TRAIN_FLAGS sets its field; a flag not given keeps the spec's value; a
+    preset run is the starting point with --preset/--run."""
+    from cxrlib.apps.cli import TRAIN_FLAGS, build_parser, spec_from_args
+    from cxrlib.course.presets import get_preset
+    from cxrlib.spec import flat_items, variant_spec
+
+    def spec_of(*flags: str):
+        return spec_from_args(build_parser().parse_args(["train", "--data", "d", "--out", "o", *flags]))
+
+    plain = spec_of("--backbone", "densenet121", "--variant", "v3")
+    assert plain == variant_spec("densenet121", "v3")   # the library's v3, documented as such
+    course = spec_of("--preset", "radiography", "--run", "v3")
+    want = get_preset("radiography").run("v3").spec
+    assert (course.learning_rate, course.epochs, course.normalization) == \
+        (want.learning_rate, want.epochs, "featurewise")
+    tuned = spec_of("--preset", "radiography", "--run", "v2", "--zoom", "0.9,1.1", "--val", "0.2",
+                    "--head-norm", "yes", "--early-stopping", "3", "--equalize", "none")
+    items = flat_items(tuned)
+    assert items["augment.zoom"] == [0.9, 1.1] and items["split.val"] == 0.2
+    assert items["head_norm"] is True and items["early_stopping"] == 3
+    assert items["augment.brightness"] == [0.8, 1.25]   # not given: the preset's
+    assert set(field for field, _ in TRAIN_FLAGS.values()) <= set(items)   # every flag names a field
+    with pytest.raises(ValueError, match="--run"):
+        spec_of("--preset", "radiography")
+
+
+def test_presets_command_prints_every_runs_full_spec(capsys) -> None:
+    assert main(["presets", "siim"]) == 0
+    out = capsys.readouterr().out
+    assert "phase3-finetune-competition  (starts from phase1-frozen-union)" in out
+    assert "augment.shear = 0.05" in out and "learning_rate = 0.2" in out

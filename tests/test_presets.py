@@ -197,3 +197,16 @@ def test_every_preset_in_smoke_mode(name: str, tmp_path, monkeypatch) -> None:
     reported = {n for run in preset.runs for n in run.reported}
     for number in reported - {"epochs_run"}:   # every kind of number the report gives, ours beside it
         assert f"course: {number.replace('_', ' ')}" in table and f"ours: {number.replace('_', ' ')}" in table
+
+
+def test_the_3class_cnn_is_the_reports_network() -> None:
+    """The report's figure: 1,583,011 parameters at 256×256×1 with three classes, two Dropouts."""
+    import keras
+
+    from cxrlib.models.build import build_model
+
+    spec = get_preset("kermany-3class").run("cnn").spec
+    model = build_model(spec.backbone, spec.variant, 3, spec.image_size, None, channels=spec.channels,
+                        head=spec.head)
+    assert model.count_params() == REPORTS["kermany-3class"].findings["parameters"].value
+    assert sum(isinstance(layer, keras.layers.Dropout) for layer in model.layers) == 2

@@ -133,7 +133,8 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
                                  stage2, batch_size)
                 for k, i in enumerate(good):
                     results[i] = {"probs": probs[k], "predicted": classes[int(predicted[k])],
-                                  "heat": heat[k], "image": images[i], **second.get(k, {})}
+                                  "heat": heat[k], "image": images[i], "path": chunk[i],
+                                  **second.get(k, {})}
             for i, path in enumerate(chunk):
                 relative = path.relative_to(root)
                 row: dict[str, Any] = {"file": relative.as_posix()}
@@ -198,6 +199,18 @@ def _figure_row(result: dict[str, Any], classes: Sequence[str], stage2, figure: 
         return {"error": message}
 
 
+def _original(path: Path) -> np.ndarray | None:
+    """The film as read (8-bit grey, before the crop and the resize), for the figure's first
+    panel; None when it can no longer be read (the figure then shows the model's input)."""
+    from cxrlib.data.images import ImageReadError, read_image
+
+    try:
+        return read_image(str(path))
+    except (ImageReadError, OSError) as error:
+        log.warning("Showing the model's input for %s: the original could not be read (%s).", path, error)
+        return None
+
+
 def _row(result: dict[str, Any], classes: Sequence[str], stage2, figure: Path,
          relative: Path) -> dict[str, Any]:
     """One summary row for a readable image; draws and saves its figure."""
@@ -210,7 +223,7 @@ def _row(result: dict[str, Any], classes: Sequence[str], stage2, figure: Path,
         row["stage2_predicted"] = result["stage2_predicted"]
         row.update({f"p2_{c}": float(p) for c, p in zip(result["stage2_classes"], result["stage2_probs"])})
         title += f" → {result['stage2_predicted']} ({result['stage2_probs'].max():.0%})"
-    explain.plot_overlay(result["image"], result["heat"], title=title,
+    explain.plot_overlay(result["image"], result["heat"], title=title, original=_original(result["path"]),
                          probabilities={c: float(p) for c, p in zip(classes, probs)}, save=figure)
     row["figure"] = figure.name
     return row

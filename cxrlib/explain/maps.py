@@ -512,8 +512,12 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4, cmap: str =
 
 def plot_overlay(image: np.ndarray, heat: np.ndarray, title: str = "",
                  probabilities: dict[str, float] | None = None, alpha: float = 0.4,
-                 cmap: str = "jet", save: str | os.PathLike | None = None) -> Figure:
-    """The radiograph, the heat map over it (with a colour bar) and the class probabilities."""
+                 cmap: str = "jet", save: str | os.PathLike | None = None,
+                 original: np.ndarray | None = None) -> Figure:
+    """The radiograph, the heat map over it (with a colour bar) and the class probabilities.
+
+    ``original`` (the film as read, before the crop and the resize) is shown in the first panel
+    instead of the model's input, as the pneumonia course's diagnosis script did."""
     from cxrlib.plots import finish_figure, new_figure
 
     gray = np.asarray(image)
@@ -523,8 +527,10 @@ def plot_overlay(image: np.ndarray, heat: np.ndarray, title: str = "",
     panels = 3 if probabilities else 2
     figure = new_figure(3.6 * panels + 0.6, 3.9)
     axes = np.atleast_1d(figure.subplots(1, panels, width_ratios=[1, 1.12, 1.1][:panels]))
-    axes[0].imshow(gray, cmap="gray", vmin=0, vmax=255)
-    axes[0].set_title("radiograph (as the model saw it)", fontsize="small")
+    first = gray if original is None else np.asarray(original)
+    axes[0].imshow(first[..., 0] if first.ndim == 3 else first, cmap="gray", vmin=0, vmax=255)
+    axes[0].set_title("radiograph (as the model saw it)" if original is None else "the original film",
+                      fontsize="small")
     axes[1].imshow(gray, cmap="gray", vmin=0, vmax=255)
     shown = axes[1].imshow(heat, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
     axes[1].set_title("heat map", fontsize="small")

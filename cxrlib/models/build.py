@@ -172,18 +172,21 @@ def scratch_features(inputs, seed: int = 0):
     return x
 
 
-def flat_cnn(inputs, n_classes: int, binary: bool, seed: int = 0):
-    """The 3-class Kermany course's CNN: Conv 16…256 (valid padding) with pooling, then
-    Flatten and Dense 128-64-32-16 (1,583,011 parameters at 256×256×1 and three classes)."""
+def flat_cnn(inputs, n_classes: int, binary: bool, seed: int = 0, dropout: float = 0.5):
+    """The 3-class Kermany course's CNN: Conv 16…256 (valid padding) with pooling, Dropout,
+    then Flatten, Dense 128-64-32-16, Dropout and the output (1,583,011 parameters at 256×256×1
+    and three classes; its report lists the two Dropout layers without their rate)."""
     x = inputs
     for block, filters in enumerate((16, 32, 64, 128, 256), start=1):
         x = keras.layers.Conv2D(filters, 3, activation="relu",
                                 kernel_initializer=keras.initializers.GlorotUniform(seed + block),
                                 name=f"scratch_conv{block}")(x)
         x = keras.layers.MaxPooling2D(name=f"scratch_pool{block}")(x)
+    x = keras.layers.Dropout(dropout, seed=seed, name=HEAD_PREFIX + "dropout_conv")(x)
     x = keras.layers.Flatten(name=HEAD_PREFIX + "flatten")(x)
     for units in (128, 64, 32, 16):
         x = keras.layers.Dense(units, activation="relu", name=f"{HEAD_PREFIX}dense{units}")(x)
+    x = keras.layers.Dropout(dropout, seed=seed + 1, name=HEAD_PREFIX + "dropout")(x)
     return _output(x, n_classes, binary)
 
 
