@@ -15,18 +15,17 @@ import keras
 import numpy as np
 import pytest
 
-from cxrlib.spec import variant_spec
 from cxrlib.data.datasets import load_manifest
 from cxrlib.data.splits import split_manifest
-from cxrlib.data.synthetic import (SOURCE_LABELS, SOURCE_PREVALENCE, generate_synthetic,
-                                   source_task_arrays)
-from cxrlib.runs import pretrain
+from cxrlib.data.synthetic import SOURCE_LABELS, SOURCE_PREVALENCE, generate_synthetic, source_task_arrays
 from cxrlib.models.backbones import get_backbone, resolve_weights
-from cxrlib.runs.pretrain import weights_source
 from cxrlib.models.build import HEAD_NORM, build_model
+from cxrlib.runs import pretrain
+from cxrlib.runs import train as training
 from cxrlib.runs.evaluate import per_film_correct
 from cxrlib.runs.metrics import paired_accuracy_gain
-from cxrlib.runs import train as training
+from cxrlib.runs.pretrain import weights_source
+from cxrlib.spec import variant_spec
 
 
 def tiny_model() -> keras.Model:
@@ -86,8 +85,8 @@ def test_inception_layers_named_by_a_global_counter_still_load(tmp_path, monkeyp
 
 
 def test_imagenet_file_in_cxr_weights_dir_loads_offline(tmp_path, monkeypatch) -> None:
-    from keras.src.legacy.saving import legacy_h5_format
     import h5py
+    from keras.src.legacy.saving import legacy_h5_format
 
     entry = get_backbone("densenet121")
     source = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(32, 32, 3))

@@ -226,8 +226,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from cxrlib.course.setup import COURSE_BACKBONES
     from cxrlib.models.backbones import get_backbone
-    from cxrlib.runs.pretrain import (PRETRAIN_BATCH, check_settings, describe, ensure_pretrained,
-                                      is_standard)
+    from cxrlib.runs.pretrain import PRETRAIN_BATCH, check_settings, describe, ensure_pretrained, is_standard
 
     if args.cache:
         os.environ["CXR_PRETRAINED_DIR"] = args.cache   # so that later look-ups find them too

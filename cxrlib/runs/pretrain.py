@@ -51,7 +51,7 @@ import numpy as np
 
 from cxrlib.errors import InputError, UserError
 from cxrlib.files import replacing, sha256_file, write_atomic, write_json_atomic
-from cxrlib.models.backbones import (SCRATCH, SYNTHETIC, default_size, get_backbone, resolve_weights)
+from cxrlib.models.backbones import SCRATCH, SYNTHETIC, default_size, get_backbone, resolve_weights
 from cxrlib.text import one_line
 
 log = logging.getLogger(__name__)

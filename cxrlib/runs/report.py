@@ -138,12 +138,12 @@ def _record_file(record: dict) -> Path:
     return Path(str(record.get("_dir", "?"))) / "record.json"
 
 
-def _usable(record: dict, what: str, check: Callable[[], Any]) -> Any:
-    """``check()``: a section of ``record`` ready to draw, or None when it has none. A section
-    that is not what the report needs (``check`` raises ValueError) is left out, with a warning
-    naming the record's file and why; the rest of the report is still written."""
+def _usable(record: dict, what: str, check: Callable[..., Any], *args: Any) -> Any:
+    """``check(*args)``: a section of ``record`` ready to draw, or None when it has none. A
+    section that is not what the report needs (``check`` raises ValueError) is left out, with a
+    warning naming the record's file and why; the rest of the report is still written."""
     try:
-        return check()
+        return check(*args)
     except ValueError as error:
         log.warning("%s: %s left out of the report (%s).", _record_file(record), what, error)
         return None
@@ -257,8 +257,7 @@ def _comparison_figure(records: list[dict], table: pd.DataFrame, path: Path) -> 
     ci = {}
     if metric == "Test Accuracy":
         for label, record in zip(table["Model"], records):
-            interval = _usable(record, "its accuracy interval",
-                               lambda: _accuracy_interval(_test(record)))
+            interval = _usable(record, "its accuracy interval", _accuracy_interval, _test(record))
             if interval:
                 ci[label] = interval
     n_classes = {len(record["dataset"]["classes"]) for record in records if "dataset" in record}
@@ -277,16 +276,16 @@ def _run_figures(record: dict, name: str, stem: str, figures: Path) -> list[Path
     test = _test(record)
     if not (test.get("confusion_matrix") or test.get("roc")):
         return written
-    classes = _usable(record, "its test figures", lambda: _classes(record))
+    classes = _usable(record, "its test figures", _classes, record)
     if not classes:
         return written
-    matrix = _usable(record, "its confusion matrix", lambda: _confusion(test, classes))
+    matrix = _usable(record, "its confusion matrix", _confusion, test, classes)
     if matrix:
         figure = plots.plot_confusion(matrix, classes, title=f"{name}: test set")
         written.append(plots.save_figure(figure, figures / f"{stem}_confusion.png"))
-    curve = _usable(record, "its ROC curve", lambda: _roc(test, classes))
+    curve = _usable(record, "its ROC curve", _roc, test, classes)
     if curve:
-        point = _usable(record, "its ROC operating point", lambda: _operating_point(test))
+        point = _usable(record, "its ROC operating point", _operating_point, test)
         figure = plots.plot_roc({classes[1]: curve}, operating_point=point, title=f"{name}: test ROC")
         written.append(plots.save_figure(figure, figures / f"{stem}_roc.png"))
     return written
