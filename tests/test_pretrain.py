@@ -582,3 +582,12 @@ def test_too_little_free_space_is_refused_before_pretraining(cache, victim, monk
     assert code == 2
     assert_one_line_error(err, f"Not enough space in {cache}", "2 MB free", "--cache")
     assert cache_files(cache) == [] and tree_hash(victim) == before
+
+
+def test_a_given_weights_file_records_its_json_only_when_the_json_describes_it(tmp_path, caplog) -> None:
+    path = pretrain.save_entry(tiny_model(), tmp_path / "mine.weights.h5", {"note": "mine"})
+    info = str(pretrain.info_path(path))
+    assert weights_source("vgg16", str(path)) == {"file": str(path), "info": info}
+    _truncate(path)   # the JSON now describes another file: the run record must not cite it
+    assert weights_source("vgg16", str(path)) == {"file": str(path), "info": None}
+    assert "truncated" in caplog.text and info in caplog.text

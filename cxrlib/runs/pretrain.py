@@ -577,8 +577,7 @@ def weights_source(name: str, weights: str | None, image_size: int | None = None
     if resolved is None or resolved == "imagenet":
         return {"file": None, "info": None}
     info = info_path(resolved)
-    if info.is_file() and entry_problem(resolved, {}) is not None:
-        log.warning("%s does not describe %s (%s): not recorded.", info, resolved,
-                    entry_problem(resolved, {}))
-        return {"file": resolved, "info": None}
-    return {"file": resolved, "info": str(info) if info.is_file() else None}
+    problem = entry_problem(resolved, {}) if info.is_file() else "it has no JSON"
+    if info.is_file() and problem:
+        log.warning("%s does not describe %s (%s): not recorded.", info, resolved, problem)
+    return {"file": resolved, "info": None if problem else str(info)}
