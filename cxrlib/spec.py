@@ -21,6 +21,8 @@ print specs without importing TensorFlow.
 
 from __future__ import annotations
 
+from cxrlib.errors import InputError
+
 import math
 from typing import Any, Literal
 
@@ -163,7 +165,7 @@ def make_spec(**settings: Any) -> RunSpec:
     try:
         return RunSpec.model_validate(settings)
     except ValidationError as error:
-        raise ValueError("Invalid run settings: " + "; ".join(spec_problems(error))) from None
+        raise InputError("Invalid run settings: " + "; ".join(spec_problems(error))) from None
 
 
 def updated(spec: RunSpec, changes: dict[str, Any]) -> RunSpec:
@@ -176,7 +178,7 @@ def updated(spec: RunSpec, changes: dict[str, Any]) -> RunSpec:
         for parent in parents:
             target = target[parent]
         if leaf not in target:
-            raise ValueError(f"Unknown run setting {key!r}.")
+            raise InputError(f"Unknown run setting {key!r}.")
         target[leaf] = value
     return make_spec(**data)
 

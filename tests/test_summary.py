@@ -19,7 +19,7 @@ def _record(run: str, backbone: str, variant: str, accuracy: float | None, prese
         "accuracy": accuracy, "n": n_test, "ci": {"accuracy": [accuracy - 0.1, accuracy + 0.05]}}
     return {"name": f"{backbone}-{variant}", "dataset": dataset, "test": test,
             "model": {"backbone": backbone, "variant": variant, "weights": "synthetic", "image_size": image_size},
-            "hyperparameters": {"epochs": 10}, "training": {"epochs_run": 10, "wall_time_s": 5.0}}
+            "spec": {"epochs": 10}, "training": {"epochs_run": 10, "wall_time_s": 5.0}}
 
 
 def lesson(v0=0.35, v1=0.93, v3=0.95, frozen=(0.9, 0.78, 0.85, 0.83, 0.91), **options) -> list[dict]:

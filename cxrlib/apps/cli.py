@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from cxrlib.errors import UserError
+from cxrlib.errors import InputError, UserError
 from cxrlib.text import one_line
 
 log = logging.getLogger("cxrlib")
@@ -179,19 +179,19 @@ def spec_from_args(args: argparse.Namespace) -> "RunSpec":  # noqa: F821
         from cxrlib.course.presets import get_preset, run_spec
 
         if not args.run:
-            raise ValueError("--preset needs --run KEY; `cxr presets` lists each preset's runs.")
+            raise InputError("--preset needs --run KEY; `cxr presets` lists each preset's runs.")
         preset = get_preset(args.preset)
         try:
             spec = run_spec(preset, args.run, {k: "" for k in preset.keys()})
         except KeyError as error:
-            raise ValueError(str(error).strip('"')) from None
+            raise InputError(str(error).strip('"')) from None
         spec = spec.model_copy(update={"init_from": None})  # a path: give it with --init-from
         if args.backbone or args.variant:
             spec = updated(spec, {k: v for k, v in (("backbone", args.backbone),
                                                     ("variant", args.variant)) if v})
     else:
         if not (args.backbone and args.variant):
-            raise ValueError("give --backbone and --variant, or --preset NAME --run KEY.")
+            raise InputError("give --backbone and --variant, or --preset NAME --run KEY.")
         spec = variant_spec(args.backbone, args.variant)
     given = {field: getattr(args, _dest(flag)) for flag, (field, _) in TRAIN_FLAGS.items()
              if getattr(args, _dest(flag)) is not _UNSET}
@@ -518,23 +518,7 @@ def _check_out(args: argparse.Namespace) -> None:
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError,
     argparse.ArgumentError, argparse.ArgumentTypeError)
-#: Modules whose user-fixable problems are still plain ValueErrors (they are being reshaped):
-#: a ValueError that their own code raises counts as a user error until they raise UserError.
-#: A ValueError raised anywhere else (numpy, pandas, Keras) is an internal error.
-UNCONVERTED_MODULES: frozenset[str] = frozenset(
-    {"cxrlib.apps.cli", "cxrlib.runs.train", "cxrlib.runs.records", "cxrlib.spec",
-     "cxrlib.course.presets", "cxrlib.models.variants", "cxrlib.models.build"})
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def _raised_in(error: BaseException) -> str:
-    """The name of the module whose code raised ``error`` (the innermost traceback frame)."""
-    tb = error.__traceback__
-    if tb is None:
-        return ""
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return str(tb.tb_frame.f_globals.get("__name__", ""))
 
 
 def user_error_message(error: BaseException, args: argparse.Namespace) -> str | None:
@@ -543,8 +527,7 @@ def user_error_message(error: BaseException, args: argparse.Namespace) -> str | 
         where = Path(error.filename).parent if error.filename else getattr(args, "out", None)
         return (f"the disk is full: cannot write in {where or 'the output folder'}; free some "
                 "space there, or give an output folder on another disk.")
-    if isinstance(error, USER_ERRORS) or (
-            isinstance(error, ValueError) and _raised_in(error) in UNCONVERTED_MODULES):
+    if isinstance(error, USER_ERRORS):
         return one_line(error)
     return None
 

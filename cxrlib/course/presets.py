@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from cxrlib.errors import InputError
 from cxrlib.course.reports import report_of, results_of
 from cxrlib.spec import NO_AUGMENT, Augment, RunSpec, Split, flat_items, make_spec, scaled_spec
 
@@ -137,7 +138,7 @@ _KERMANY_TRANSFER_AUGMENT = Augment(flip=True, zoom=(0.8, 1.2), rotation=10.0)
 def _kermany_transfer_runs() -> tuple[Run, ...]:
     common = dict(COURSE_FAITHFUL, optimizer="rmsprop", learning_rate=1e-3, binary=True,
                   class_weight=True, image_size=224, augment=_KERMANY_TRANSFER_AUGMENT,
-                  split=Split(val=0.2, official_test=True, test=0.0))
+                  split=Split(val=0.2, official_test=True, test=0.2))
     return _runs("kermany-transfer", common, [
         ("cnn", dict(backbone="scratch", variant="scratch", weights=None, epochs=12), {}),
         ("inceptionv3", dict(backbone="inceptionv3", variant="frozen", epochs=35), {}),
@@ -183,7 +184,7 @@ def _two_stage_runs() -> tuple[Run, ...]:
     common = dict(COURSE_FAITHFUL, backbone="vgg16", variant="frozen", head="vgg", channels=1,
                   image_size=224, crop=True, augment=_TWO_STAGE_AUGMENT, class_weight=True,
                   optimizer="adam", learning_rate=1e-3, epochs=20,
-                  split=Split(val=0.15, official_test=True, test=0.0))
+                  split=Split(val=0.15, official_test=True, test=0.2))
     sigmoid = {"binary": "one sigmoid unit instead of the report's two outputs: the same "
                          "classifier for two classes, and the ROC operating points read one probability"}
     return _runs("pneumonia-two-stage", common, [
@@ -252,7 +253,7 @@ NOTEBOOK_PRESETS: dict[str, tuple[str, ...]] = {
 def get_preset(name: str) -> Preset:
     """The preset called ``name``, or a ValueError listing them."""
     if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+        raise InputError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
     return PRESETS[name]
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.csv"
+KEEP = object()   # preset_run: keep the spec's weights
 SETTINGS_FILE = "split.json"
 
 
@@ -103,19 +104,20 @@ def course_split(data: str | os.PathLike, results: str | os.PathLike,
 
 
 def preset_run(manifest: pd.DataFrame, classes: Sequence[str], preset: "Preset", key: str,
-               results: str | os.PathLike, weights: str | None = None, seed: int | None = None,
+               results: str | os.PathLike, weights: Any = KEEP, seed: int | None = None,
                **options: Any) -> tuple[dict, str]:
     """:func:`train_or_reuse` of the preset's run ``key``, in the shared results directory
     (``RESULTS/<backbone>-<variant>``, so ``03``, ``04`` and ``05`` share their runs).
 
-    ``weights`` and ``seed``, when given, replace the spec's (a scratch CNN keeps none)."""
+    ``weights`` (None included: random weights) and ``seed``, when given, replace the spec's
+    (a scratch CNN keeps none)."""
     from cxrlib.course.presets import run_info, run_spec
     from cxrlib.runs.train import run_dir
 
     dirs = {r.key: run_dir(results, r.backbone, r.variant) for r in preset.runs}
     spec = run_spec(preset, key, dirs)
     changes = {"seed": seed} if seed is not None else {}
-    if weights is not None and spec.backbone != "scratch":
+    if weights is not KEEP and spec.backbone != "scratch":
         changes["weights"] = weights
     spec = spec.model_copy(update=changes)
     return train_or_reuse(manifest, classes, spec, dirs[key], dataset_info=run_info(preset, key),

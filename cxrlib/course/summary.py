@@ -168,7 +168,7 @@ def trained_on(records: Sequence[Mapping]) -> str:
     films = _span([sum(_dataset(r).get(k, 0) or 0 for k in ("n_train", "n_val", "n_test")) for r in records],
                   " films")
     size = _span([(r.get("model") or {}).get("image_size") for r in records], " px")
-    trained = [(r.get("hyperparameters") or {}).get("epochs", (r.get("training") or {}).get("epochs_run"))
+    trained = [(r.get("spec") or {}).get("epochs", (r.get("training") or {}).get("epochs_run"))
                for r in records]   # V0 is not trained: its 0 epochs say nothing of the others
     epochs = _span([e for e in trained if e], " epoch" if {e for e in trained if e} == {1} else " epochs")
     weights = sorted({str((r.get("model") or {}).get("weights")).lower() for r in records})

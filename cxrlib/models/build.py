@@ -36,6 +36,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
+from cxrlib.errors import InputError
 from cxrlib.models.backbones import (SCRATCH, WeightsUnavailableError, application, default_size,
                                      get_backbone, min_input_size, missing_weights_message,
                                      resolve_weights)
@@ -117,7 +118,7 @@ def _application(backbone: str, weights: str | None, input_tensor=None, input_sh
                                       or isinstance(error, OSError)):
             raise WeightsUnavailableError(missing_weights_message(backbone)) from error
         if weights not in (None, "imagenet"):
-            raise ValueError(f"Cannot load the weights file {weights} into {backbone} "
+            raise InputError(f"Cannot load the weights file {weights} into {backbone} "
                              f"({type(error).__name__}: {one_line(error, 160, first_line=True)}); give a Keras .h5 "
                              f"weights file saved from {backbone} without its top, or "
                              "--weights imagenet / none.") from error
@@ -209,17 +210,17 @@ def build_model(backbone: str, variant: str, n_classes: int, image_size: int | N
     in inference mode.
     """
     if head not in HEADS or (head == "flat" and backbone != SCRATCH) or (head == "vgg" and backbone != "vgg16"):
-        raise ValueError(f"Unknown head {head!r} for {backbone}; choose one of {', '.join(HEADS)} "
+        raise InputError(f"Unknown head {head!r} for {backbone}; choose one of {', '.join(HEADS)} "
                          "('flat' with the scratch backbone only, 'vgg' with vgg16 only).")
     if (backbone == SCRATCH) != (get_variant(variant).head == "scratch"):
-        raise ValueError("The 'scratch' backbone goes with the 'scratch' variant and only with it.")
+        raise InputError("The 'scratch' backbone goes with the 'scratch' variant and only with it.")
     if binary and n_classes != 2:
-        raise ValueError(f"binary=True needs two classes, not {n_classes}.")
+        raise InputError(f"binary=True needs two classes, not {n_classes}.")
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, not {channels}.")
+        raise InputError(f"channels must be 1 or 3, not {channels}.")
     image_size = image_size or default_size(backbone)
     if image_size < min_input_size(backbone):
-        raise ValueError(f"{backbone} needs images of at least {min_input_size(backbone)} px, "
+        raise InputError(f"{backbone} needs images of at least {min_input_size(backbone)} px, "
                          f"not {image_size}; use a larger --image-size.")
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size, channels), name="image")
@@ -347,7 +348,7 @@ def make_optimizer(name: str = "sgd", learning_rate: float = 0.01, decay: float 
              "rmsprop": keras.optimizers.RMSprop}
     if name in kinds:
         return kinds[name](learning_rate=schedule, clipnorm=clipnorm)
-    raise ValueError(f"Unknown optimizer {name!r}; choose sgd, adam, nadam or rmsprop.")
+    raise InputError(f"Unknown optimizer {name!r}; choose sgd, adam, nadam or rmsprop.")
 
 
 def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer,
@@ -370,12 +371,12 @@ def load_model(path: str) -> keras.Model:
     if not Path(path).is_file():
         raise FileNotFoundError(f"No model file at {path}.")
     if str(path).endswith(".keras") and not zipfile.is_zipfile(path):
-        raise ValueError(f"The model file {path} is truncated or corrupt (not a complete .keras "
+        raise InputError(f"The model file {path} is truncated or corrupt (not a complete .keras "
                          "archive); train the run again or restore the file.")
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as error:
-        raise ValueError(f"Cannot load the model {path}: {type(error).__name__}: "
+        raise InputError(f"Cannot load the model {path}: {type(error).__name__}: "
                          f"{one_line(error, 160, first_line=True)}. The file is truncated, corrupt, or not a model "
                          "saved by cxrlib; train the run again or point to its model.keras.") from error
 

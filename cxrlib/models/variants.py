@@ -15,6 +15,8 @@ They are not any course's recipe: a course's settings are its preset
 
 from __future__ import annotations
 
+from cxrlib.errors import InputError
+
 from dataclasses import dataclass
 
 
@@ -56,5 +58,5 @@ def get_variant(name: str) -> Variant:
     """The registry entry for ``name`` (aliases resolved), or a ValueError listing the choices."""
     key = ALIASES.get(name, name)
     if key not in VARIANTS:
-        raise ValueError(f"Unknown variant {name!r}; choose one of {', '.join(VARIANT_NAMES)}.")
+        raise InputError(f"Unknown variant {name!r}; choose one of {', '.join(VARIANT_NAMES)}.")
     return VARIANTS[key]

@@ -40,6 +40,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cxrlib.errors import InputError
 from cxrlib.files import jsonable, write_json_atomic
 from cxrlib.spec import RunSpec
 
@@ -225,12 +226,12 @@ def read_record(path_or_run_dir: str | os.PathLike) -> dict:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+        raise InputError(f"{path} is not valid JSON: {error}") from error
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not a UTF-8 text file: {error}") from error
+        raise InputError(f"{path} is not a UTF-8 text file: {error}") from error
     problems = validate_record(record)
     if problems:
-        raise ValueError(f"{path} is not a valid run record:\n- " + "\n- ".join(problems))
+        raise InputError(f"{path} is not a valid run record:\n- " + "\n- ".join(problems))
     return record
 
 

@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from cxrlib.errors import InputError
 from cxrlib.environment import environment_info
 from cxrlib.models.backbones import SCRATCH, default_size, min_input_size
 from cxrlib.models.variants import get_variant
@@ -53,7 +54,7 @@ LOCK_FILE = ".lock"
 ARTIFACTS = ("model.keras", "history.csv", "split.csv", "features.npz", "tensorboard")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(InputError):
     """A run folder that cannot be used as asked: a file, locked, or an interrupted other run."""
 
 
@@ -148,7 +149,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
     image_size = default_size(backbone) if spec.image_size is None else spec.image_size
     epochs = 0 if recipe.training == "none" else spec.epochs
     if backbone == SCRATCH and spec.weights is not None:
-        raise ValueError("The from-scratch CNN has no pretrained weights; drop --weights "
+        raise InputError("The from-scratch CNN has no pretrained weights; drop --weights "
                          "or give --weights none.")
     train_df, val_df, test_df = (subset(manifest, s) for s in ("train", "val", "test"))
     check_arguments(spec, classes, train_df, out, image_size=image_size, epochs=epochs)
@@ -175,6 +176,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
     label_mode = "binary" if spec.binary else "categorical"
     skipped: list = []
     keras.utils.set_random_seed(spec.seed)
+    policy = keras.mixed_precision.global_policy()   # restored afterwards, whatever it was
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -250,8 +252,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
             records.write_record(work, record)
             _publish(work, out)
     finally:
-        if mixed_precision:
-            keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy(policy)
     return record
 
 
@@ -261,21 +262,21 @@ def check_arguments(spec: RunSpec, classes: Sequence[str], train_df: pd.DataFram
     (The settings' own ranges, such as a batch size of at least 1, are :class:`RunSpec`'s.)"""
     backbone = spec.backbone
     if image_size < min_input_size(backbone, spec.head):
-        raise ValueError(f"{backbone} needs images of at least {min_input_size(backbone, spec.head)} px, "
+        raise InputError(f"{backbone} needs images of at least {min_input_size(backbone, spec.head)} px, "
                          f"not {image_size}; use a larger --image-size.")
     if epochs < 1 and get_variant(spec.variant).training != "none":
-        raise ValueError(f"epochs must be at least 1, not {epochs} (for an untrained baseline "
+        raise InputError(f"epochs must be at least 1, not {epochs} (for an untrained baseline "
                          "use --variant v0).")
     if len(classes) < 2:
-        raise ValueError(f"A classifier needs at least two classes; the data has {list(classes)}. "
+        raise InputError(f"A classifier needs at least two classes; the data has {list(classes)}. "
                          "Add a folder per class.")
     if spec.binary and len(classes) != 2:
-        raise ValueError(f"--binary needs exactly two classes, not {len(classes)}; pick two with --classes.")
+        raise InputError(f"--binary needs exactly two classes, not {len(classes)}; pick two with --classes.")
     if train_df.empty:
-        raise ValueError("The manifest has no 'train' rows; split it with split_manifest first.")
+        raise InputError("The manifest has no 'train' rows; split it with split_manifest first.")
     missing = sorted(set(classes) - set(train_df["label"]))
     if missing:
-        raise ValueError(f"Classes {missing} have no training images; add images or leave them "
+        raise InputError(f"Classes {missing} have no training images; add images or leave them "
                          "out with --classes.")
     if spec.init_from and not Path(spec.init_from).is_file():
         raise FileNotFoundError(f"No model file at {spec.init_from} (--init-from).")
