@@ -30,7 +30,8 @@ RADIOGRAPHY_VERSIONS: dict[str, dict[str, int]] = {
 
 #: The library's changes to what the courses did, off in every preset; what a preset keeps on
 #: says why in its runs' ``differs``.
-COURSE_FAITHFUL: dict[str, Any] = {"head_norm": False, "keep_best": False, "clipnorm": None}
+COURSE_FAITHFUL: dict[str, Any] = {"normalization": "none", "head_norm": False, "keep_best": False,
+                                   "clipnorm": None}
 BN_REASON = ("kept in inference mode (the project's rule for fine-tuning, and Keras' advice): the "
              "course let BatchNormalization re-estimate its statistics on small batches")
 
@@ -218,7 +219,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         name="kermany-transfer", course="Kermany pneumonia (scratch CNN vs InceptionV3 vs ResNet50)",
         notebook="08", dataset="kermany", classes=("Normal", "Pneumonia"), image_size=224,
         runs=_kermany_transfer_runs(), findings=_findings("kermany-transfer"),
-        assumed="The augmentation's parameters (flip, zoom ±20 %, rotation ±10°: the common "
+        assumed="The input normalisation (none: the pixels as read), the augmentation's parameters (flip, zoom ±20 %, rotation ±10°: the common "
                 "ImageDataGenerator settings for this dataset), RMSprop's learning rate (Keras' "
                 "1e-3), the image size (224), frozen backbones, and the scratch CNN's layers (the "
                 "library's five-block CNN: the report shows them only in a figure) are not in the "
@@ -227,13 +228,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         name="pneumonia-two-stage", course="Pneumonia two-stage course (VGG16)", notebook="06",
         dataset="kermany", classes=("Normal", "Bacterial Pneumonia", "Viral Pneumonia"),
         image_size=224, runs=_two_stage_runs(), findings=_findings("pneumonia-two-stage"),
-        assumed="The optimiser (Adam 1e-3), the epochs (20) and the validation share (15 %) "
-                "are not in the report."),
+        assumed="The optimiser (Adam 1e-3), the epochs (20), the validation share (15 %) and "
+                "the input normalisation (none: the pixels as read) are not in the report."),
     Preset(
         name="siim", course="SIIM-FISABIO-RSNA (Xception)", notebook="07", dataset="siim",
         classes=("No Opacity", "Opacity"), image_size=224, runs=_siim_runs(),
         findings=_findings("siim"),
-        assumed="The image size (224), phase 2's optimiser and epochs (Nadam 1e-3, up to 100 "
+        assumed="The input normalisation (none: the pixels as read), the image size (224), phase 2's optimiser and epochs (Nadam 1e-3, up to 100 "
                 "with early stopping 10, as the other fine-tuning runs), and how the 20 % shares "
                 "were drawn (stratified here) are not in the report."),
     Preset(
@@ -241,7 +242,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         dataset="kermany", classes=("Normal", "Bacterial Pneumonia", "Viral Pneumonia"),
         image_size=256, runs=_kermany_3class_runs(), findings=_findings("kermany-3class"),
         assumed="The optimiser (Adam 1e-3), the epochs (20), the validation share (10 % of the "
-                "rest) and the two Dropout layers' rate (0.5) are not in the report."),
+                "rest), the input normalisation (none: the pixels as read) and the two Dropout "
+                "layers' rate (0.5) are not in the report."),
 ]}
 
 NOTEBOOK_PRESETS: dict[str, tuple[str, ...]] = {
