@@ -22,7 +22,7 @@ DEMO_DATA := -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 -p EPOCHS 10 -p WEIGHTS s
 # 03-05 fine-tune; 08 has no FINETUNE_LR (a parameter no notebook of a run defines is an error)
 DEMO_TUNE := $(DEMO_DATA) -p FINETUNE_LR 0.001
 
-.PHONY: install test test-fast nbval demo notebooks notebooks-smoke bench clean
+.PHONY: install lint test test-fast nbval demo notebooks notebooks-smoke bench clean
 
 # The library with the course's packages (Jupyter, papermill, nbval) and the tests' (pytest,
 # ruff): the extras [course] and [test] in pyproject.toml. `pip install .` alone is the library.
@@ -41,8 +41,12 @@ install: $(STAMP)
 # One pytest worker per core (pytest-xdist), each test module on one worker, so a module's
 # fixtures (the notebook series, the synthetic sets) are built once. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= auto
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
+
+# The linter (ruff: pyflakes, bugbear, import order; pyproject.toml), on the code and the notebooks.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # Unit tests only, without the slow ones: the inner loop while developing.
 test-fast: $(STAMP)

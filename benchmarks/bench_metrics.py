@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from cxrlib.runs.metrics import bootstrap_ci
 from cxrlib.environment import environment_info
 from cxrlib.files import write_json_atomic
+from cxrlib.runs.metrics import bootstrap_ci
 
 
 def predictions(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

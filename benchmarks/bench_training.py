@@ -30,13 +30,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cxrlib.data.datasets import load_manifest  # noqa: E402
-from cxrlib.models.build import build_model, classifier_head, compile_model, make_optimizer  # noqa: E402
 from cxrlib.data.pipeline import Prep, load_arrays, make_dataset  # noqa: E402
-from cxrlib.spec import NO_AUGMENT  # noqa: E402
+from cxrlib.data.synthetic import generate_synthetic  # noqa: E402
 from cxrlib.environment import environment_info  # noqa: E402
 from cxrlib.files import write_json_atomic  # noqa: E402
-from cxrlib.data.synthetic import generate_synthetic  # noqa: E402
+from cxrlib.models.build import build_model, classifier_head, compile_model, make_optimizer  # noqa: E402
 from cxrlib.runs.train import extract_features  # noqa: E402
+from cxrlib.spec import NO_AUGMENT  # noqa: E402
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 
@@ -86,7 +86,7 @@ def feature_cache(manifest, size: int, epochs: int, batch: int, rounds: int) -> 
     for _ in range(rounds):
         for name, run in runs.items():
             model = v1_model(size)
-            seconds[name].append(timed(lambda: run(model, manifest, prep, epochs, batch)))
+            seconds[name].append(timed(lambda run=run, model=model: run(model, manifest, prep, epochs, batch)))
     ratios = np.array(seconds["re_extracting"]) / np.array(seconds["cached"])
     return {"cached_s": float(np.median(seconds["cached"])),
             "re_extracting_s": float(np.median(seconds["re_extracting"])),
@@ -115,8 +115,8 @@ def pipeline_vs_memory(manifest, size: int, rounds: int, batch: int) -> dict:
     seconds = {"memory": [], "pipeline": []}
     for _ in range(rounds):
         for name, ds in (("memory", memory), ("pipeline", disk)):
-            seconds[name].append(timed(lambda: models[name].fit(ds, epochs=1, shuffle=False,
-                                                                verbose=0)))
+            seconds[name].append(timed(lambda name=name, ds=ds: models[name].fit(ds, epochs=1, shuffle=False,
+                                                                                  verbose=0)))
     ratios = np.array(seconds["memory"]) / np.array(seconds["pipeline"])
     return {"memory_img_s": len(manifest) / float(np.median(seconds["memory"])),
             "pipeline_img_s": len(manifest) / float(np.median(seconds["pipeline"])),

@@ -54,7 +54,6 @@ def v1_correct(manifest, weights: str | None, image_size: int, run: Path) -> np.
     """Train V1 exactly as the slow test does; return its per-film correctness on ``test``."""
     from cxrlib.runs import train as training
     from cxrlib.runs.evaluate import per_film_correct
-
     from cxrlib.spec import variant_spec
 
     spec = variant_spec("densenet121", "v1", weights=weights, image_size=image_size, epochs=30,

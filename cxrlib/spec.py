@@ -21,12 +21,12 @@ print specs without importing TensorFlow.
 
 from __future__ import annotations
 
-from cxrlib.errors import InputError
-
 import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cxrlib.errors import InputError
 
 OPTIMIZERS = ("sgd", "adam", "nadam", "rmsprop")
 HEADS = ("course", "linear", "batchnorm", "flat", "vgg")

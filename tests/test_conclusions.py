@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
-
-from cxrlib.course import conclusions as cc
 from test_heatmap_lessons import fake_result
 from test_progression import _record
+
+from cxrlib.course import conclusions as cc
 
 
 def test_render_drops_lines_without_values() -> None:

@@ -10,8 +10,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib.data.datasets import (DatasetError, canonical_class, detect_layout, download,
-                             kermany_patient_id, kermany_subtype, load_manifest, relabel)
+from cxrlib.data.datasets import (
+    DatasetError,
+    canonical_class,
+    detect_layout,
+    download,
+    kermany_patient_id,
+    kermany_subtype,
+    load_manifest,
+    relabel,
+)
 
 
 def _png(path: Path, value: int = 100, size: tuple[int, int] = (40, 32)) -> Path:

@@ -11,10 +11,11 @@ import pytest
 
 pytest.importorskip("tf_keras_vis")
 
-from cxrlib.spec import NO_AUGMENT, variant_spec
+from test_explain import TRAIN_CLASSES, trained_run  # noqa: E402  (the session's shared model)
+
 from cxrlib.apps.cli import main  # noqa: E402
 from cxrlib.apps.diagnose import find_images, is_pneumonia  # noqa: E402
-from test_explain import TRAIN_CLASSES, trained_run  # noqa: E402  (the session's shared model)
+from cxrlib.spec import NO_AUGMENT, variant_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Your input ran out of data")]
 

@@ -11,15 +11,31 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
+from cxrlib.course.eda import (
+    STAT_COLUMNS,
+    TEXT_FLAG,
+    augmentation_gallery,
+    augmented_copies,
+    border_text_score,
+    brightness_outliers,
+    class_summary,
+    crop_box_overlay,
+    duplicate_gallery,
+    duplicate_pairs,
+    equalization_figure,
+    image_features,
+    image_statistics,
+    images_by_class,
+    mask_overlay,
+    plot_statistic_by_class,
+    region_masks,
+    source_table,
+    text_like_pixels,
+    value_ranges,
+)
 from cxrlib.data.datasets import MANIFEST_COLUMNS
-from cxrlib.data.splits import sample_per_class
-from cxrlib.course.eda import (STAT_COLUMNS, TEXT_FLAG, augmentation_gallery, augmented_copies,
-                        border_text_score, brightness_outliers, class_summary,
-                        crop_box_overlay, duplicate_gallery, duplicate_pairs,
-                        equalization_figure, image_features, image_statistics, images_by_class,
-                        mask_overlay, plot_statistic_by_class, region_masks,
-                        source_table, text_like_pixels, value_ranges)
 from cxrlib.data.quality import check_manifest, thumbnail_similarity
+from cxrlib.data.splits import sample_per_class
 from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT
 
 

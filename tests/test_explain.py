@@ -21,11 +21,11 @@ pytest.importorskip("tf_keras_vis")
 # pytest resets warning filters per test; training on a filtered dataset warns harmlessly
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
-from cxrlib.spec import NO_AUGMENT, variant_spec
-from cxrlib.explain import maps as explain  # noqa: E402
 from cxrlib.course.shortcut import shortcut_experiment  # noqa: E402
 from cxrlib.data.pipeline import Prep, prepare_image  # noqa: E402
+from cxrlib.explain import maps as explain  # noqa: E402
 from cxrlib.runs.evaluate import predict  # noqa: E402
+from cxrlib.spec import NO_AUGMENT, variant_spec
 
 TRAIN_CLASSES = ["COVID", "Normal", "Bacterial Pneumonia"]
 FAST = {"smooth_samples": 3, "max_N": 4, "stride": 8, "patch": 12}

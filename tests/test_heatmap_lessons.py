@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 pytest.importorskip("tf_keras_vis")
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
-from cxrlib.course.shortcut import shortcut_experiment  # noqa: E402
 from cxrlib.course import heatmaps as hl  # noqa: E402
+from cxrlib.course.shortcut import shortcut_experiment  # noqa: E402
 from cxrlib.data.pipeline import Prep, model_inputs, read_prepared  # noqa: E402
 
 CLASSES = ["COVID", "Normal"]

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrlib.runs.metrics import (_weighted_auc, compute_metrics, roc_curves,
-                            threshold_for_sensitivity)
+from cxrlib.runs.metrics import _weighted_auc, compute_metrics, roc_curves, threshold_for_sensitivity
 
 CLASSES = ["A", "B", "C"]
 # rows = true, columns = predicted: A [2, 1, 1], B [1, 2, 0], C [0, 0, 3]

@@ -11,9 +11,16 @@ import pytest
 from PIL import Image
 
 from cxrlib.data.datasets import MANIFEST_COLUMNS, load_manifest
+from cxrlib.data.pipeline import (
+    Prep,
+    border_crop,
+    crop_reference_of,
+    equalize,
+    load_arrays,
+    make_dataset,
+    prepare_image,
+)
 from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT
-from cxrlib.data.pipeline import (Prep, border_crop, crop_reference_of, equalize,
-                             load_arrays, make_dataset, prepare_image)
 
 CLASSES = ["A", "B"]
 

@@ -14,8 +14,15 @@ import pytest
 from PIL import Image
 
 from cxrlib.data.images import plain_format
-from cxrlib.data.pipeline import (Prep, _prepare_robust, border_crop_box, prepare_files,
-                                  prepare_image, resize, resize_plan)
+from cxrlib.data.pipeline import (
+    Prep,
+    _prepare_robust,
+    border_crop_box,
+    prepare_files,
+    prepare_image,
+    resize,
+    resize_plan,
+)
 
 
 def _film(shape: tuple[int, int], seed: int = 0) -> np.ndarray:

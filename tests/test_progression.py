@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 
-from cxrlib.spec import variant_spec
 from cxrlib.course import progression
-from cxrlib.runs.records import SCHEMA, read_record, write_record
 from cxrlib.data.splits import save_split
 from cxrlib.data.synthetic import generate_synthetic
+from cxrlib.runs.records import SCHEMA, read_record, write_record
+from cxrlib.spec import variant_spec
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 

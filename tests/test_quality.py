@@ -11,8 +11,14 @@ import pytest
 from PIL import Image
 
 import cxrlib.data.quality as quality
-from cxrlib.data.quality import (check_manifest, format_check_report, hamming_pairs, perceptual_hash,
-                            thumbnail, thumbnail_similarity)
+from cxrlib.data.quality import (
+    check_manifest,
+    format_check_report,
+    hamming_pairs,
+    perceptual_hash,
+    thumbnail,
+    thumbnail_similarity,
+)
 
 
 def _smooth(seed: int, size: int = 64) -> np.ndarray:

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrlib.spec import NO_AUGMENT, RunSpec, make_spec, variant_spec
 from cxrlib.environment import environment_info
-from cxrlib.runs.records import (SCHEMA, RunRecord, find_records, read_record,
-                                 validate_record, write_record)
+from cxrlib.runs.records import SCHEMA, RunRecord, find_records, read_record, validate_record, write_record
+from cxrlib.spec import NO_AUGMENT, RunSpec, make_spec, variant_spec
 
 
 def make_record(name: str = "DN-V2", created: str = "2024-05-01T12:00:00+00:00",

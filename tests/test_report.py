@@ -11,12 +11,11 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from cxrlib.spec import variant_spec
 from cxrlib import plots
 from cxrlib.runs.metrics import compute_metrics, roc_curves
 from cxrlib.runs.records import SCHEMA, find_records, write_record
-from cxrlib.runs.report import (TABLE_COLUMNS, comparison_table, markdown_table, model_names,
-                           write_report)
+from cxrlib.runs.report import TABLE_COLUMNS, comparison_table, markdown_table, model_names, write_report
+from cxrlib.spec import variant_spec
 
 CLASSES = ["normal", "pneumonia"]
 

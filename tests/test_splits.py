@@ -9,8 +9,16 @@ import pandas as pd
 import pytest
 
 from cxrlib.data.datasets import MANIFEST_COLUMNS, load_manifest
-from cxrlib.data.splits import (class_weights, load_split, patients_in_several_splits, sample_per_class,
-                           save_split, split_manifest, split_summary, subset)
+from cxrlib.data.splits import (
+    class_weights,
+    load_split,
+    patients_in_several_splits,
+    sample_per_class,
+    save_split,
+    split_manifest,
+    split_summary,
+    subset,
+)
 
 
 def _manifest(counts: dict[str, int], patients_per_class: int | None = None) -> pd.DataFrame:

@@ -179,7 +179,7 @@ def _side_mass(mask: np.ndarray) -> tuple[int, int]:
 
 def test_bacterial_is_one_sided_covid_and_viral_bilateral() -> None:
     for seed in range(6):
-        rng = lambda: np.random.default_rng(100 + seed)  # noqa: E731
+        rng = lambda seed=seed: np.random.default_rng(100 + seed)  # noqa: E731
         left, right = _side_mass(render_radiograph(rng(), "Bacterial Pneumonia", 64)[1] > 0)
         assert min(left, right) <= 0.05 * (left + right)
         for label in ("COVID", "Viral Pneumonia"):

@@ -12,9 +12,15 @@ import pytest
 from PIL import Image
 
 from cxrlib.data.datasets import detect_layout, load_manifest
-from cxrlib.data.synthetic import (SIIM_STUDY_COLUMNS, SIIM_SYNTHETIC_CLASSES, _siim_counts,
-                              generate_siim_like, lesion_boxes, render_radiograph,
-                              siim_label_string)
+from cxrlib.data.synthetic import (
+    SIIM_STUDY_COLUMNS,
+    SIIM_SYNTHETIC_CLASSES,
+    _siim_counts,
+    generate_siim_like,
+    lesion_boxes,
+    render_radiograph,
+    siim_label_string,
+)
 
 READER_CLASSES = {"Negative for Pneumonia": "Negative", "Typical Appearance": "Typical",
                   "Indeterminate Appearance": "Indeterminate", "Atypical Appearance": "Atypical"}
@@ -130,7 +136,7 @@ def test_lesion_boxes_per_pattern() -> None:
     assert lesion_boxes(mask) == [{"x": 5.0, "y": 10.0, "width": 10.0, "height": 10.0},
                                   {"x": 40.0, "y": 30.0, "width": 15.0, "height": 15.0}]
     for seed in range(3):
-        rng = lambda: np.random.default_rng(seed)  # noqa: E731
+        rng = lambda seed=seed: np.random.default_rng(seed)  # noqa: E731
         assert len(lesion_boxes(render_radiograph(rng(), "Bacterial Pneumonia", 96)[1])) == 1
         assert len(lesion_boxes(render_radiograph(rng(), "COVID", 96)[1])) == 2  # bilateral
         assert len(lesion_boxes(render_radiograph(rng(), "Viral Pneumonia", 96)[1])) == 2

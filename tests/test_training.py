@@ -13,16 +13,15 @@ import keras
 import numpy as np
 import pytest
 
-from cxrlib.models.backbones import BACKBONES
-from cxrlib.models.variants import VARIANT_NAMES
 from cxrlib.data.datasets import load_manifest
-from cxrlib.models.build import (build_model, compile_model, last_conv_layer, load_model,
-                           make_optimizer)
-from cxrlib.runs.records import find_records, read_record, validate_record
-from cxrlib.runs.report import comparison_table, write_report
 from cxrlib.data.splits import split_manifest
 from cxrlib.data.synthetic import generate_synthetic
+from cxrlib.models.backbones import BACKBONES
+from cxrlib.models.build import build_model, compile_model, last_conv_layer, load_model, make_optimizer
+from cxrlib.models.variants import VARIANT_NAMES
 from cxrlib.runs import train as training
+from cxrlib.runs.records import find_records, read_record, validate_record
+from cxrlib.runs.report import comparison_table, write_report
 from cxrlib.spec import variant_spec
 
 CLASSES_EASY = ["Bacterial Pneumonia", "COVID", "Normal"]

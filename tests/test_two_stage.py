@@ -11,10 +11,8 @@ import pytest
 from PIL import Image
 
 from cxrlib.apps import two_stage
-from cxrlib.data.pipeline import Prep
-from cxrlib.apps.two_stage import (combine_stages, disease_probability, evaluate_two_stage,
-                                   two_stage_predict)
-from cxrlib.data.pipeline import prep_from_record
+from cxrlib.apps.two_stage import combine_stages, disease_probability, evaluate_two_stage, two_stage_predict
+from cxrlib.data.pipeline import Prep, prep_from_record
 from cxrlib.runs.evaluate import Run, load_run
 from cxrlib.runs.metrics import class_probabilities
 

@@ -353,9 +353,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from cxrlib.data.datasets import LAYOUTS
     from cxrlib.models.backbones import BACKBONES
     from cxrlib.models.variants import VARIANT_NAMES
-    from cxrlib.data.datasets import LAYOUTS
 
     p = sub.add_parser("train", help="train one run spec (a backbone x variant, or a course preset's run); "
                                      "writes RUN_DIR/record.json and model.keras")

@@ -132,8 +132,8 @@ def evaluate_two_stage(stage1_run_dir: str | Path, stage2_run_dir: str | Path,
     ``stage1`` (the screen's own sensitivity and specificity), ``paths``, ``predicted``,
     ``probabilities`` and ``skipped``.
     """
-    from cxrlib.runs.metrics import bootstrap_ci, class_scores, compute_metrics, confusion_matrix
     from cxrlib.data.pipeline import label_indices
+    from cxrlib.runs.metrics import bootstrap_ci, class_scores, compute_metrics, confusion_matrix
 
     (model1, record1, prep1, _, _), (model2, record2, prep2, _, _) = (
         load_run(stage1_run_dir), load_run(stage2_run_dir))

@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from cxrlib.data.images import ImageReadError, read_image
 from cxrlib.data.splits import sample_per_class
-from cxrlib.plots import finish_figure, new_figure, image_grid
+from cxrlib.plots import finish_figure, image_grid, new_figure
 
 log = logging.getLogger(__name__)
 

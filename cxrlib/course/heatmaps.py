@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxrlib.explain import maps as explain
 from cxrlib.data.images import read_image
 from cxrlib.data.pipeline import Prep, model_inputs, read_prepared
+from cxrlib.explain import maps as explain
 from cxrlib.runs.evaluate import load_run, predict
 
 # --------------------------------------------------------------------------- methods side by side

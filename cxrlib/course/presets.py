@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from cxrlib.errors import InputError
 from cxrlib.course.reports import report_of, results_of
+from cxrlib.errors import InputError
 from cxrlib.spec import NO_AUGMENT, Augment, RunSpec, Split, flat_items, make_spec, scaled_spec
 
 # The COVID-19 Radiography Database as the DenseNet121 course used it (version 3); from v4 on,

@@ -103,8 +103,13 @@ def usable_weights(weights: str | None, backbone: str) -> str | None:
     ``"synthetic"`` is returned as it is, with a note on what those weights are: they are
     pretrained (and cached) when a model first needs them, at that model's input size.
     """
-    from cxrlib.models.backbones import (SCRATCH, SYNTHETIC, WeightsUnavailableError, get_backbone,
-                                         resolve_weights)
+    from cxrlib.models.backbones import (
+        SCRATCH,
+        SYNTHETIC,
+        WeightsUnavailableError,
+        get_backbone,
+        resolve_weights,
+    )
 
     if weights is None or backbone == SCRATCH or str(weights).lower() == "none":
         return None

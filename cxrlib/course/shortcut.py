@@ -15,14 +15,11 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.data.images import read_image
-from cxrlib.data.pipeline import Prep, border_crop, resize
-from cxrlib.data.pipeline import model_inputs, read_prepared
-from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT, variant_spec
-from cxrlib.explain.maps import (border_mask, border_share, default_layer, energy_inside, heatmap,
-                                 lung_share)
-from cxrlib.runs.evaluate import load_run, predict
+from cxrlib.data.pipeline import Prep, border_crop, model_inputs, read_prepared, resize
+from cxrlib.explain.maps import border_mask, border_share, default_layer, energy_inside, heatmap, lung_share
 from cxrlib.models.backbones import SCRATCH
-
+from cxrlib.runs.evaluate import load_run, predict
+from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT, variant_spec
 
 
 def _generate(out: Path, classes: Sequence[str], per_class: int, film_size: int, seed: int,

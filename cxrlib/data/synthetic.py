@@ -280,7 +280,7 @@ def _lesion(label: str, rng: np.random.Generator, lungs: list[tuple[np.ndarray, 
         return d
     if label == "COVID":  # peripheral, lower-zone, bilateral ground glass
         patchy = 0.75 + 0.25 * _smooth_noise(rng, shape, 0.05 * unit)
-        for field, t, r in lungs:
+        for _field, t, r in lungs:
             for _ in range(rng.integers(2, 4)):
                 tc, rc = rng.uniform(0.5, 0.88), rng.uniform(0.72, 0.95)
                 st, sr = rng.uniform(0.12, 0.2), rng.uniform(0.2, 0.3)
@@ -290,7 +290,7 @@ def _lesion(label: str, rng: np.random.Generator, lungs: list[tuple[np.ndarray, 
         fine = _smooth_noise(rng, shape, 0.016 * unit)
         net = np.exp(-(fine / 0.5) ** 2)  # zero crossings of band-limited noise: a mesh
         haze = 0.5 + 0.5 * np.clip(_smooth_noise(rng, shape, 0.06 * unit), -1, 1)
-        for field, t, r in lungs:
+        for _field, t, r in lungs:
             hilum = np.exp(-((t - 0.55) / 0.4) ** 2 - (r / 0.65) ** 2)
             d += (0.25 + 0.75 * hilum) * (t > 0) * (t < 1)
         return 0.19 * d * (0.5 * net + 0.3 + 0.2 * haze)

@@ -66,9 +66,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxrlib.models.backbones import BACKBONES, preprocess_function
 from cxrlib.data.images import ImageReadError, read_image
 from cxrlib.data.pipeline import Prep, border_crop, model_inputs, prepare_image, read_prepared, resize
+from cxrlib.models.backbones import BACKBONES, preprocess_function
 from cxrlib.runs.evaluate import predict
 
 log = logging.getLogger(__name__)

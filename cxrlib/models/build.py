@@ -37,9 +37,16 @@ import keras
 import numpy as np
 
 from cxrlib.errors import InputError
-from cxrlib.models.backbones import (SCRATCH, WeightsUnavailableError, application, default_size,
-                                     get_backbone, min_input_size, missing_weights_message,
-                                     resolve_weights)
+from cxrlib.models.backbones import (
+    SCRATCH,
+    WeightsUnavailableError,
+    application,
+    default_size,
+    get_backbone,
+    min_input_size,
+    missing_weights_message,
+    resolve_weights,
+)
 from cxrlib.models.variants import get_variant
 from cxrlib.text import one_line
 

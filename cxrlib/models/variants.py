@@ -15,9 +15,9 @@ They are not any course's recipe: a course's settings are its preset
 
 from __future__ import annotations
 
-from cxrlib.errors import InputError
-
 from dataclasses import dataclass
+
+from cxrlib.errors import InputError
 
 
 @dataclass(frozen=True)

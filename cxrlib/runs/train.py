@@ -35,15 +35,15 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.errors import InputError
-from cxrlib.environment import environment_info
-from cxrlib.models.backbones import SCRATCH, default_size, min_input_size
-from cxrlib.models.variants import get_variant
-from cxrlib.runs.pretrain import weights_source
 from cxrlib.data.pipeline import Prep, make_dataset, with_crop_reference, with_norm_stats
 from cxrlib.data.splits import class_weights as balanced_weights
 from cxrlib.data.splits import save_split, subset
+from cxrlib.environment import environment_info
+from cxrlib.errors import InputError
+from cxrlib.models.backbones import SCRATCH, default_size, min_input_size
+from cxrlib.models.variants import get_variant
 from cxrlib.runs.evaluate import evaluate
+from cxrlib.runs.pretrain import weights_source
 from cxrlib.spec import RunSpec
 
 log = logging.getLogger(__name__)
