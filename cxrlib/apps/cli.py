@@ -74,20 +74,42 @@ def _train(args: argparse.Namespace) -> int:
     from cxrlib.runs.train import train
 
     spec = spec_from_args(args)
+    strategy, cluster = _train_strategy(args.strategy)
     split = spec.split
     manifest, classes = prepare_split(args.data, layout=args.layout, classes=args.classes,
                                       samples_per_class=split.samples_per_class,
                                       val=split.val * (1 - split.test), test=split.test,
                                       seed=spec.seed, split_file=args.split_file)
     record = train(manifest, classes, spec, args.out, reuse=not args.force,
-                   mixed_precision=args.mixed_precision, xla=args.xla, strategy=args.strategy,
+                   mixed_precision=args.mixed_precision, xla=args.xla, strategy=strategy,
                    dataset_info={"samples_per_class": split.samples_per_class,
                                  **({"preset": args.preset, "run": args.run} if args.preset else {})})
+    if cluster is not None and not cluster.is_chief:
+        print(f"{cluster.name} of {cluster.workers} workers: done; the chief writes the run to "
+              f"{Path(args.out) / 'record.json'}")
+        return 0
     test = record.get("test") or {}
     print(f"{record['name']}: {record['training']['epochs_run']} epochs, "
           f"val accuracy {record['final'].get('val_accuracy')}, test accuracy {test.get('accuracy')} "
           f"→ {Path(args.out) / 'record.json'}")
     return 0
+
+
+def _train_strategy(name: str | None):
+    """(strategy for ``train``, the TF_CONFIG cluster or None), before anything else runs.
+
+    A set ``TF_CONFIG`` is validated whatever the strategy (a malformed one is one line);
+    ``multiworker`` needs one, waits until every other worker answers (``CXR_WORKER_TIMEOUT``
+    seconds) and creates the strategy now, as TensorFlow requires, before any of its ops."""
+    from cxrlib.runs.distributed import multiworker_strategy, read_tf_config
+
+    cluster = read_tf_config()
+    if name != "multiworker":
+        if cluster is not None and cluster.workers > 1:
+            log.warning("TF_CONFIG names %d workers, but without --strategy multiworker this "
+                        "process trains alone.", cluster.workers)
+        return name, None
+    return multiworker_strategy(cluster), cluster
 
 
 def positive_int(text: str) -> int:
@@ -374,7 +396,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         spec.add_argument(flag, default=_UNSET, **options)
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPUs)")
     p.add_argument("--xla", action="store_true", help="compile with XLA")
-    p.add_argument("--strategy", choices=("mirrored", "multiworker"), help="distribution strategy")
+    p.add_argument("--strategy", choices=("mirrored", "multiworker"),
+                   help="mirrored: every GPU of this machine; multiworker: several machines, one "
+                        "process each, with TF_CONFIG (docs/multiworker.md); --batch-size is global")
     p.add_argument("--force", action="store_true",
                    help="retrain even if a finished identical run exists; discard an interrupted run")
 
@@ -537,6 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:   # TensorFlow's Python INFO lines (a multi-worker run logs every collective)
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
     try:
         _check_out(args)
         return _handler(args)(args)

@@ -631,7 +631,14 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
         return x, _encode(y, len(classes), label_mode)
 
     ds = order.batch(batch_size).map(_no_autograph(finish), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # Under a multi-worker strategy each worker must get its own share of every global batch.
+    # FILE sharding (the AUTO default's first try) cannot work here: there are no files in the
+    # graph, only the numpy gather from the held array. DATA sharding: each worker runs this
+    # same pipeline (the same order: same seed, deterministic map) and keeps its part of each
+    # batch, which tf.distribute first splits into one part per replica (batch_size is global).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def read_prepared(paths: Sequence[str], prep: Prep, progress: bool = False,

@@ -18,7 +18,8 @@ Two rules keep records trustworthy:
 
 Schema ``cxrlib.run/2``, defined once as the typed :class:`RunRecord`. Its ``spec`` section
 is the run's :class:`cxrlib.spec.RunSpec` as it was given (everything the run is), and
-``runtime`` how it was computed (strategy, mixed precision, XLA)::
+``runtime`` how it was computed (strategy, mixed precision, XLA; the workers, replicas and
+batches)::
 
     {"schema": "cxrlib.run/2", "name": "DN-V2", "created": "2024-05-01T12:00:00+00:00",
      "dataset": {...}, "model": {...}, "prep": {...}, "spec": {...}, "runtime": {...},
@@ -64,6 +65,11 @@ class Runtime(_Section):
     mixed_precision: bool = False
     xla: bool = False
     run_eagerly: bool = False
+    # how the work was split (absent in records written before multi-worker training):
+    workers: int = 1                       # processes training together (1 unless multiworker)
+    replicas: int = 1                      # devices over all of them (num_replicas_in_sync)
+    per_worker_batch: int | None = None    # images per step on each worker: global_batch / workers
+    global_batch: int | None = None        # images per step in all: spec.batch_size
 
 
 class DatasetInfo(_Section):

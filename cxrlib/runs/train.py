@@ -12,6 +12,9 @@ A run directory holds everything a run produced::
                            RUN_DIR only once the run has finished and its record is written
     RUN_DIR/.lock          held while a run works in the folder (pid, host, start time)
 
+Under a multi-worker strategy only the chief writes there; every other worker works in a
+temporary folder of its own (:mod:`cxrlib.runs.distributed`).
+
 A finished run with the same configuration is reused, not retrained, so notebooks can share
 one results directory (``04`` and ``06`` reuse what ``03`` trained). Every argument is checked
 and the model is built before the folder is touched; a finished run is replaced only when
@@ -42,6 +45,7 @@ from cxrlib.environment import environment_info
 from cxrlib.errors import InputError
 from cxrlib.models.backbones import SCRATCH, default_size, min_input_size
 from cxrlib.models.variants import get_variant
+from cxrlib.runs.distributed import Role, share, worker_dir, worker_role
 from cxrlib.runs.evaluate import evaluate
 from cxrlib.runs.pretrain import weights_source
 from cxrlib.spec import RunSpec
@@ -104,16 +108,37 @@ def config_key(config: dict) -> str:
 
 
 def _strategy(strategy):
-    """None → the default strategy; "mirrored" → MirroredStrategy; or a strategy object."""
+    """None → the default strategy; "mirrored" → MirroredStrategy; "multiworker" → a
+    MultiWorkerMirroredStrategy for ``TF_CONFIG``'s cluster, once every other worker answers
+    (:func:`cxrlib.runs.distributed.multiworker_strategy`); or a strategy object."""
     import tensorflow as tf
+
+    from cxrlib.runs.distributed import keras_ready, multiworker_strategy
 
     if strategy is None:
         return tf.distribute.get_strategy()
     if strategy == "mirrored":
         return tf.distribute.MirroredStrategy()
     if strategy == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return strategy
+        return multiworker_strategy()
+    if isinstance(strategy, str):
+        raise InputError(f"Unknown strategy {strategy!r}; use 'mirrored', 'multiworker' or a "
+                         "tf.distribute strategy object.")
+    return keras_ready(strategy)
+
+
+def strategy_name(strategy) -> str | None:
+    """How the record names a strategy: None (the default), ``"mirrored"``, ``"multiworker"``,
+    or the class name of another strategy object (stable across processes, unlike its repr)."""
+    if strategy is None or isinstance(strategy, str):
+        return strategy
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multiworker"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "mirrored"
+    return type(strategy).__name__
 
 
 def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir: str | Path, *,
@@ -135,6 +160,15 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
     ``tensorboard``, ``progress``, extra Keras ``callbacks``, and ``bootstrap`` resamples for
     the test intervals. Every setting is checked before anything is written; an impossible
     one raises ValueError.
+
+    ``spec.batch_size`` is the **global** batch, whatever the strategy: each step takes that
+    many images, split among the replicas (every device of every worker), so a spec trains
+    with the same batch on one machine or several. Under ``"multiworker"`` every worker calls
+    ``train`` with the same arguments (:mod:`cxrlib.runs.distributed` says who writes what):
+    the chief returns the record it wrote; any other worker writes nowhere but a temporary
+    folder it removes, and returns its own account of the run without test scores (where the
+    chief reused a finished run: that run's record if this worker can read it, else ``{}``).
+    ``record["runtime"]`` names the strategy, the workers, the replicas and the batches.
     """
     import keras
 
@@ -153,11 +187,16 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
                          "or give --weights none.")
     train_df, val_df, test_df = (subset(manifest, s) for s in ("train", "val", "test"))
     check_arguments(spec, classes, train_df, out, image_size=image_size, epochs=epochs)
+    distribution = _strategy(strategy)   # before any TensorFlow op (a multi-worker one must be)
+    role = worker_role(distribution)
+    if spec.batch_size % role.workers:
+        raise InputError(f"The batch size ({spec.batch_size}) is the global batch, split among the "
+                         f"{role.workers} workers: give a multiple of {role.workers}.")
     prep = with_crop_reference(Prep(image_size=image_size, backbone=backbone, channels=spec.channels,
                                     crop=spec.crop, equalize=spec.equalize,
                                     normalization=spec.normalization), train_df)
     prep = with_norm_stats(prep, train_df)
-    runtime = {"strategy": str(strategy) if strategy is not None else None,
+    runtime = {"strategy": strategy_name(strategy),
                "mixed_precision": mixed_precision, "xla": xla, "run_eagerly": run_eagerly}
     weights_info = weights_source(backbone, spec.weights, image_size)  # pretrains "synthetic" if missing
     config = {"spec": spec.model_dump(mode="json"), "classes": list(classes), "prep": prep.to_dict(),
@@ -165,13 +204,17 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
               **({"weights_file": _fingerprint_file(weights_info["file"])} if weights_info["file"] else {})}
     key = config_key({**config, "data": sorted(zip(manifest["path"], manifest["split"]))})
     if reuse:
-        existing = _finished_run(out, key)
-        if existing is not None:
+        existing = _finished_run(out, key) if role.chief else None
+        if share(distribution, role, [existing is not None])[0][0]:   # the chief decides
+            if not role.chief:
+                return _finished_run(out, key) or {}
             log.info("Reusing the finished run in %s (same configuration).", out)
             if name and existing.get("name") != name:
                 existing["name"] = name
                 records.write_record(out, existing)
             return existing
+    runtime = {**runtime, "workers": role.workers, "replicas": role.replicas,
+               "per_worker_batch": spec.batch_size // role.workers, "global_batch": spec.batch_size}
 
     label_mode = "binary" if spec.binary else "categorical"
     skipped: list = []
@@ -181,7 +224,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         # built before the folder is touched: a bad weights file or init_from stops here
-        with _strategy(strategy).scope():
+        with distribution.scope():
             model = models.build_model(backbone, spec.variant, len(classes), image_size,
                                        weights_info["file"] or spec.weights, channels=spec.channels,
                                        binary=spec.binary, seed=spec.seed, head=spec.head,
@@ -193,8 +236,8 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
                 spec.optimizer, spec.learning_rate, spec.decay, momentum=spec.momentum,
                 nesterov=spec.nesterov, clipnorm=spec.clipnorm),
                 jit_compile=True if xla else False, run_eagerly=run_eagerly)
-        with run_lock(out):
-            work = _staging(out, key, config, fresh=not reuse)
+        with contextlib.ExitStack() as held:
+            work = _join(distribution, role, out, key, config, fresh=not reuse, held=held)
             save_split(manifest, work / "split.csv")
             # the frozen heads standardise their features (v1 on its cached ones); a fine-tuned
             # backbone's features move, so V3 keeps what it inherits (init_from) or the identity
@@ -215,9 +258,12 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
                 history = {}
                 model.save(work / "model.keras")
             wall = time.time() - started
-            best = models.load_model(str(work / "model.keras")) if (work / "model.keras").is_file() else model
-            test = (evaluate(best, test_df, classes, prep, spec.batch_size, bootstrap=bootstrap,
-                             seed=spec.seed) if not test_df.empty else None)
+            test = None   # scored by the chief alone (the others' record is not written)
+            if role.chief and not test_df.empty:
+                best = (models.load_model(str(work / "model.keras"))
+                        if (work / "model.keras").is_file() else model)
+                test = evaluate(best, test_df, classes, prep, spec.batch_size, bootstrap=bootstrap,
+                                seed=spec.seed)
             untrained = (_score_untrained(model, train_df, val_df, classes, prep, spec.batch_size,
                                           label_mode) if epochs == 0 else {})  # v0's row of the table
 
@@ -249,8 +295,11 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
                 "skipped": skipped + (test or {}).get("skipped", []),
                 "artifacts": {"model": "model.keras", "history": "history.csv", "split": "split.csv"},
             }
-            records.write_record(work, record)
-            _publish(work, out)
+            if role.chief:
+                records.write_record(work, record)
+                _publish(work, out)
+            else:
+                shutil.rmtree(work, ignore_errors=True)   # the chief's folder holds the run
     finally:
         keras.mixed_precision.set_global_policy(policy)
     return record
@@ -389,6 +438,70 @@ def _staging(out: Path, key: str, config: dict, fresh: bool) -> Path:
     return work
 
 
+def _worker_staging(work: Path, key: str, config: dict, fresh: bool) -> Path:
+    """A non-chief worker's folder (:func:`cxrlib.runs.distributed.worker_dir`): kept when it
+    holds this configuration's interrupted run, emptied otherwise."""
+    if work.is_dir() and (fresh or _read_json(work / "config.json").get("config_key") != key):
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "config.json").is_file():
+        (work / "config.json").write_text(json.dumps({"config_key": key, "config": config}, default=str))
+    return work
+
+
+def _backup_epoch(backup: Path) -> int:
+    """The epoch an interrupted fit resumes at (BackupAndRestore's metadata; 0 for none)."""
+    epoch = _read_json(backup / "training_metadata.json").get("epoch", 0)
+    return epoch if isinstance(epoch, int) and (backup / "latest.weights.h5").is_file() else 0
+
+
+def _join(distribution, role: Role, out: Path, key: str, config: dict, fresh: bool,
+          held: contextlib.ExitStack) -> Path:
+    """The folder this process works in, once the group agrees that the run can start.
+
+    The chief locks ``out`` (held until ``held`` closes) and stages ``out/.partial``; another
+    worker stages its temporary folder and, where it sees the chief's (a shared disk), takes
+    the chief's backup and history, so that the group resumes from one state. Two rounds of
+    :func:`cxrlib.runs.distributed.share` then make sure that every worker starts, and at
+    the same epoch: a worker whose start failed raises its own error, the others say so,
+    instead of waiting for it in the first step.
+    """
+    work, failure = None, None
+    try:
+        if role.chief:
+            held.enter_context(run_lock(out))
+            work = _staging(out, key, config, fresh=fresh)
+        else:
+            work = _worker_staging(worker_dir(out, role), key, config, fresh=fresh)
+    except Exception as error:  # noqa: BLE001 - the group hears of it, then it is raised
+        failure = error
+    if role.workers == 1:
+        if failure is not None:
+            raise failure
+        return work
+    rows = share(distribution, role, [failure is not None])
+    if failure is not None:
+        raise failure
+    if any(failed for failed, in rows):
+        raise RunFolderError(f"Another worker of the group could not start the run in {out} (its own "
+                             f"output says why); this worker ({role.task}) stops too.")
+    chief_work = out / PARTIAL
+    if not role.chief and _read_json(chief_work / "config.json").get("config_key") == key:
+        shutil.rmtree(work / "backup", ignore_errors=True)   # a shared disk: the chief's state
+        (work / "history.csv").unlink(missing_ok=True)
+        if (chief_work / "backup").is_dir():
+            shutil.copytree(chief_work / "backup", work / "backup")
+        if (chief_work / "history.csv").is_file():
+            shutil.copy2(chief_work / "history.csv", work / "history.csv")
+    epochs = [int(epoch) for epoch, in share(distribution, role, [_backup_epoch(work / "backup")])]
+    if len(set(epochs)) > 1:
+        raise RunFolderError(
+            f"The workers' saved training states disagree (the chief resumes at epoch {epochs[0]}, "
+            f"the others at {epochs[1:]}): a worker lost its backup in "
+            f"{worker_dir(out, role).parent}. Start every worker again with --force (a fresh run).")
+    return work
+
+
 def _publish(work: Path, out: Path) -> None:
     """Move a finished run from ``work`` into ``out``, replacing the previous run's files.
 
@@ -488,7 +601,7 @@ def extract_features(model, frames: Sequence[pd.DataFrame], classes, prep: Prep,
                                   input_signature=[ds.element_spec[0]])
         feats, labels = [], []
         for x, y in ds:
-            feats.append(np.asarray(forward(x)))
+            feats.append(np.asarray(forward(x), dtype=np.float32))   # float16 under mixed precision
             labels.append(np.asarray(y))
         out.append((np.concatenate(feats), np.concatenate(labels)))
     return out
@@ -521,8 +634,10 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, sp
             data["x_val"], data["y_val"] = extracted[1]
         np.savez(cache, key=np.array(key), **data)
     adapt_head_norm(model, data["x_train"])
-    head = classifier_head(model)
-    head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+    with model.distribute_strategy.scope():   # the head's fit runs as the model's would
+        head = classifier_head(model)
+        head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"],
+                     jit_compile=model.jit_compile, run_eagerly=model.run_eagerly)
     validation = (data["x_val"], data["y_val"]) if "x_val" in data else None
     callbacks = [keras.callbacks.CSVLogger(str(out / "history.csv"))]
     if validation is not None and (spec.keep_best or spec.early_stopping):
