@@ -30,6 +30,8 @@ from cxrlib.errors import InputError
 
 OPTIMIZERS = ("sgd", "adam", "nadam", "rmsprop")
 HEADS = ("course", "linear", "batchnorm", "flat", "vgg")
+"""``course``: the variant's own head; ``linear``: pooling and the output; ``batchnorm``: pooling,
+BatchNorm, output; ``flat``: the 3-class Kermany course's CNN; ``vgg``: VGG16's own classifier."""
 NORMALIZATIONS = ("backbone", "featurewise", "none")
 
 
@@ -110,7 +112,7 @@ class RunSpec(_Spec):
 
     backbone: str
     variant: str
-    head: Literal["course", "linear", "batchnorm", "flat", "vgg"] = "course"
+    head: Literal[HEADS] = "course"
     weights: str | None = "imagenet"
     image_size: int | None = Field(default=None, ge=8)
     channels: Literal[1, 3] = 3
@@ -118,10 +120,10 @@ class RunSpec(_Spec):
 
     crop: bool = False
     equalize: Literal["hist", "clahe"] | None = None
-    normalization: Literal["backbone", "featurewise", "none"] = "backbone"
+    normalization: Literal[NORMALIZATIONS] = "backbone"
     augment: Augment = NO_AUGMENT
 
-    optimizer: Literal["sgd", "adam", "nadam", "rmsprop"] = "sgd"
+    optimizer: Literal[OPTIMIZERS] = "sgd"
     learning_rate: float = Field(default=0.01, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = True

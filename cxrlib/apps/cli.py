@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from cxrlib.errors import InputError, UserError
+from cxrlib.spec import HEADS, NORMALIZATIONS, OPTIMIZERS
 from cxrlib.text import one_line
 
 log = logging.getLogger("cxrlib")
@@ -157,11 +158,11 @@ TRAIN_FLAGS: dict[str, tuple[str, dict]] = {
                                   "on synthetic films), none, or a weights file")),
     "--image-size": ("image_size", dict(type=positive_int, help="input size (default: the backbone's)")),
     "--channels": ("channels", dict(type=int, choices=(1, 3), help="1: grayscale input adapter")),
-    "--head": ("head", dict(choices=("course", "linear", "batchnorm", "flat", "vgg"))),
+    "--head": ("head", dict(choices=HEADS)),
     "--binary": ("binary", dict(type=_flag, help="yes: one sigmoid unit (two classes)")),
     "--crop": ("crop", dict(type=_flag, help="yes: the proportional border crop")),
     "--equalize": ("equalize", dict(type=_none_or(str), choices=("hist", "clahe", None))),
-    "--normalization": ("normalization", dict(choices=("backbone", "featurewise", "none"))),
+    "--normalization": ("normalization", dict(choices=NORMALIZATIONS)),
     "--flip": ("augment.flip", dict(type=_flag)),
     "--brightness": ("augment.brightness", dict(type=_none_or(_pair), metavar="LOW,HIGH")),
     "--contrast": ("augment.contrast", dict(type=_none_or(_pair), metavar="LOW,HIGH")),
@@ -169,7 +170,7 @@ TRAIN_FLAGS: dict[str, tuple[str, dict]] = {
                                     help="field-of-view scale range; above 1 zooms out")),
     "--shear": ("augment.shear", dict(type=_none_or(float), metavar="DEGREES")),
     "--rotation": ("augment.rotation", dict(type=_none_or(float), metavar="DEGREES")),
-    "--optimizer": ("optimizer", dict(choices=("sgd", "adam", "nadam", "rmsprop"))),
+    "--optimizer": ("optimizer", dict(choices=OPTIMIZERS)),
     "--learning-rate": ("learning_rate", dict(type=float)),
     "--momentum": ("momentum", dict(type=float, help="SGD momentum")),
     "--nesterov": ("nesterov", dict(type=_flag)),

@@ -48,6 +48,7 @@ from cxrlib.models.backbones import (
     resolve_weights,
 )
 from cxrlib.models.variants import get_variant
+from cxrlib.spec import HEADS
 from cxrlib.text import one_line
 
 log = logging.getLogger(__name__)
@@ -198,8 +199,6 @@ def flat_cnn(inputs, n_classes: int, binary: bool, seed: int = 0, dropout: float
     return _output(x, n_classes, binary)
 
 
-HEADS = ("course", "linear", "batchnorm", "flat", "vgg")
-"""The heads a spec may ask for (:data:`cxrlib.spec.HEADS`, checked there)."""
 
 
 def build_model(backbone: str, variant: str, n_classes: int, image_size: int | None = None,
