@@ -957,3 +957,47 @@ def test_report_draws_a_valid_two_class_roc(made, tmp_path: Path, capsys, caplog
     assert not [r for r in caplog.records if r.name == "cxrlib.runs.report"]
     figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
     assert any("_bad_" in n and n.endswith("_roc.png") for n in figures), figures
+
+
+def test_train_leaves_a_users_files_in_its_run_folder(made, tmp_path: Path, capsys) -> None:
+    """Only what the run writes replaces anything in --out: a user's notes in RUN and in
+    RUN/tensorboard, and a features.npz the run did not write, stay as they were."""
+    data, _ = made
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "tensorboard" / "notes.txt").write_text("my notes")
+    (run / "features.npz").write_bytes(b"not ours")
+    (run / "notes.txt").write_text("also mine")
+    before = tree_hash(run)
+    code, _, err = cli_run(train_args(data, run), capsys)
+    assert code == 0, err
+    after = tree_hash(run)
+    for mine in ("tensorboard/notes.txt", "features.npz", "notes.txt"):
+        assert after[mine] == before[mine]
+    assert "record.json" in after and "model.keras" in after
+
+
+def test_a_class_given_twice_is_refused(made, tmp_path: Path, capsys, victim: Path) -> None:
+    data, _ = made
+    before = tree_hash(tmp_path)
+    code, _, err = cli_run(train_args(data, tmp_path / "run", "--classes", "Normal", "NORMAL", "COVID"),
+                           capsys)
+    assert code == 2
+    assert_one_line_error(err, "same class twice", "--classes")
+    assert changes_outside(tmp_path, before) == []
+
+
+def test_a_split_file_is_refused_with_the_flags_it_would_ignore_or_another_folder(
+        made, tmp_path: Path, capsys, victim: Path) -> None:
+    data, run = made
+    split = run / "split.csv"
+    before = tree_hash(tmp_path)
+    code, _, err = cli_run(train_args(data, tmp_path / "a", "--split-file", split, "--val", "0.3"), capsys)
+    assert code == 2
+    assert_one_line_error(err, "--split-file", "--val", "ignored")
+    other = tmp_path / "other"
+    other.mkdir()
+    code, _, err = cli_run(train_args(other, tmp_path / "b", "--split-file", split), capsys)
+    assert code == 2
+    assert_one_line_error(err, "outside --data", "the split was made from")
+    assert changes_outside(tmp_path, before, other) == []

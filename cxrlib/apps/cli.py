@@ -75,6 +75,8 @@ def _train(args: argparse.Namespace) -> int:
     from cxrlib.runs.train import train
 
     spec = spec_from_args(args)
+    if args.split_file:
+        _check_split_file(args)
     strategy, cluster = _train_strategy(args.strategy)
     split = spec.split
     manifest, classes = prepare_split(args.data, layout=args.layout, classes=args.classes,
@@ -122,6 +124,24 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _check_split_file(args: argparse.Namespace) -> None:
+    """``--split-file`` fixes the images and their split: refuse the flags it would ignore, and a
+    ``--data`` that is not the folder the split was made from."""
+    ignored = [flag for flag in ("--samples-per-class", "--val", "--test")
+               if getattr(args, _dest(flag)) is not _UNSET]
+    if ignored:
+        raise InputError(f"--split-file fixes the images and their split, so {', '.join(ignored)} "
+                         "would be ignored; drop them, or drop --split-file to split again.")
+    from cxrlib.data.splits import load_split
+
+    split = load_split(args.split_file)
+    data = Path(args.data).resolve()
+    outside = [p for p in split["path"].astype(str) if not Path(p).resolve().is_relative_to(data)]
+    if outside:
+        raise InputError(f"--split-file {args.split_file} lists images outside --data {args.data} "
+                         f"(e.g. {outside[0]}); give the --data folder the split was made from.")
 
 
 def _none_or(kind: Callable) -> Callable:

@@ -316,6 +316,11 @@ def check_arguments(spec: RunSpec, classes: Sequence[str], train_df: pd.DataFram
     if epochs < 1 and get_variant(spec.variant).training != "none":
         raise InputError(f"epochs must be at least 1, not {epochs} (for an untrained baseline "
                          "use --variant v0).")
+    folded = [str(c).strip().lower() for c in classes]
+    twice = sorted({c for c in classes if folded.count(str(c).strip().lower()) > 1})
+    if twice:
+        raise InputError(f"The classes {twice} name the same class twice (the names are compared "
+                         "without case); give each class once with --classes.")
     if len(classes) < 2:
         raise InputError(f"A classifier needs at least two classes; the data has {list(classes)}. "
                          "Add a folder per class.")
@@ -506,17 +511,20 @@ def _publish(work: Path, out: Path) -> None:
     """Move a finished run from ``work`` into ``out``, replacing the previous run's files.
 
     The old record goes first and the new one last, so ``out`` never pairs a record with
-    another run's model; then ``work`` (backup state included) is removed.
+    another run's model; then ``work`` (backup state included) is removed. Only what the new
+    run wrote replaces anything: a file in ``out`` the run did not write (a user's notes, in
+    ``out`` or in ``out/tensorboard``) stays, and a folder is merged file by file.
     """
     (out / "record.json").unlink(missing_ok=True)
     for name in ARTIFACTS:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-        if (work / name).exists():
-            os.replace(work / name, target)
+        source, target = work / name, out / name
+        if source.is_dir():
+            for path in sorted(p for p in source.rglob("*") if p.is_file()):
+                destination = target / path.relative_to(source)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, destination)
+        elif source.exists():
+            os.replace(source, target)
     os.replace(work / "record.json", out / "record.json")
     shutil.rmtree(work)
 
