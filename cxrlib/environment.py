@@ -30,6 +30,30 @@ def gpu_details() -> list[dict[str, Any]]:
         return []
 
 
+MIXED_PRECISION_CAPABILITY = (7, 0)
+"""The compute capability from which a GPU has float16 tensor cores (Volta and later): where
+mixed precision is worth turning on. On a CPU or an older GPU it only costs time."""
+
+
+def mixed_precision_pays(gpus: list[dict[str, Any]] | None = None) -> bool:
+    """Whether mixed precision (``mixed_float16``) speeds training up here: a visible GPU of
+    compute capability 7.0 or more (``gpus``: :func:`gpu_details`'s answer, asked when None).
+    What notebook 00 reports as ``mixed_precision_useful``."""
+    gpus = gpu_details() if gpus is None else gpus
+    capability = max((tuple(g.get("compute_capability") or (0, 0)) for g in gpus), default=(0, 0))
+    return bool(gpus) and capability >= MIXED_PRECISION_CAPABILITY
+
+
+def use_mixed_precision(setting: bool | None = None) -> bool:
+    """A notebook's ``MIXED_PRECISION`` parameter as ``train``'s ``mixed_precision``: True or
+    False as given; None → :func:`mixed_precision_pays` (on where a GPU has tensor cores)."""
+    if setting is None:
+        return mixed_precision_pays()
+    if not isinstance(setting, bool):
+        raise ValueError(f"MIXED_PRECISION must be None (automatic), True or False, not {setting!r}.")
+    return setting
+
+
 def environment_info(detailed: bool = False) -> dict[str, Any]:
     """Library versions, device and platform, for ``record["environment"]``.
 
@@ -53,8 +77,7 @@ def environment_info(detailed: bool = False) -> dict[str, Any]:
     if gpus:
         info["device"] = f"GPU: {gpus[0].get('device_name', 'GPU')}"
     if detailed:
-        capability = max((tuple(g.get("compute_capability", (0, 0))) for g in gpus), default=(0, 0))
         info.update({"cpus": os.cpu_count(), "gpus": [g.get("device_name", "GPU") for g in gpus],
-                     "mixed_precision_useful": bool(gpus) and capability >= (7, 0),
+                     "mixed_precision_useful": mixed_precision_pays(gpus),
                      "xla_available": bool(getattr(tf.test, "is_built_with_xla", lambda: True)())})
     return info

@@ -95,7 +95,9 @@ def _head(x, n_classes: int, variant: str, dropout: float, binary: bool, seed: i
     if layout == "batchnorm":
         x = keras.layers.BatchNormalization(name=HEAD_PREFIX + "bn")(x)
     elif head_norm and entry.training != "none":
-        x = keras.layers.Normalization(axis=-1, name=HEAD_NORM)(x)
+        # float32 even under mixed precision: the features' spreads (variances near 1e-8 with
+        # random weights) are below float16's range, and dividing by them gave inf
+        x = keras.layers.Normalization(axis=-1, name=HEAD_NORM, dtype="float32")(x)
     if layout not in ("linear", "batchnorm"):
         x = keras.layers.Dense(500, activation="relu", name=HEAD_PREFIX + "dense500")(x)
         if layout == "deep-dropout":

@@ -70,6 +70,7 @@ class Runtime(_Section):
     replicas: int = 1                      # devices over all of them (num_replicas_in_sync)
     per_worker_batch: int | None = None    # images per step on each worker: global_batch / workers
     global_batch: int | None = None        # images per step in all: spec.batch_size
+    loss_scale: bool = False               # the optimizer scales the loss (mixed precision)
 
 
 class DatasetInfo(_Section):

@@ -236,6 +236,9 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
                 spec.optimizer, spec.learning_rate, spec.decay, momentum=spec.momentum,
                 nesterov=spec.nesterov, clipnorm=spec.clipnorm),
                 jit_compile=True if xla else False, run_eagerly=run_eagerly)
+        # under mixed_float16 Keras' compile wraps the optimizer in a LossScaleOptimizer (the
+        # loss scaled up before the float16 gradients, unscaled before the step): recorded
+        runtime["loss_scale"] = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         with contextlib.ExitStack() as held:
             work = _join(distribution, role, out, key, config, fresh=not reuse, held=held)
             save_split(manifest, work / "split.csv")
