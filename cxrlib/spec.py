@@ -135,7 +135,7 @@ class RunSpec(_Spec):
     keep_best: bool = True
     head_norm: bool = True
     freeze_bn: bool = True
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=32, ge=1)   # the global batch: split among all replicas/workers
     class_weight: bool = False
     init_from: str | None = None
     seed: int = 0
