@@ -1,4 +1,5 @@
-"""Writing files safely: the one way cxrlib writes a JSON, CSV, text or binary file.
+"""Writing files safely: the one way cxrlib writes a JSON, CSV, text, npz or binary file (and
+reads a small JSON file back).
 
 Every write goes to a temporary file beside the target, is flushed to disk, then renamed over
 the target in one step (``os.replace``). Until that rename the previous file is untouched; if
@@ -92,6 +93,22 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     return write_atomic(path, lambda handle: handle.write(text))
+
+
+def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, Any], compressed: bool = False) -> Path:
+    """Write named arrays as an ``.npz`` (zip-compressed with ``compressed``) atomically."""
+    save = np.savez_compressed if compressed else np.savez
+    return write_atomic(path, lambda handle: save(handle, **arrays), binary=True)
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """The JSON object in a small file; {} when it is missing, unreadable, half written or not
+    an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _fsync_file(path: Path) -> None:

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import zipfile
@@ -206,17 +205,23 @@ def test_a_failed_new_run_never_replaces_the_finished_one(made, run_copy: Path, 
     assert [r["_dir"] for r in find_records(run_copy)] == [str(run_copy)]  # not a half-moved one
 
 
-def test_a_second_train_into_a_busy_folder_is_refused(made, run_copy: Path, capsys) -> None:
-    data, _ = made
-    holder = subprocess.Popen(  # another process holding the run folder, as a running train does
+def _hold_run_lock(out: Path) -> subprocess.Popen:
+    """Another process holding ``out``'s run lock, as a running train does (until its stdin closes)."""
+    holder = subprocess.Popen(
         [sys.executable, "-c", ("import sys; from pathlib import Path; "
                                 "from cxrlib.runs.train import run_lock\n"
-                                f"with run_lock(Path({str(run_copy)!r})):\n"
+                                f"with run_lock(Path({str(out)!r})):\n"
                                 " print('held', flush=True); sys.stdin.read()")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_train_into_a_busy_folder_is_refused(made, run_copy: Path, capsys) -> None:
+    data, _ = made
+    holder = _hold_run_lock(run_copy)
     try:
-        assert holder.stdout.readline().strip() == "held"
         before = tree_hash(run_copy)
         code, _, err = cli_run(train_args(data, run_copy, "--force"), capsys)
         assert code == 2
@@ -228,11 +233,13 @@ def test_a_second_train_into_a_busy_folder_is_refused(made, run_copy: Path, caps
 
 
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path) -> None:
-    gone = subprocess.Popen(["true"])
-    gone.wait()  # kill -9 leaves the lock of a process that no longer exists
     out = tmp_path / "run"
-    out.mkdir()
-    (out / training.LOCK_FILE).write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+    holder = _hold_run_lock(out)
+    with pytest.raises(training.RunFolderError, match=f"pid {holder.pid}"), training.run_lock(out):
+        pass
+    holder.kill()  # kill -9 leaves the lock file of a process that no longer exists
+    holder.wait()
+    assert json.loads((out / training.LOCK_FILE).read_text())["pid"] == holder.pid
     with training.run_lock(out) as lock:
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()

@@ -304,13 +304,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 @command("report")
 def _report(args: argparse.Namespace) -> int:
+    from cxrlib.files import write_text_atomic
     from cxrlib.runs.records import find_records
     from cxrlib.runs.report import comparison_table, markdown_table, write_report
 
     out = Path(args.out or args.runs_dir)
     written = write_report(args.runs_dir, out)
     listing = out / "files.txt"   # the list of what was written goes to a file, not the screen
-    listing.write_text("".join(f"{path}\n" for path in written.values()), encoding="utf-8")
+    write_text_atomic(listing, "".join(f"{path}\n" for path in written.values()))
     records = find_records(args.runs_dir)
     if args.summary:
         from cxrlib.course.summary import demo_summary
@@ -540,13 +541,12 @@ def log_dir() -> Path:
 
 def _log_traceback(argv: Sequence[str] | None) -> Path | None:
     """Write the current exception's traceback (and the command line) to a new log file."""
+    from cxrlib.files import write_text_atomic
+
     try:
-        folder = log_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"cxr-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        path.write_text(f"cxr {' '.join(sys.argv[1:] if argv is None else argv)}\n\n"
-                        + traceback.format_exc())
-        return path
+        path = log_dir() / f"cxr-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        return write_text_atomic(path, f"cxr {' '.join(sys.argv[1:] if argv is None else argv)}\n\n"
+                                 + traceback.format_exc())
     except OSError:
         return None
 

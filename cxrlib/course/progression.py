@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cxrlib.files import read_json, write_json_atomic
 from cxrlib.models.variants import ALIASES
 
 if TYPE_CHECKING:
@@ -62,7 +62,6 @@ def split_settings(preset: "Preset | None", samples_per_class: int | None, seed:
 def save_course_split(manifest: pd.DataFrame, results: str | os.PathLike, settings: dict) -> Path:
     """Save the shared split (``split.csv``) and what it was made with (``split.json``)."""
     from cxrlib.data.splits import save_split
-    from cxrlib.files import write_json_atomic
 
     path = save_split(manifest, Path(results) / SPLIT_FILE)
     write_json_atomic(Path(results) / SETTINGS_FILE, settings)
@@ -91,7 +90,7 @@ def course_split(data: str | os.PathLike, results: str | os.PathLike,
     if preset is not None and (available["source"] != "synthetic").any():
         available = pin_version(available, preset.version, seed)
     path, saved_settings = Path(results) / SPLIT_FILE, Path(results) / SETTINGS_FILE
-    if path.is_file() and saved_settings.is_file() and json.loads(saved_settings.read_text()) == settings:
+    if path.is_file() and read_json(saved_settings) == settings:
         saved = load_split(path)
         if _split_matches(saved, available, samples_per_class):
             return saved, class_names(saved, classes), True

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -155,9 +154,10 @@ def course_data(path: str | Path | None, synthetic_dir: str | Path, per_class: i
     synthetic_dir = Path(synthetic_dir)
     meta = synthetic_dir / "synthetic.json"
     wanted = {"per_class": per_class, "size": size, "seed": seed, "classes": list(classes)}
-    if meta.is_file():
-        existing = json.loads(meta.read_text())
-        if all(existing.get(k) == v for k, v in wanted.items()):
-            return synthetic_dir, False
+    from cxrlib.files import read_json  # imported here: the first cell stays light
+
+    existing = read_json(meta)
+    if all(existing.get(k) == v for k, v in wanted.items()):
+        return synthetic_dir, False
     generate_synthetic(synthetic_dir, per_class=per_class, size=size, seed=seed, classes=classes)
     return synthetic_dir, False

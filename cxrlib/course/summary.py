@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from cxrlib.files import read_json
 from cxrlib.models.variants import ALIASES
 
 LESSON_PRESET = "radiography"
@@ -184,14 +185,9 @@ def _duration(seconds: float) -> str:
 def _notebook_seconds(folder: Path) -> float | None:
     """The executed notebooks' run time together (papermill's ``duration``, or what
     ``notebooks/conftest.py`` records under nbval)."""
-    import json
-
     total, found = 0.0, False
     for path in sorted(folder.glob("*.ipynb")):
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
-        except (OSError, ValueError):
-            continue
+        meta = read_json(path).get("metadata", {})
         seconds = (meta.get("papermill") or {}).get("duration", (meta.get("cxrlib") or {}).get("seconds"))
         if isinstance(seconds, (int, float)):
             total, found = total + seconds, True

@@ -40,17 +40,18 @@ the lungs, which is the shortcut-learning lesson of the course.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter
 
 from cxrlib.errors import InputError, RefusedFolderError
+from cxrlib.files import read_json, write_csv_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -482,15 +483,6 @@ def _refuse_links_out(out: Path, paths: Sequence[str]) -> None:
                                  "refusing to write there. Give the generator a new or empty folder.")
 
 
-def _read_meta(meta_path: Path) -> dict:
-    """The JSON object in a ``synthetic.json``; {} when it is missing, unreadable or not an object."""
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
 def _synth_would_write(out: Path, rel: str) -> bool:
     """True for a path generate_synthetic writes, that also resolves inside ``out``."""
     match = _SYNTH_FILE.fullmatch(rel)
@@ -522,7 +514,7 @@ def _owned_files(out: Path) -> set[str]:
     ``synthetic.json`` is input: only entries that synth itself writes and that resolve inside
     ``out`` are trusted; any other entry is left alone, with a warning.
     """
-    listed = _listed_files(out, _read_meta(out / "synthetic.json"))
+    listed = _listed_files(out, read_json(out / "synthetic.json"))
     owned = {f for f in listed if _synth_would_write(out, f)}
     ignored = sorted(set(listed) - owned)
     if ignored:
@@ -637,7 +629,7 @@ def generate_synthetic(out_dir: str | Path, per_class: int = 300, size: int = 25
         "layout": "COVID-19 Radiography Database v4: <Class>/images|masks/<Class>-<i>.png",
     }
     # written first, listing every file synth may own, so an interrupted run is still recognised
-    meta_path.write_text(json.dumps({**meta, "files": sorted(owned | set(targets))}, indent=2) + "\n")
+    write_json_atomic(meta_path, {**meta, "files": sorted(owned | set(targets))})
     _remove_owned(out, owned - set(targets))
 
     pool = [m for m in RANDOM_MARKERS if not (shortcut_class and m == SHORTCUT_MARKER)]
@@ -672,11 +664,8 @@ def generate_synthetic(out_dir: str | Path, per_class: int = 300, size: int = 25
         rows.append({"file": rel.as_posix(), "label": name, "marker": text or "",
                      "shortcut": bool(shortcut)})
 
-    with open(out / "markers.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "label", "marker", "shortcut"])
-        writer.writeheader()
-        writer.writerows(rows)
-    meta_path.write_text(json.dumps({**meta, "files": targets}, indent=2) + "\n")
+    write_csv_atomic(pd.DataFrame(rows, columns=["file", "label", "marker", "shortcut"]), out / "markers.csv")
+    write_json_atomic(meta_path, {**meta, "files": targets})
     return out
 
 
@@ -878,7 +867,7 @@ def generate_siim_like(out_dir: str | Path, n_studies: int = 600, size: int = 25
                                      "refusing to overwrite what looks like the real competition "
                                      "data. Give the generator a new or empty folder.")
         ids = _siim_listed_ids(out)
-        old = _read_meta(meta_path)
+        old = read_json(meta_path)
         if reuse and {k: v for k, v in old.items() if k != "cxrlib_version"} == \
                 {k: v for k, v in meta.items() if k != "cxrlib_version"} and \
                 _siim_complete(out, ids, int(n_studies)):
@@ -886,7 +875,7 @@ def generate_siim_like(out_dir: str | Path, n_studies: int = 600, size: int = 25
         for image_id in ids:  # the images the earlier run wrote, and nothing else
             (out / "train" / f"{image_id}.png").unlink(missing_ok=True)
     (out / "train").mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    write_json_atomic(meta_path, meta)
 
     id_rng = np.random.default_rng([seed, 9_001])
     counts = _siim_counts(int(n_studies), shares)
@@ -911,10 +900,7 @@ def generate_siim_like(out_dir: str | Path, n_studies: int = 600, size: int = 25
         images.append({"id": f"{image_id}_image", "boxes": repr(boxes) if boxes else "",
                        "label": siim_label_string(boxes), "StudyInstanceUID": study})
     for name, rows in zip(_SIIM_CSVS, (studies, images)):
-        with open(out / name, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv_atomic(pd.DataFrame(rows), out / name)
     return out
 
 

@@ -50,7 +50,7 @@ from typing import Iterator
 import numpy as np
 
 from cxrlib.errors import InputError, UserError
-from cxrlib.files import replacing, sha256_file, write_atomic, write_json_atomic
+from cxrlib.files import read_json, replacing, sha256_file, write_json_atomic, write_npz_atomic
 from cxrlib.models.backbones import SCRATCH, SYNTHETIC, default_size, get_backbone, resolve_weights
 from cxrlib.text import one_line
 
@@ -284,8 +284,7 @@ def source_films(n: int, image_size: int, seed: int, cache: Path, progress: bool
             return films
         _check_space(cache, n * (image_size ** 2 + 4 * len(SOURCE_LABELS)) + 2**20, f"{n} films")
         images, labels = source_task_arrays(n, image_size, seed=seed, progress=progress)
-        write_atomic(path, lambda handle: np.savez_compressed(handle, images=images, labels=labels),
-                     binary=True)
+        write_npz_atomic(path, {"images": images, "labels": labels}, compressed=True)
     return images, labels
 
 
@@ -552,12 +551,7 @@ def pretrain(backbone: str, image_size: int, cache: str | Path | None = None,
 
 def describe(weights_file: str | Path) -> dict:
     """The JSON written beside a pretrained weights file ({} when there is none)."""
-    path = info_path(weights_file)
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
+    return read_json(info_path(weights_file))
 
 
 def weights_source(name: str, weights: str | None, image_size: int | None = None) -> dict:

@@ -10,7 +10,7 @@ A run directory holds everything a run produced::
     RUN_DIR/.partial/      the run in progress (model, history, split, BackupAndRestore state
                            in ``backup/``, its configuration in ``config.json``); moved into
                            RUN_DIR only once the run has finished and its record is written
-    RUN_DIR/.lock          held while a run works in the folder (pid, host, start time)
+    RUN_DIR/.lock          held while a run works in the folder (filelock; pid, host, start time)
 
 Under a multi-worker strategy only the chief writes there; every other worker works in a
 temporary folder of its own (:mod:`cxrlib.runs.distributed`).
@@ -43,6 +43,7 @@ from cxrlib.data.splits import class_weights as balanced_weights
 from cxrlib.data.splits import save_split, subset
 from cxrlib.environment import environment_info
 from cxrlib.errors import InputError
+from cxrlib.files import read_json, write_json_atomic, write_npz_atomic
 from cxrlib.models.backbones import SCRATCH, default_size, min_input_size
 from cxrlib.models.variants import get_variant
 from cxrlib.runs.distributed import Role, share, worker_dir, worker_role
@@ -354,59 +355,41 @@ def _finished_run(out: Path, key: str) -> dict | None:
     return existing if existing.get("config_key") == key else None
 
 
-def _read_json(path: Path) -> dict:
-    """A small JSON file's content ({} when missing, unreadable or half written)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _lock_is_stale(holder: dict) -> bool:
-    """True when the lock was taken on this host by a process that no longer exists."""
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-        return False
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 @contextlib.contextmanager
 def run_lock(out: Path):
-    """Hold ``out/.lock`` (created exclusively) while a run works in ``out``.
+    """Hold ``out/.lock`` while a run works in ``out`` (a ``filelock`` lock, which goes with its
+    process, even on ``kill -9``; the file holds pid, host and start time, and is removed on
+    release). A folder another live run holds raises :class:`RunFolderError` naming it."""
+    from filelock import FileLock, Timeout
 
-    A lock left by a dead process on this host is taken over; a live one raises
-    :class:`RunFolderError` naming its holder.
-    """
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_FILE
-    mine = {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": pd.Timestamp.now(tz="UTC").isoformat()}
-    for attempt in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            holder = _read_json(path)
-            if attempt == 0 and _lock_is_stale(holder):
-                log.warning("Taking over %s from process %s, which no longer runs.", path, holder["pid"])
-                path.unlink(missing_ok=True)
-                continue
-            raise RunFolderError(
-                f"{out} is in use by another run (pid {holder.get('pid', '?')} on "
-                f"{holder.get('host', '?')}, since {holder.get('started', '?')}); wait for it to "
-                f"finish, or choose another --out (delete {path} only if that process is gone).") from None
-    with os.fdopen(fd, "w") as handle:
-        json.dump(mine, handle)
+    mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                       "started": pd.Timestamp.now(tz="UTC").isoformat()}).encode()
+
+    def sign(fd: int) -> None:
+        os.ftruncate(fd, 0)   # a killed holder's note, if any
+        os.pwrite(fd, mine, 0)
+
+    lock = FileLock(path, timeout=0, on_acquired=sign)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = read_json(path)
+        raise RunFolderError(
+            f"{out} is in use by another run (pid {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')}, since {holder.get('started', '?')}); wait for it to "
+            "finish, or choose another --out.") from None
     try:
         yield path
     finally:
-        if _read_json(path).get("pid") == os.getpid():
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)   # while held: filelock retries an acquirer that got the unlinked file
+        lock.release()
+
+
+def _plain(config: dict) -> dict:
+    """A configuration as ``config.json`` holds it (tuples as lists, other objects as strings)."""
+    return json.loads(json.dumps(config, default=str))
 
 
 def _changed(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -430,11 +413,11 @@ def _staging(out: Path, key: str, config: dict, fresh: bool) -> Path:
     work = out / PARTIAL
     meta = work / "config.json"
     if work.is_dir():
-        previous = _read_json(meta)
+        previous = read_json(meta)
         if fresh or not (work / "backup").is_dir():
             shutil.rmtree(work)
         elif previous.get("config_key") != key:
-            now = json.loads(json.dumps(config, default=str))  # tuples read back as lists
+            now = _plain(config)
             changes = _changed(previous.get("config", {}), now) or ["the data or its split"]
             raise RunFolderError(
                 f"{out} holds an interrupted run with another configuration "
@@ -442,24 +425,24 @@ def _staging(out: Path, key: str, config: dict, fresh: bool) -> Path:
                 "--force to discard it and start this one.")
     work.mkdir(parents=True, exist_ok=True)
     if not meta.is_file():
-        meta.write_text(json.dumps({"config_key": key, "config": config}, default=str))
+        write_json_atomic(meta, {"config_key": key, "config": _plain(config)})
     return work
 
 
 def _worker_staging(work: Path, key: str, config: dict, fresh: bool) -> Path:
     """A non-chief worker's folder (:func:`cxrlib.runs.distributed.worker_dir`): kept when it
     holds this configuration's interrupted run, emptied otherwise."""
-    if work.is_dir() and (fresh or _read_json(work / "config.json").get("config_key") != key):
+    if work.is_dir() and (fresh or read_json(work / "config.json").get("config_key") != key):
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "config.json").is_file():
-        (work / "config.json").write_text(json.dumps({"config_key": key, "config": config}, default=str))
+        write_json_atomic(work / "config.json", {"config_key": key, "config": _plain(config)})
     return work
 
 
 def _backup_epoch(backup: Path) -> int:
     """The epoch an interrupted fit resumes at (BackupAndRestore's metadata; 0 for none)."""
-    epoch = _read_json(backup / "training_metadata.json").get("epoch", 0)
+    epoch = read_json(backup / "training_metadata.json").get("epoch", 0)
     return epoch if isinstance(epoch, int) and (backup / "latest.weights.h5").is_file() else 0
 
 
@@ -494,7 +477,7 @@ def _join(distribution, role: Role, out: Path, key: str, config: dict, fresh: bo
         raise RunFolderError(f"Another worker of the group could not start the run in {out} (its own "
                              f"output says why); this worker ({role.task}) stops too.")
     chief_work = out / PARTIAL
-    if not role.chief and _read_json(chief_work / "config.json").get("config_key") == key:
+    if not role.chief and read_json(chief_work / "config.json").get("config_key") == key:
         shutil.rmtree(work / "backup", ignore_errors=True)   # a shared disk: the chief's state
         (work / "history.csv").unlink(missing_ok=True)
         if (chief_work / "backup").is_dir():
@@ -643,7 +626,7 @@ def _train_v1(model, train_df, val_df, classes, prep, out: Path, epochs: int, sp
         data = {"x_train": extracted[0][0], "y_train": extracted[0][1]}
         if len(extracted) > 1:
             data["x_val"], data["y_val"] = extracted[1]
-        np.savez(cache, key=np.array(key), **data)
+        write_npz_atomic(cache, {"key": np.array(key), **data})
     adapt_head_norm(model, data["x_train"])
     with model.distribute_strategy.scope():   # the head's fit runs as the model's would
         head = classifier_head(model)
