@@ -110,7 +110,8 @@ def plot_confusion(matrix: Sequence[Sequence[int]] | np.ndarray, classes: Sequen
 
 def plot_roc(curves: dict[str, dict], operating_point: dict | None = None, title: str = "",
              save: str | os.PathLike | None = None) -> Figure:
-    """ROC curves (from :func:`cxrlib.runs.metrics.roc_curves`), AUC in the legend.
+    """ROC curves ({name: {"fpr", "tpr", "auc"}}, as a run record's ``test.roc`` holds them), AUC
+    in the legend.
 
     ``operating_point`` (from :func:`cxrlib.runs.metrics.threshold_for_sensitivity`) is marked
     at (1 - specificity, sensitivity) on the positive class's curve.

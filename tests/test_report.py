@@ -12,7 +12,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from cxrlib import plots
-from cxrlib.runs.metrics import compute_metrics, roc_curves
+from cxrlib.runs.metrics import compute_metrics
 from cxrlib.runs.records import SCHEMA, find_records, write_record
 from cxrlib.runs.report import TABLE_COLUMNS, comparison_table, markdown_table, model_names, write_report
 from cxrlib.spec import variant_spec
@@ -142,8 +142,6 @@ def test_no_records_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_every_plot_returns_a_figure_and_saves_a_png(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 60)
-    probs = rng.dirichlet([1, 1, 1], 60)
     images = [rng.integers(0, 256, (16, 16), dtype=np.uint8) for _ in range(4)]
     table = pd.DataFrame({"Model": ["a", "b"], "Test Accuracy": [0.7, 0.9]})
     figures = {
@@ -152,7 +150,7 @@ def test_every_plot_returns_a_figure_and_saves_a_png(tmp_path: Path) -> None:
         "confusion": plots.plot_confusion([[5, 1, 0], [2, 3, 1], [0, 0, 0]], ["a", "b", "c"]),
         "confusion_counts": plots.plot_confusion(np.eye(2, dtype=int), ["a", "b"],
                                                  normalize=False),
-        "roc": plots.plot_roc(roc_curves(y, probs, ["a", "b", "c"]),
+        "roc": plots.plot_roc({"b": {"fpr": [0, 0.2, 1], "tpr": [0, 0.9, 1], "auc": 0.85}},
                               operating_point={"threshold": 0.3, "sensitivity": 0.99,
                                                "specificity": 0.5, "target": 0.99}),
         "comparison": plots.plot_comparison(table, ci={"b": (0.85, 0.95)}, chance=1 / 3),

@@ -57,13 +57,17 @@ def sample_per_class(manifest: pd.DataFrame, n: int, seed: int = 0,
 
 
 def class_weights(labels: Sequence[str] | pd.Series, classes: Sequence[str]) -> dict[int, float]:
-    """Keras ``class_weight``: ``n_total / (n_classes * n_class)`` per class index."""
-    counts = pd.Series(list(labels)).value_counts()
-    missing = [c for c in classes if counts.get(c, 0) == 0]
+    """Keras ``class_weight``: scikit-learn's "balanced", ``n_total / (n_classes * n_class)``
+    per class index (labels outside ``classes`` are not counted)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = pd.Series(list(labels), dtype=object)
+    missing = [c for c in classes if not (labels == c).any()]
     if missing:
         raise InputError(f"No training images for classes {missing}: cannot weight them.")
-    total = int(counts[list(classes)].sum())
-    return {i: total / (len(classes) * int(counts[c])) for i, c in enumerate(classes)}
+    kept = labels[labels.isin(list(classes))].to_numpy()
+    weights = compute_class_weight("balanced", classes=np.array(list(classes), dtype=object), y=kept)
+    return {i: float(w) for i, w in enumerate(weights)}
 
 
 def _groups(manifest: pd.DataFrame) -> pd.Series:
@@ -74,6 +78,9 @@ def _groups(manifest: pd.DataFrame) -> pd.Series:
 
 def _assign(manifest: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
     """Give each group a split, stratified by the group's majority label.
+
+    Not scikit-learn's: ``StratifiedGroupKFold`` only cuts 1/n folds and ``GroupShuffleSplit``
+    does not stratify, and the splits must hold the asked fractions of images (the courses' 15 %).
 
     Within each label, groups are shuffled and laid end to end on [0, 1] by image count;
     a group goes to the split whose fraction interval holds its midpoint, the rest to train.
