@@ -10,7 +10,7 @@ into the same thing: a 2-D ``uint8`` array of shape ``(H, W)``.
   (ITU-R 601-2 weights); images with alpha (``RGBA``, ``LA``, ``PA``) are first
   composited over black.
 - DICOM (by suffix, or by the ``DICM`` magic at byte 128) goes through pydicom:
-  Modality LUT (RescaleSlope/RescaleIntercept), then the VOI window
+  pydicom's modality LUT (RescaleSlope/RescaleIntercept or a LUT sequence), then the VOI window
   (WindowCenter/WindowWidth, first value) or a VOI LUT sequence when present, otherwise
   min-max; MONOCHROME1 is inverted so that bone is bright; multi-frame gives the
   first frame; colour DICOM gives luminance.
@@ -31,7 +31,7 @@ import logging
 import re
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -456,11 +456,11 @@ def dicom_to_gray(ds: Any, pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim == 3:  # colour (RGB; pydicom>=3 also converts YBR to RGB)
         luma = _luminance(pixels.astype(np.float32))
         return _to_uint8(luma) if pixels.dtype == np.uint8 else scale_to_uint8(luma)
-    values = _apply_modality_lut(ds, pixels)
+    values = np.asarray(_pydicom_luts()[0](pixels, ds), dtype=np.float32)
     padding = _padding_mask(ds, pixels)
     if padding is not None:  # scale the picture only: padding would stretch the range
         values = np.where(padding, values[~padding].min(), values)
-    gray = _apply_voi(ds, pixels, values)
+    gray = _apply_voi(ds, values)
     if photometric == "MONOCHROME1":
         gray = 255 - gray
     if padding is not None:
@@ -496,47 +496,31 @@ def _first_float(value: Any) -> float | None:
         return None
 
 
-def _apply_modality_lut(ds: Any, pixels: np.ndarray) -> np.ndarray:
-    """Stored values → modality values with RescaleSlope/RescaleIntercept (float32)."""
-    slope = _first_float(ds.get("RescaleSlope"))
-    intercept = _first_float(ds.get("RescaleIntercept"))
-    values = pixels.astype(np.float32)
-    if slope is not None and slope != 0.0 and slope != 1.0:
-        values *= np.float32(slope)
-    if intercept:
-        values += np.float32(intercept)
-    return values
+def _pydicom_luts() -> tuple[Callable, Callable]:
+    """pydicom's ``apply_modality_lut`` and ``apply_voi_lut`` (pydicom 3, or 2.x's location)."""
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut  # pydicom >= 3
+    except ImportError:  # pragma: no cover - pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+    return apply_modality_lut, apply_voi_lut
 
 
-def _apply_voi(ds: Any, pixels: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Apply the VOI window (or VOI LUT sequence) to modality values; min-max otherwise."""
+def _apply_voi(ds: Any, values: np.ndarray) -> np.ndarray:
+    """Apply the VOI window (or VOI LUT sequence) to modality values; min-max otherwise.
+
+    The window is :func:`window_to_uint8`, not pydicom's ``apply_voi_lut``, which maps it onto
+    the stored bit depth's range (then re-scaled to 0..255 here) and prefers a LUT sequence."""
     center = _first_float(ds.get("WindowCenter"))
     width = _first_float(ds.get("WindowWidth"))
     if center is not None and width is not None and width > 0:
         function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
         return window_to_uint8(values, center, width, function)
     if "VOILUTSequence" in ds:
-        lut_values = _voi_lut_sequence(ds, pixels)
-        if lut_values is not None:
-            return scale_to_uint8(lut_values)
+        try:
+            return scale_to_uint8(_pydicom_luts()[1](values, ds))
+        except Exception as exc:
+            logger.debug("VOI LUT sequence could not be applied (%s); using min-max", exc)
     return scale_to_uint8(values)
-
-
-def _voi_lut_sequence(ds: Any, pixels: np.ndarray) -> np.ndarray | None:
-    """Apply a VOI LUT Sequence through pydicom's helper (None if that fails)."""
-    try:
-        from pydicom.pixels import apply_voi_lut  # pydicom >= 3
-    except ImportError:  # pragma: no cover - pydicom 2.x
-        from pydicom.pixel_data_handlers.util import apply_voi_lut
-    try:
-        from pydicom.pixels import apply_modality_lut
-    except ImportError:  # pragma: no cover - pydicom 2.x
-        from pydicom.pixel_data_handlers.util import apply_modality_lut
-    try:
-        return np.asarray(apply_voi_lut(apply_modality_lut(pixels, ds), ds), dtype=np.float32)
-    except Exception as exc:
-        logger.debug("VOI LUT sequence could not be applied (%s); using min-max", exc)
-        return None
 
 
 def window_to_uint8(
