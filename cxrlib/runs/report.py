@@ -108,13 +108,12 @@ def _cell(value: object) -> str:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """frame as a GitHub Markdown table (index left out), numeric columns right-aligned."""
-    header = [_cell(str(column)) for column in frame.columns]
-    align = ["---:" if pd.api.types.is_numeric_dtype(frame[c]) else ":---" for c in frame.columns]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(value) for value in row) + " |")
-    return "\n".join(lines) + "\n"
+    """frame as a GitHub Markdown table (pandas' ``to_markdown``, index left out), each cell
+    written by :func:`_cell`, numeric columns right-aligned."""
+    cells = frame.astype(object).map(_cell)
+    cells.columns = [_cell(str(column)) for column in frame.columns]
+    align = ["right" if pd.api.types.is_numeric_dtype(frame[c]) else "left" for c in frame.columns]
+    return cells.to_markdown(index=False, tablefmt="pipe", colalign=align, disable_numparse=True) + "\n"
 
 
 def _slug(name: str) -> str:
