@@ -33,7 +33,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,7 @@ from cxrlib.errors import InputError
 from cxrlib.files import read_json, write_json_atomic, write_npz_atomic
 from cxrlib.models.backbones import SCRATCH, default_size, min_input_size
 from cxrlib.models.variants import get_variant
+from cxrlib.runs.backup import discard_broken_backup, disk_full_is_one_line
 from cxrlib.runs.distributed import Role, share, worker_dir, worker_role
 from cxrlib.runs.evaluate import evaluate
 from cxrlib.runs.pretrain import weights_source
@@ -241,7 +242,12 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
         # loss scaled up before the float16 gradients, unscaled before the step): recorded
         runtime["loss_scale"] = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         with contextlib.ExitStack() as held:
-            work = _join(distribution, role, out, key, config, fresh=not reuse, held=held)
+            # a saved state that would not restore whole is discarded before the group agrees
+            # on the epoch to resume at (cxrlib.runs.backup)
+            check = ((lambda folder: discard_broken_backup(model, folder))
+                     if recipe.training == "fit" and epochs > 0 else None)
+            work = _join(distribution, role, out, key, config, fresh=not reuse, held=held,
+                         check=check)
             save_split(manifest, work / "split.csv")
             # the frozen heads standardise their features (v1 on its cached ones); a fine-tuned
             # backbone's features move, so V3 keeps what it inherits (init_from) or the identity
@@ -256,8 +262,10 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
                 history = _train_v1(model, train_df, val_df, classes, prep, work, epochs, spec,
                                     label_mode, weights_by_class, progress, skipped)
             elif epochs > 0:
-                history = _fit(model, train_df, val_df, classes, prep, work, epochs, spec,
-                               label_mode, weights_by_class, tensorboard, progress, callbacks, skipped)
+                with disk_full_is_one_line(work, out):
+                    history = _fit(model, train_df, val_df, classes, prep, work, epochs, spec,
+                                   label_mode, weights_by_class, tensorboard, progress, callbacks,
+                                   skipped)
             else:
                 history = {}
                 model.save(work / "model.keras")
@@ -447,7 +455,7 @@ def _backup_epoch(backup: Path) -> int:
 
 
 def _join(distribution, role: Role, out: Path, key: str, config: dict, fresh: bool,
-          held: contextlib.ExitStack) -> Path:
+          held: contextlib.ExitStack, check: Callable[[Path], object] | None = None) -> Path:
     """The folder this process works in, once the group agrees that the run can start.
 
     The chief locks ``out`` (held until ``held`` closes) and stages ``out/.partial``; another
@@ -455,7 +463,8 @@ def _join(distribution, role: Role, out: Path, key: str, config: dict, fresh: bo
     the chief's backup and history, so that the group resumes from one state. Two rounds of
     :func:`cxrlib.runs.distributed.share` then make sure that every worker starts, and at
     the same epoch: a worker whose start failed raises its own error, the others say so,
-    instead of waiting for it in the first step.
+    instead of waiting for it in the first step. ``check`` is called on each worker's staged
+    folder first (the chief's before any other worker copies from it).
     """
     work, failure = None, None
     try:
@@ -464,6 +473,8 @@ def _join(distribution, role: Role, out: Path, key: str, config: dict, fresh: bo
             work = _staging(out, key, config, fresh=fresh)
         else:
             work = _worker_staging(worker_dir(out, role), key, config, fresh=fresh)
+        if check is not None:
+            check(work)
     except Exception as error:  # noqa: BLE001 - the group hears of it, then it is raised
         failure = error
     if role.workers == 1:
