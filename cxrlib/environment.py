@@ -8,11 +8,22 @@ from __future__ import annotations
 import logging
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+def user_folder(variable: str, name: str) -> Path:
+    """``$variable`` when it is set, else cxrlib's ``name`` folder in the user's cache folder
+    (platformdirs: ``$XDG_CACHE_HOME/cxrlib/<name>``, else ``~/.cache/cxrlib/<name>``, on Linux)."""
+    if os.environ.get(variable):
+        return Path(os.environ[variable]).expanduser()
+    from platformdirs import user_cache_path
+
+    return user_cache_path("cxrlib", appauthor=False) / name
 
 
 def gpu_details() -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from cxrlib.course.eda import (
     value_ranges,
 )
 from cxrlib.data.datasets import MANIFEST_COLUMNS
-from cxrlib.data.quality import check_manifest, thumbnail_similarity
+from cxrlib.data.quality import check_manifest, thumbnail
 from cxrlib.data.splits import sample_per_class
 from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT
 
@@ -194,8 +194,8 @@ def test_thumbnail_similarity_tells_copies_from_look_alikes() -> None:
                       .resize((120, 140)))
     other = _film(4, size=160)          # the same 'anatomy', other noise: a look-alike
     other[40:70, 90:130] = 30            # ... with a different dark patch
-    assert thumbnail_similarity(film, copy) > 0.98
-    assert thumbnail_similarity(film, other) < 0.95
+    assert thumbnail(film) @ thumbnail(copy) > 0.98
+    assert thumbnail(film) @ thumbnail(other) < 0.95
 
 
 def test_report_pairs_keep_real_copies_only(tmp_path) -> None:

@@ -17,7 +17,6 @@ from cxrlib.data.quality import (
     hamming_pairs,
     perceptual_hash,
     thumbnail,
-    thumbnail_similarity,
 )
 
 
@@ -69,10 +68,10 @@ def test_thumbnail_is_normalised_and_tells_copies_from_look_alikes() -> None:
     assert abs(float(t.mean())) < 1e-5 and abs(float(np.linalg.norm(t)) - 1) < 1e-4
     assert thumbnail(image, size=8).shape == (64,)
     assert not thumbnail(np.full((20, 30), 7, np.uint8)).any()        # no pattern: zeros
-    assert thumbnail_similarity(image, image) == pytest.approx(1.0, abs=1e-5)
-    assert thumbnail_similarity(image, _brighter_resized(image)) >= 0.99
+    assert thumbnail(image) @ thumbnail(image) == pytest.approx(1.0, abs=1e-5)
+    assert thumbnail(image) @ thumbnail(_brighter_resized(image)) >= 0.99
     assert perceptual_hash(_look_alike(1)) == perceptual_hash(_look_alike(2))  # same dHash ...
-    assert thumbnail_similarity(_look_alike(1), _look_alike(2)) < 0.5        # ... other image
+    assert thumbnail(_look_alike(1)) @ thumbnail(_look_alike(2)) < 0.5        # ... other image
     with pytest.raises(ValueError):
         thumbnail(np.zeros((4, 4, 3), dtype=np.uint8))
 

@@ -533,10 +533,9 @@ def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
 
 def log_dir() -> Path:
     """Where internal errors' tracebacks go: ``$CXR_LOG_DIR``, else ``~/.cache/cxrlib/logs``."""
-    if os.environ.get("CXR_LOG_DIR"):
-        return Path(os.environ["CXR_LOG_DIR"])
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "cxrlib" / "logs"
+    from cxrlib.environment import user_folder
+
+    return user_folder("CXR_LOG_DIR", "logs")
 
 
 def _log_traceback(argv: Sequence[str] | None) -> Path | None:

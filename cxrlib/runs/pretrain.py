@@ -81,10 +81,9 @@ _TIMING_STEPS = 2   # steps timed before the estimate is printed
 
 def cache_dir() -> Path:
     """Where pretrained weights live: ``$CXR_PRETRAINED_DIR`` or the user's cache folder."""
-    if os.environ.get("CXR_PRETRAINED_DIR"):
-        return Path(os.environ["CXR_PRETRAINED_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "cxrlib" / "pretrained"
+    from cxrlib.environment import user_folder
+
+    return user_folder("CXR_PRETRAINED_DIR", "pretrained")
 
 
 def is_standard(n_images: int, epochs: int, batch_size: int) -> bool:
@@ -394,7 +393,8 @@ def _inputs(images: np.ndarray, backbone: str) -> np.ndarray:
 
 def _progress(total_steps: int, backbone: str, image_size: int, n: int, epochs: int,
               target: Path, show: bool):
-    """Keras callback: times the first steps, prints one line with the estimate, shows a bar."""
+    """Keras callback: times the first steps, prints one line with the estimate, shows a bar.
+    Not tqdm's ``TqdmCallback``: its bars are per epoch, this is one bar over every step."""
     import keras
 
     class Progress(keras.callbacks.Callback):

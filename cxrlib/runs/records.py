@@ -172,7 +172,8 @@ HISTORY_KEYS = ("loss", "accuracy")
 
 
 def _parse_time(text: str) -> datetime | None:
-    """The datetime of an ISO-8601 string (naive ones taken as UTC); None if unparseable."""
+    """The datetime of an ISO-8601 string (naive ones taken as UTC); None if unparseable.
+    Not a pydantic ``datetime`` field: that reads a numeric string ("2024") as Unix seconds."""
     if text.endswith(("Z", "z")):  # Python < 3.11 does not read the "Z" suffix
         text = text[:-1] + "+00:00"
     try:
