@@ -217,9 +217,9 @@ def test_two_workers_train_one_run_that_only_the_chief_writes(tiny_data, tmp_pat
     record = _check_published(out, tmp_path, epochs=2)
     assert record["test"]["n"] == len(load_split(split_file).query("split == 'test'"))
     assert _listing(data) == before
-    model, record, prep, classes, _ = load_run(out)
-    scores = evaluate(model, load_split(split_file).query("split == 'test'"), classes, prep,
-                      batch_size=8, bootstrap=10)
+    run = load_run(out)
+    scores = evaluate(run.model, load_split(split_file).query("split == 'test'"), run.classes,
+                      run.prep, batch_size=8, bootstrap=10)
     assert scores["n"] == record["test"]["n"] and 0 <= scores["accuracy"] <= 1
 
 

@@ -65,8 +65,8 @@ def trained(tmp_path_factory):
     from cxrlib.runs.evaluate import load_run
 
     run, manifest = trained_run(tmp_path_factory.getbasetemp() / "cxr_trained_scratch")
-    model, record, prep, _, _ = load_run(run)
-    return model, record, prep, manifest
+    loaded = load_run(run)
+    return loaded.model, loaded.record, loaded.prep, manifest
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
 from cxrlib.course import heatmaps as hl  # noqa: E402
 from cxrlib.course.shortcut import shortcut_experiment  # noqa: E402
-from cxrlib.data.pipeline import Prep, model_inputs, read_prepared  # noqa: E402
+from cxrlib.data.pipeline import Prep, model_inputs  # noqa: E402
 
 CLASSES = ["COVID", "Normal"]
 FAST = hl.method_options(max_n=3, smooth_samples=2, patch=12, stride=16)
@@ -76,8 +76,8 @@ def test_lesion_rows_keep_only_real_lesions(data):
 
 def test_explain_methods_and_overlay_grid(model, data, tmp_path):
     rows = hl.pick_examples(data, CLASSES, 2)
-    images, _ = read_prepared(rows["path"].tolist(), PREP)
-    x = model_inputs(np.stack(images), PREP)
+    inputs = model_inputs(rows["path"].tolist(), PREP)
+    images, x = inputs.images, inputs.x
     methods = ["gradcam", "fastscorecam", "smoothgrad", "occlusion"]
     maps, seconds = hl.explain_methods(model, x, methods, options=FAST)
     assert list(maps) == methods and set(seconds) == set(methods)
@@ -169,3 +169,6 @@ def test_shortcut_figures_from_a_tiny_experiment(tmp_path):
     figure = hl.shortcut_heatmaps(tmp_path / "sc", "COVID", "gradcam", n=2, save=tmp_path / "h.png")
     assert isinstance(figure, Figure) and (tmp_path / "h.png").is_file()
     assert sum(1 for ax in figure.axes if ax.images) == 8
+    Path(pairs[0][1]).write_bytes(b"not an image")  # one unreadable twin: its pair is left out
+    figure = hl.shortcut_heatmaps(tmp_path / "sc", "COVID", "gradcam", n=2)
+    assert sum(1 for ax in figure.axes if ax.images) == 4

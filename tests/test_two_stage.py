@@ -1,4 +1,4 @@
-"""Tests for cxrlib.apps.two_stage: routing, threshold, chain-rule probabilities, evaluation."""
+"""Tests for cxrlib.runs.two_stage: routing, threshold, chain-rule probabilities, evaluation."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib.apps import two_stage
-from cxrlib.apps.two_stage import combine_stages, disease_probability, evaluate_two_stage, two_stage_predict
 from cxrlib.data.pipeline import Prep, prep_from_record
+from cxrlib.runs import two_stage
 from cxrlib.runs.evaluate import Run, load_run
 from cxrlib.runs.metrics import class_probabilities
+from cxrlib.runs.two_stage import combine_stages, disease_probability, evaluate_two_stage
 
 S1 = ["Normal", "Pneumonia"]
 S2 = ["Bacterial Pneumonia", "Viral Pneumonia"]
@@ -62,42 +62,6 @@ def test_class_probabilities_and_disease_probability() -> None:
         disease_probability(np.array([[0.2]]), ["Sick", "Well"])
 
 
-def test_normal_calls_never_reach_stage_2() -> None:
-    x = _images([0.1, 0.8, 0.4, 0.95, 0.0], [0.9, 0.2, 0.7, 0.6, 0.5])
-    stage1, stage2 = Spy((0, 0)), Spy((0, 1))
-    labels, probs = two_stage_predict(stage1, stage2, x, S1, S2, threshold=0.5, batch_size=2)
-    assert labels == ["Normal", "Bacterial Pneumonia", "Normal", "Viral Pneumonia", "Normal"]
-    assert stage1.markers() == [0, 1, 2, 3, 4]
-    assert stage2.markers() == [1, 3]  # only the images stage 1 called sick
-    assert probs.shape == (5, 3)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
-    np.testing.assert_allclose(probs[1], [0.2, 0.8 * 0.8, 0.8 * 0.2])  # chain rule
-    np.testing.assert_allclose(probs[0], [0.9, 0.05, 0.05])  # not routed: q taken as uniform
-
-
-def test_threshold_is_respected_at_the_boundary() -> None:
-    x = _images([0.3, 0.2999, 0.31, 0.9], [0.9, 0.9, 0.1, 0.1])
-    for threshold, routed in [(0.3, [0, 2, 3]), (0.5, [3]), (0.0, [0, 1, 2, 3]), (1.0, [])]:
-        stage2 = Spy((0, 1))
-        labels, _ = two_stage_predict(Spy((0, 0)), stage2, x, S1, S2, threshold=threshold)
-        assert stage2.markers() == routed
-        assert [i for i, label in enumerate(labels) if label != "Normal"] == routed
-    with pytest.raises(ValueError, match="threshold"):
-        two_stage_predict(Spy((0, 0)), Spy((0, 1)), x, S1, S2, threshold=1.5)
-
-
-def test_softmax_stages_and_batched_datasets() -> None:
-    import tensorflow as tf
-
-    x = _images([0.7, 0.2, 0.6], [0.3, 0.9, 0.8])
-    ds = tf.data.Dataset.from_tensor_slices((x, np.zeros(3))).batch(2)
-    stage2 = Spy((0, 1), sigmoid=False)
-    labels, probs = two_stage_predict(Spy((0, 0), sigmoid=False), stage2, ds, S1, S2)
-    assert labels == ["Bacterial Pneumonia", "Normal", "Viral Pneumonia"]
-    assert stage2.markers() == [0, 2]
-    np.testing.assert_allclose(probs[2], [0.4, 0.6 * 0.2, 0.6 * 0.8])
-
-
 def test_combine_stages_checks_counts() -> None:
     with pytest.raises(ValueError, match="routed"):
         combine_stages(np.array([0.9, 0.8]), np.array([[0.5, 0.5]]), np.array([True, True]), S2)
@@ -138,8 +102,9 @@ class FileSpy(Spy):
 
 def _fake_stages(monkeypatch, stage1: Spy, stage2: Spy, classes1=S1, classes2=S2) -> None:
     prep = Prep(image_size=8, backbone="scratch", channels=1)
-    stages = {"s1": Run(stage1, {"dataset": {"classes": list(classes1)}}, prep, list(classes1), Path("s1")),
-              "s2": Run(stage2, {"dataset": {"classes": list(classes2)}}, prep, list(classes2), Path("s2"))}
+    stages = {name: Run(model=model, record={"dataset": {"classes": list(names)}}, prep=prep,
+                        classes=list(names), dir=Path(name))
+              for name, model, names in (("s1", stage1, classes1), ("s2", stage2, classes2))}
     monkeypatch.setattr(two_stage, "load_run", lambda run_dir: stages[str(run_dir)])
 
 
@@ -195,6 +160,36 @@ def test_evaluate_two_stage_skips_unreadable_files(tmp_path: Path, monkeypatch) 
     assert result["n"] == 2 and len(result["skipped"]) == 1
     assert result["predicted"] == ["Normal", "Bacterial Pneumonia"]
     assert stage2.markers() == [2]
+
+
+def test_evaluate_two_stage_threshold_ends_and_a_softmax_screen(tmp_path: Path, monkeypatch) -> None:
+    rows = [("Normal", 0.0, 0.5), ("Viral Pneumonia", 1.0, 0.9), ("Bacterial Pneumonia", 0.6, 0.2)]
+    manifest = _write_images(tmp_path / "imgs", rows)
+    for threshold, routed in [(0.0, [0, 1, 2]), (0.5, [1, 2]), (1.0, [1])]:
+        stage2 = FileSpy((0, 1))
+        _fake_stages(monkeypatch, FileSpy((0, 0), sigmoid=False), stage2)
+        result = evaluate_two_stage("s1", "s2", manifest, FINAL, threshold=threshold, bootstrap=0)
+        assert stage2.markers() == routed  # p >= threshold goes on, p < threshold never does
+        assert [i for i, label in enumerate(result["predicted"]) if label != "Normal"] == routed
+    with pytest.raises(ValueError, match="threshold"):
+        evaluate_two_stage("s1", "s2", manifest, FINAL, threshold=1.5, bootstrap=0)
+
+
+def test_routed_decisions_are_scored_once_with_their_interval(tmp_path: Path, monkeypatch) -> None:
+    """p = 0.6, q = (0.5, 0.5) routes to stage 2 although the chain's argmax is Normal: the
+    accuracy, confusion matrix and its interval are the routed labels', computed once."""
+    from cxrlib.runs.metrics import compute_metrics
+
+    rows = [("Bacterial Pneumonia", 0.6, 0.49), ("Normal", 0.1, 0.5), ("Viral Pneumonia", 0.9, 0.9)]
+    manifest = _write_images(tmp_path / "imgs", rows)
+    _fake_stages(monkeypatch, FileSpy((0, 0)), FileSpy((0, 1)))
+    result = evaluate_two_stage("s1", "s2", manifest, FINAL, bootstrap=200, seed=3)
+    probs = np.asarray(result["probabilities"])
+    assert probs[0].argmax() == 0 and result["predicted"][0] == "Bacterial Pneumonia"
+    assert result["accuracy"] == 1.0 and result["ci"]["accuracy"] == [1.0, 1.0]
+    assert result["per_class"]["Bacterial Pneumonia"]["recall"] == 1.0
+    by_argmax = compute_metrics(np.array([1, 0, 2]), probs, FINAL, bootstrap=200, seed=3)
+    assert by_argmax["accuracy"] < 1.0 and by_argmax["auc_macro"] == result["auc_macro"]
 
 
 @pytest.mark.slow

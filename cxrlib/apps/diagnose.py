@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.data.images import is_image_path
-from cxrlib.data.pipeline import model_inputs, read_prepared
+from cxrlib.data.pipeline import model_inputs
 from cxrlib.errors import InputError
 from cxrlib.explain import maps as explain
 from cxrlib.files import write_csv_atomic
-from cxrlib.runs.evaluate import load_run, predict
+from cxrlib.runs.evaluate import Run, load_run, predict
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
         raise InputError(f"No image files under {root}.")
     if method not in explain.METHODS:
         raise InputError(f"Unknown method {method!r}; choose one of {', '.join(DIAGNOSE_METHODS)}.")
-    model, _, prep, classes, _ = load_run(model_path)
+    run = load_run(model_path)
+    model, prep, classes = run.model, run.prep, run.classes
     stage2 = load_run(stage2_path) if stage2_path is not None else None
     if stage2 is not None and not any(is_pneumonia(c) for c in classes):
         log.warning("The first model's classes %s have no pneumonia class: the second stage "
@@ -121,19 +122,18 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
         bar = tqdm(total=len(files), desc="Diagnosing", unit="img")
     try:
         for chunk in _batches(files, batch_size):
-            images, errors = read_prepared([str(p) for p in chunk], prep)
-            good = [i for i, image in enumerate(images) if image is not None]
+            inputs = model_inputs(chunk, prep)
             results: dict[int, dict[str, Any]] = {}
-            if good:
-                x = model_inputs(np.stack([images[i] for i in good]), prep)
-                probs = predict(model, x, len(classes), batch_size)
+            if inputs.kept:
+                probs = predict(model, inputs.x, len(classes), batch_size)
                 predicted = probs.argmax(axis=1)
-                heat = explain.heatmap(model, x, method, [int(c) for c in predicted], layer, **options)
-                second = _stage2([chunk[i] for i in good], [classes[int(c)] for c in predicted],
-                                 stage2, batch_size)
-                for k, i in enumerate(good):
+                heat = explain.heatmap(model, inputs.x, method, [int(c) for c in predicted], layer,
+                                       **options)
+                second = _stage2([chunk[i] for i in inputs.kept],
+                                 [classes[int(c)] for c in predicted], stage2, batch_size)
+                for k, i in enumerate(inputs.kept):
                     results[i] = {"probs": probs[k], "predicted": classes[int(predicted[k])],
-                                  "heat": heat[k], "image": images[i], "path": chunk[i],
+                                  "heat": heat[k], "image": inputs.images[k], "path": chunk[i],
                                   **second.get(k, {})}
             for i, path in enumerate(chunk):
                 relative = path.relative_to(root)
@@ -142,7 +142,7 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
                     row.update(_figure_row(results[i], classes, stage2, out / _figure_name(relative),
                                            relative))
                 else:
-                    row["error"] = errors[i]
+                    row["error"] = inputs.dropped[i]
                 rows.append(row)
             if bar is not None:
                 bar.update(len(chunk))
@@ -162,24 +162,21 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
     return summary
 
 
-def _stage2(paths: Sequence[Path], predicted: Sequence[str], stage2, batch_size: int
+def _stage2(paths: Sequence[Path], predicted: Sequence[str], stage2: Run | None, batch_size: int
             ) -> dict[int, dict[str, Any]]:
     """Second-stage probabilities for the images predicted as pneumonia, by position."""
     if stage2 is None:
         return {}
-    model2, _, prep2, classes2, _ = stage2
     chosen = [k for k, name in enumerate(predicted) if is_pneumonia(name)]
     if not chosen:
         return {}
-    images, errors = read_prepared([str(paths[k]) for k in chosen], prep2)
-    readable = [j for j, image in enumerate(images) if image is not None]
+    inputs = model_inputs([paths[k] for k in chosen], stage2.prep)
     out: dict[int, dict[str, Any]] = {}
-    if readable:
-        x = model_inputs(np.stack([images[j] for j in readable]), prep2)
-        probs = predict(model2, x, len(classes2), batch_size)
-        for row, j in enumerate(readable):
-            out[chosen[j]] = {"stage2_probs": probs[row], "stage2_classes": classes2,
-                              "stage2_predicted": classes2[int(probs[row].argmax())]}
+    if inputs.kept:
+        probs = predict(stage2.model, inputs.x, len(stage2.classes), batch_size)
+        for row, j in enumerate(inputs.kept):
+            out[chosen[j]] = {"stage2_probs": probs[row], "stage2_classes": stage2.classes,
+                              "stage2_predicted": stage2.classes[int(probs[row].argmax())]}
     return out
 
 

@@ -29,7 +29,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxrlib.data.images import read_image
-from cxrlib.data.pipeline import Prep, model_inputs, read_prepared
+from cxrlib.data.pipeline import Prep, model_inputs
+from cxrlib.data.splits import sample_per_class
 from cxrlib.explain import maps as explain
 from cxrlib.runs.evaluate import load_run, predict
 
@@ -111,16 +112,12 @@ def overlay_grid(images: Sequence[np.ndarray], maps_by_method: dict[str, np.ndar
 
 def pick_examples(manifest: pd.DataFrame, classes: Sequence[str], n: int, split: str = "test",
                   seed: int = 0) -> pd.DataFrame:
-    """``n`` rows of one split, taking the classes in turn (a random image of each)."""
-    rng = np.random.default_rng(seed)
+    """``n`` rows of one split, taking the classes in turn (a random image of each; a class
+    that runs out leaves its turn to the others)."""
     frame = manifest[manifest["split"] == split] if "split" in manifest else manifest
-    pools = {c: list(rng.permutation(frame.index[frame["label"] == c])) for c in classes}
-    chosen: list = []
-    while len(chosen) < n and any(pools.values()):
-        for c in classes:
-            if pools[c] and len(chosen) < n:
-                chosen.append(pools[c].pop())
-    return manifest.loc[chosen].reset_index(drop=True)
+    drawn = sample_per_class(frame, n, seed, classes, warn=False)
+    turn = drawn.groupby("label", sort=False).cumcount()
+    return drawn.iloc[np.argsort(turn.to_numpy(), kind="stable")[:n]].reset_index(drop=True)
 
 
 def lesion_rows(manifest: pd.DataFrame, classes: Sequence[str], max_images: int | None = None,
@@ -198,17 +195,17 @@ def region_scores(model, manifest: pd.DataFrame, classes: Sequence[str], prep: P
     images are skipped. Columns: path, label, predicted, border_share, lung_share,
     random_border_share, random_lung_share, lung_region.
     """
-    images, _ = read_prepared(manifest["path"].tolist(), prep)
-    good = [i for i, image in enumerate(images) if image is not None]
     records = []
-    for part_no, start in enumerate(range(0, len(good), batch_size)):
-        part = good[start:start + batch_size]
-        x = model_inputs(np.stack([images[i] for i in part]), prep)
+    for part_no, start in enumerate(range(0, len(manifest), batch_size)):
+        inputs = model_inputs(manifest["path"].iloc[start:start + batch_size].tolist(), prep)
+        if not inputs.kept:
+            continue
+        x = inputs.x
         predicted = predict(model, x).argmax(axis=1)
         heat = explain.heatmap(model, x, method, [int(p) for p in predicted], layer, **options)
-        noise = explain.random_maps(len(part), x.shape[1:3], seed + part_no)
-        for k, i in enumerate(part):
-            row = manifest.iloc[i]
+        noise = explain.random_maps(len(x), x.shape[1:3], seed + part_no)
+        for k, i in enumerate(inputs.kept):
+            row = manifest.iloc[start + i]
             lungs, source = _lung_region(row, prep, heat.shape[1:])
             records.append({"path": row["path"], "label": row["label"],
                             "predicted": classes[int(predicted[k])],
@@ -410,20 +407,25 @@ def shortcut_heatmaps(work_dir: str | os.PathLike, shortcut_class: str = "COVID"
     pairs = shortcut_pairs(work, n)
     if not pairs:
         raise ValueError(f"No marked test films in {work}.")
-    columns = []
+    prepared = {}
     for name in ("shortcut", "cropped"):
-        model, _, prep, classes, _ = load_run(work / name)
-        index = classes.index(shortcut_class)
-        for version, paths in (("marked", [p[0] for p in pairs]), ("marker-free", [p[1] for p in pairs])):
-            images, _ = read_prepared(paths, prep)
-            x = model_inputs(np.stack(images), prep)
-            probability = predict(model, x)[:, index]
-            heat = explain.heatmap(model, x, method, index, **options)
-            columns.append((f"{name} model,\n{version} film", images, heat, probability))
-    figure = new_figure(2.3 * len(columns) + 0.4, 2.5 * len(pairs) + 0.5)
-    axes = np.atleast_2d(figure.subplots(len(pairs), len(columns), squeeze=False))
+        run = load_run(work / name)
+        for version, side in (("marked", 0), ("marker-free", 1)):
+            prepared[name, version] = run, model_inputs([pair[side] for pair in pairs], run.prep)
+    shown = sorted(set.intersection(*(set(inputs.kept) for _, inputs in prepared.values())))
+    if not shown:  # the unreadable films were logged with their reasons
+        raise ValueError(f"No readable pair of a marked film and its twin in {work}.")
+    columns = []
+    for (name, version), (run, inputs) in prepared.items():
+        rows = [inputs.kept.index(r) for r in shown]
+        index = run.classes.index(shortcut_class)
+        probability = predict(run.model, inputs.x[rows])[:, index]
+        heat = explain.heatmap(run.model, inputs.x[rows], method, index, **options)
+        columns.append((f"{name} model,\n{version} film", inputs.images[rows], heat, probability))
+    figure = new_figure(2.3 * len(columns) + 0.4, 2.5 * len(shown) + 0.5)
+    axes = np.atleast_2d(figure.subplots(len(shown), len(columns), squeeze=False))
     for col, (label, images, heat, probability) in enumerate(columns):
-        for row in range(len(pairs)):
+        for row in range(len(shown)):
             ax = axes[row, col]
             ax.imshow(explain.overlay(images[row], heat[row]))
             ax.set_xticks([])

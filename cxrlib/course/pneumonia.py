@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from cxrlib.course.presets import Preset
+from cxrlib.runs.evaluate import Run
 
 
 def against_course(preset: Preset, stage1: dict, chain: dict) -> pd.DataFrame:
@@ -32,20 +32,20 @@ def against_course(preset: Preset, stage1: dict, chain: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, index=["ours", "course"]).T.astype(float)
 
 
-def occlusion_figure(model, record: dict, test: pd.DataFrame, n: int = 4, seed: int = 0,
-                     patch: int = 15, stride: int = 10, save: str | os.PathLike | None = None) -> Figure:
-    """Occlusion maps of the predicted class for ``n`` test films of each class."""
+def occlusion_figure(run: Run, test: pd.DataFrame, n: int = 4, seed: int = 0, patch: int = 15,
+                     stride: int = 10, save: str | os.PathLike | None = None) -> Figure:
+    """Occlusion maps of the predicted class of a loaded run for ``n`` test films, the classes in turn
+    (an unreadable film is left out, with its reason logged)."""
     from cxrlib.course import heatmaps as hl
-    from cxrlib.data.pipeline import model_inputs, prep_from_record, read_prepared
+    from cxrlib.data.pipeline import model_inputs
     from cxrlib.runs.evaluate import predict
 
-    prep = prep_from_record(record)
-    classes = record["dataset"]["classes"]
-    examples = hl.pick_examples(test, classes, n, seed=seed)
-    images, _ = read_prepared(examples["path"].tolist(), prep)
-    x = model_inputs(np.stack(images), prep)
-    maps, _ = hl.explain_methods(model, x, ["occlusion"],
+    examples = hl.pick_examples(test, run.classes, n, seed=seed)
+    inputs = model_inputs(examples["path"].tolist(), run.prep)
+    maps, _ = hl.explain_methods(run.model, inputs.x, ["occlusion"],
                                  options=hl.method_options(patch=patch, stride=stride))
-    probs = predict(model, x)
-    rows = [f"{t} →\n{classes[p.argmax()]} ({p.max():.0%})" for t, p in zip(examples["label"], probs)]
-    return hl.overlay_grid(images, maps, rows, title=f"{record['name']}: occlusion", save=save)
+    probs = predict(run.model, inputs.x)
+    rows = [f"{t} →\n{run.classes[p.argmax()]} ({p.max():.0%})"
+            for t, p in zip(examples["label"].iloc[inputs.kept], probs)]
+    return hl.overlay_grid(inputs.images, maps, rows, title=f"{run.record['name']}: occlusion",
+                           save=save)

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.data.images import read_image
-from cxrlib.data.pipeline import Prep, border_crop, model_inputs, read_prepared, resize
+from cxrlib.data.pipeline import Prep, border_crop, model_inputs, resize
 from cxrlib.explain.maps import border_mask, border_share, default_layer, energy_inside, heatmap, lung_share
 from cxrlib.models.backbones import SCRATCH
-from cxrlib.runs.evaluate import load_run, predict
+from cxrlib.runs.evaluate import Run, load_run, predict
 from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT, variant_spec
 
 
@@ -62,17 +62,14 @@ def _marker_masks(marked: pd.DataFrame, clean: pd.DataFrame, prep: Prep) -> dict
     return masks
 
 
-def _films(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep
-           ) -> tuple[float, dict[str, np.ndarray]]:
-    """Accuracy over a manifest, and its model inputs by file name."""
+def _films(run: Run, manifest: pd.DataFrame) -> tuple[float, dict[str, np.ndarray]]:
+    """A run's accuracy over a manifest's readable films, and their model inputs by file name."""
     from cxrlib.data.pipeline import label_indices
 
-    images, _ = read_prepared(manifest["path"].tolist(), prep)
-    keep = [i for i, image in enumerate(images) if image is not None]
-    x = model_inputs(np.stack([images[i] for i in keep]), prep)
-    labels = label_indices(manifest["label"].iloc[keep].tolist(), classes)
-    accuracy = float(np.mean(predict(model, x).argmax(axis=1) == labels))
-    return accuracy, {Path(manifest["path"].iloc[i]).name: x[k] for k, i in enumerate(keep)}
+    inputs = model_inputs(manifest["path"].tolist(), run.prep)
+    labels = label_indices(manifest["label"].iloc[inputs.kept].tolist(), run.classes)
+    accuracy = float(np.mean(predict(run.model, inputs.x).argmax(axis=1) == labels))
+    return accuracy, {Path(manifest["path"].iloc[i]).name: inputs.x[k] for k, i in enumerate(inputs.kept)}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -80,13 +77,13 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _shortcut_scores(model, marked: pd.DataFrame, clean: pd.DataFrame, classes: Sequence[str],
-                     prep: Prep, method: str, explain_class: int,
-                     layer: str | None) -> dict[str, Any]:
-    """One model's numbers for :func:`shortcut_experiment`."""
-    accuracy_marked, x_marked = _films(model, marked, classes, prep)
-    accuracy_clean, x_clean = _films(model, clean, classes, prep)
-    masks = _marker_masks(marked, clean, prep)
+def _shortcut_scores(run: Run, marked: pd.DataFrame, clean: pd.DataFrame, method: str,
+                     explain_class: int, layer: str | None) -> dict[str, Any]:
+    """One run's numbers for :func:`shortcut_experiment`."""
+    model = run.model
+    accuracy_marked, x_marked = _films(run, marked)
+    accuracy_clean, x_clean = _films(run, clean)
+    masks = _marker_masks(marked, clean, run.prep)
     names = [n for n in masks if n in x_marked and n in x_clean]
     out: dict[str, Any] = {"accuracy_marked": accuracy_marked, "accuracy_marker_free": accuracy_clean,
                            "n_marked": len(names)}
@@ -176,9 +173,8 @@ def shortcut_experiment(work_dir: str | os.PathLike, size: int = 64, per_class: 
                             batch_size=batch_size, optimizer="adam", learning_rate=1e-3, seed=seed,
                             crop=crop, augment=LIBRARY_AUGMENT if augment else NO_AUGMENT)
         train(train_set, classes, spec, work / name, progress=progress, bootstrap=0)
-        model, _, prep, _, _ = load_run(work / name)
-        scores = _shortcut_scores(model, marked, clean, classes, prep, method,
-                                  explain_class, layer)
-        result[name] = {"layer": layer or default_layer(model), **scores}
+        run = load_run(work / name)
+        scores = _shortcut_scores(run, marked, clean, method, explain_class, layer)
+        result[name] = {"layer": layer or default_layer(run.model), **scores}
     result["border_band_area_share"] = float(border_mask((size, size)).mean())
     return result

@@ -21,8 +21,8 @@ The order of the steps matters, and each has a reason:
 
 :func:`prepare_files` is the single definition of steps 1–2: the pipeline,
 :func:`load_arrays` (numpy arrays for small sets and plots) and the heat-map and diagnosis
-code all use it (through :func:`read_prepared` and :func:`prepare_image`), so a model always
-sees its images prepared the same way.
+code all use it (through :func:`model_inputs`, files → model inputs in memory, and
+:func:`prepare_image`), so a model always sees its images prepared the same way.
 """
 
 from __future__ import annotations
@@ -641,18 +641,34 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def read_prepared(paths: Sequence[str], prep: Prep, progress: bool = False,
-                  skip_log: list | None = None) -> tuple[list[np.ndarray | None], list[str]]:
-    """Each file prepared as the model sees it (uint8 (S, S)) or None, with its error text
-    ('' when readable), in order (:func:`prepare_files`)."""
+@dataclass(frozen=True, eq=False)
+class Inputs:
+    """Files made model inputs by :func:`model_inputs`: the readable ones, in order."""
+
+    x: np.ndarray             # (n, S, S, C): the model's input, one row per kept file
+    images: np.ndarray        # (n, S, S) uint8: the same films as the model sees them (figures)
+    kept: list[int]           # the position, among the files given, of each row's file
+    dropped: dict[int, str]   # position → why that file was not read (logged, never a crash)
+
+
+def model_inputs(paths: Sequence[str | os.PathLike], prep: Prep, preprocess: bool = True,
+                 progress: bool = False, skip_log: list | None = None) -> Inputs:
+    """Files → model inputs: the one way, for every caller that feeds files to a model in
+    memory (heat maps, diagnosis, the lessons). Files are read by :func:`prepare_files`;
+    an unreadable one is dropped with its reason (and added to ``skip_log``), not stacked."""
     images, errors = prepare_files(paths, prep, progress, skip_log)
-    return [None if error else image for image, error in zip(images, errors)], errors
+    kept = [i for i, error in enumerate(errors) if not error]
+    if len(kept) < len(errors):
+        images = images[kept]
+    return Inputs(input_array(images, prep, preprocess), images, kept,
+                  {i: error for i, error in enumerate(errors) if error})
 
 
-def model_inputs(images: np.ndarray | Sequence[np.ndarray], prep: Prep,
-                 preprocess: bool = True) -> np.ndarray:
+def input_array(images: np.ndarray | Sequence[np.ndarray], prep: Prep,
+                preprocess: bool = True) -> np.ndarray:
     """Prepared uint8 images (N, S, S) → model input (N, S, S, C): channels as the model
-    expects, and with ``preprocess`` the backbone's normalisation (float32)."""
+    expects, and with ``preprocess`` the backbone's normalisation (float32). Files go through
+    :func:`model_inputs`, which calls this."""
     x = np.asarray(images)
     if x.ndim == 2:
         x = x[None]
@@ -674,7 +690,6 @@ def load_arrays(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, prep
     """
     prep = with_crop_reference(prep, manifest)
     labels = label_indices(manifest["label"].tolist(), classes)
-    images, errors = prepare_readable(manifest["path"].astype(str).tolist(), prep, progress,
-                                      skip_log)
-    keep = np.array([not error for error in errors], bool)
-    return model_inputs(images, prep, preprocess), labels[keep]
+    inputs = model_inputs(manifest["path"].astype(str).tolist(), prep, preprocess, progress,
+                          skip_log)
+    return inputs.x, labels[inputs.kept]

@@ -39,7 +39,7 @@ softmax to the output, which over one unit is always 1: every channel would weig
 
 Every heat map is an (N, S, S) float32 array scaled to [0, 1] per image, at the input's size,
 so it can be laid over the radiograph the model actually saw (images are prepared by
-:func:`cxrlib.data.pipeline.prepare_image`, masks by :func:`prepare_mask` with the same geometry).
+:func:`cxrlib.data.pipeline.model_inputs`, masks by :func:`prepare_mask` with the same geometry).
 
 **Measure, don't eyeball.** A heat map over a radiograph is persuasive, and people see what
 they expect in it: a blob "on the lungs" convinces whether it covers 80 % of the map's
@@ -67,7 +67,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxrlib.data.images import ImageReadError, read_image
-from cxrlib.data.pipeline import Prep, border_crop, model_inputs, prepare_image, read_prepared, resize
+from cxrlib.data.pipeline import Prep, border_crop, model_inputs, resize
+from cxrlib.data.splits import sample_per_class
 from cxrlib.models.backbones import BACKBONES, preprocess_function
 from cxrlib.runs.evaluate import predict
 
@@ -567,26 +568,22 @@ def gallery(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
     """
     from cxrlib.plots import finish_figure, new_figure
 
-    rng = np.random.default_rng(seed)
+    candidates = sample_per_class(manifest, max_candidates, seed, classes, warn=False)
     rows: list[list[tuple[np.ndarray, np.ndarray, str]]] = []
     for ci, name in enumerate(classes):
-        frame = manifest[manifest["label"] == name]
-        if len(frame) > max_candidates:
-            frame = frame.iloc[rng.choice(len(frame), max_candidates, replace=False)]
-        images, _ = read_prepared(frame["path"].tolist(), prep)
-        kept = [im for im in images if im is not None]
+        inputs = model_inputs(candidates.loc[candidates["label"] == name, "path"].tolist(), prep)
         picked: list[tuple[np.ndarray, np.ndarray, str]] = []
-        if kept:
-            x = model_inputs(np.stack(kept), prep)
-            probs = predict(model, x)
+        if inputs.kept:
+            probs = predict(model, inputs.x)
             predicted = probs.argmax(axis=1)
             chosen = np.flatnonzero((predicted == ci) == correct)[:n_per_class]
             if len(chosen):
-                heat = heatmap(model, x[chosen], method, [int(predicted[i]) for i in chosen],
+                heat = heatmap(model, inputs.x[chosen], method, [int(predicted[i]) for i in chosen],
                                layer, **options)
                 for k, i in enumerate(chosen):
                     p = int(predicted[i])
-                    picked.append((kept[i], heat[k], f"{name} →\n{classes[p]} ({probs[i, p]:.0%})"))
+                    picked.append((inputs.images[i], heat[k],
+                                   f"{name} →\n{classes[p]} ({probs[i, p]:.0%})"))
         rows.append(picked)
     ncols = max(1, n_per_class)
     figure = new_figure(2.3 * ncols + 0.8, 2.5 * len(classes) + 0.4)
@@ -731,23 +728,25 @@ def lesion_scores(model, manifest: pd.DataFrame, classes: Sequence[str], prep: P
     for path, mask_path, label in zip(rows["path"], rows["mask_path"], rows["label"]):
         try:
             mask = prepare_mask(mask_path, prep, path)
-            image = prepare_image(path, prep)
         except _READ_ERRORS as error:
             log.warning("Skipping %s: %s", path, error)
             continue
         if mask.any():
-            found.append((path, label, image, mask))
+            found.append((path, label, mask))
     records = []
     rng_seed = seed
     for start in range(0, len(found), batch_size):
-        part = found[start:start + batch_size]
-        x = model_inputs(np.stack([p[2] for p in part]), prep)
+        inputs = model_inputs([p[0] for p in found[start:start + batch_size]], prep)
+        part = [found[start + i] for i in inputs.kept]
+        if not part:
+            continue
+        x = inputs.x
         predicted = predict(model, x).argmax(axis=1)
         targets = ([lookup[p[1]] for p in part] if explain == "label" else [int(i) for i in predicted])
         heat = heatmap(model, x, method, targets, layer, **options)
         noise = random_maps(len(part), x.shape[1:3], rng_seed)
         rng_seed += 1
-        for k, (path, label, _, mask) in enumerate(part):
+        for k, (path, label, mask) in enumerate(part):
             records.append({
                 "path": path, "label": label, "predicted": classes[int(predicted[k])],
                 "energy_inside": energy_inside(heat[k], mask),

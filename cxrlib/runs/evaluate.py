@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,14 +27,16 @@ from cxrlib.runs.metrics import class_probabilities
 log = logging.getLogger(__name__)
 
 
-class Run(NamedTuple):
-    """A finished run, loaded: what :func:`load_run` returns."""
+@dataclass(frozen=True)
+class Run:
+    """A finished run, loaded: what :func:`load_run` returns. Its fields are read by name (it
+    is not a tuple: no caller depends on their order)."""
 
-    model: Any
-    record: dict
-    prep: Prep
-    classes: list[str]
-    dir: Path
+    model: Any          # the Keras model (or any callable on a batch)
+    record: dict        # its record.json, validated (:func:`cxrlib.runs.records.read_record`)
+    prep: Prep          # how its training files became inputs: use it for every file it sees
+    classes: list[str]  # its output columns, in order
+    dir: Path           # the run directory
 
 
 _LOADED: dict[tuple[str, int], Any] = {}  # (model path, mtime) → model: each file read once
@@ -67,8 +70,8 @@ def load_run(path: str | Path) -> Run:
         model = load_model(str(model_path))
         check_outputs(model, record["dataset"]["classes"], model_path)
         _LOADED[key] = model
-    return Run(_LOADED[key], record, prep_from_record(record), list(record["dataset"]["classes"]),
-               run_dir)
+    return Run(model=_LOADED[key], record=record, prep=prep_from_record(record),
+               classes=list(record["dataset"]["classes"]), dir=run_dir)
 
 
 def input_batches(inputs, batch_size: int = 32):
@@ -109,10 +112,10 @@ def per_film_correct(run_dir: str | Path, manifest: pd.DataFrame, batch_size: in
     """Per film of ``manifest``'s ``test`` split (in its order), whether the run's saved model
     classifies it right: the input of a paired comparison of two runs
     (:func:`cxrlib.runs.metrics.paired_accuracy_gain`)."""
-    model, _, prep, classes, _ = load_run(run_dir)
+    run = load_run(run_dir)
     test = manifest[manifest["split"] == "test"]
-    probs, labels = predict(model, make_dataset(test, classes, prep, batch_size), len(classes),
-                            with_labels=True)
+    probs, labels = predict(run.model, make_dataset(test, run.classes, run.prep, batch_size),
+                            len(run.classes), with_labels=True)
     return probs.argmax(1) == labels
 
 

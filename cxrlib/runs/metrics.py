@@ -54,17 +54,19 @@ def cross_entropy(y_true: np.ndarray, y_prob: np.ndarray) -> float | None:
 
 def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str],
                     bootstrap: int = 1000, seed: int = 0,
-                    target_sensitivity: float = 0.99) -> dict:
+                    target_sensitivity: float = 0.99, y_pred: np.ndarray | None = None) -> dict:
     """All test-set metrics as a JSON-serialisable dict (see the module docstring).
 
     ``y_true`` holds class indices (N,), ``y_prob`` probabilities (N, K) with K == len(classes).
     For two classes a single column of positive-class probabilities (N,) or (N, 1) is also
-    accepted and read as ``[1 - p, p]``.
+    accepted and read as ``[1 - p, p]``. ``y_pred``, the decisions (class indices), defaults
+    to the probabilities' argmax; a pipeline that decides otherwise (the two-stage routing)
+    gives its own, and the accuracy, confusion matrix and per-class scores are theirs.
     """
     classes = [str(c) for c in classes]
     y_true, y_prob = _check_inputs(y_true, y_prob, len(classes))
     k = len(classes)
-    y_pred = y_prob.argmax(axis=1)
+    y_pred = y_prob.argmax(axis=1) if y_pred is None else np.asarray(y_pred, dtype=np.int64)
     matrix, scores = class_scores(y_true, y_pred, k)
     aucs = [_auc(y_true == i, y_prob[:, i]) for i in range(k)]
     per_class = {name: {**scores[i], "auc": aucs[i]} for i, name in enumerate(classes)}
@@ -76,7 +78,7 @@ def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[st
         "per_class": per_class,
         "auc_macro": None if any(a is None for a in aucs) else float(np.mean(aucs)),
         "confusion_matrix": matrix.tolist(),
-        "ci": bootstrap_ci(y_true, y_prob, n_resamples=bootstrap, seed=seed),
+        "ci": bootstrap_ci(y_true, y_prob, n_resamples=bootstrap, seed=seed, y_pred=y_pred),
     }
     if result["auc_macro"] is None:
         result["auc_macro_note"] = auc_note(y_true, classes)
@@ -128,8 +130,10 @@ def threshold_for_sensitivity(y_true_binary: np.ndarray, scores: np.ndarray,
 
 
 def bootstrap_ci(y_true: np.ndarray, y_prob: np.ndarray, n_resamples: int = 1000,
-                 seed: int = 0, level: float = CI_LEVEL) -> dict[str, list[float] | None]:
-    """Percentile bootstrap intervals of accuracy and macro AUC: {"accuracy", "auc_macro"}.
+                 seed: int = 0, level: float = CI_LEVEL, y_pred: np.ndarray | None = None
+                 ) -> dict[str, list[float] | None]:
+    """Percentile bootstrap intervals of accuracy (of ``y_pred``, default the argmax) and of
+    macro AUC: {"accuracy", "auc_macro"}.
 
     Each resample draws N samples with replacement; it is represented by how often each
     sample was drawn (a row of counts), so every statistic is a weighted sum over the
@@ -144,7 +148,8 @@ def bootstrap_ci(y_true: np.ndarray, y_prob: np.ndarray, n_resamples: int = 1000
     if n_resamples <= 0 or n == 0:
         return {"accuracy": None, "auc_macro": None}
     rng = np.random.default_rng(seed)
-    correct = (y_prob.argmax(axis=1) == y_true).astype(np.float64)
+    y_pred = y_prob.argmax(axis=1) if y_pred is None else np.asarray(y_pred, dtype=np.int64)
+    correct = (y_pred == y_true).astype(np.float64)
     accuracies, aucs = [], []
     chunk = max(1, _BOOTSTRAP_CELLS // n)
     for start in range(0, n_resamples, chunk):

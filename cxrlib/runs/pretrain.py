@@ -384,11 +384,11 @@ def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = 64,
 
 
 def _inputs(images: np.ndarray, backbone: str) -> np.ndarray:
-    """uint8 grayscale films → the backbone's preprocessed 3-channel float inputs."""
-    from cxrlib.models.backbones import preprocess_function
+    """uint8 grayscale films → the backbone's preprocessed 3-channel float inputs, as every
+    model input is made (:func:`cxrlib.data.pipeline.input_array`)."""
+    from cxrlib.data.pipeline import Prep, input_array
 
-    rgb = np.repeat(images[..., None].astype("float32"), 3, axis=-1)
-    return np.asarray(preprocess_function(backbone)(rgb), dtype="float32")
+    return input_array(images, Prep(images.shape[-1], backbone))
 
 
 def _progress(total_steps: int, backbone: str, image_size: int, n: int, epochs: int,

@@ -19,9 +19,10 @@ The combined prediction has the classes ``[normal] + stage-2 classes``:
   can differ from the routed label (``p = 0.6, q = (0.5, 0.5)`` gives ``[0.4, 0.3, 0.3]``),
   so the confusion matrix and accuracy of :func:`evaluate_two_stage` come from the labels.
 
-API: :func:`evaluate_two_stage` scores two saved runs on a manifest (each stage with its own
-recorded preparation); :func:`two_stage_predict` routes model inputs already in memory
-(prepared alike for both models) through two loaded models, for scripts and services.
+API: :func:`evaluate_two_stage` scores two saved runs on a manifest, each stage with its own
+recorded preparation and :func:`cxrlib.runs.evaluate.predict`; :func:`disease_probability`
+and :func:`combine_stages` are the routing and the chain rule, for a script that holds the
+two stages' outputs already (``cxr diagnose --stage2`` chains them per film).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.runs.evaluate import input_batches, load_run, predict
+from cxrlib.runs.evaluate import load_run, predict
 from cxrlib.runs.metrics import class_probabilities
 
 log = logging.getLogger(__name__)
@@ -70,44 +71,6 @@ def combine_stages(p_disease: np.ndarray, stage2_probs: np.ndarray, routed: np.n
     return labels, probs
 
 
-def two_stage_predict(stage1_model, stage2_model, images, stage1_classes: Sequence[str],
-                      stage2_classes: Sequence[str], threshold: float = 0.5,
-                      normal_class: str = "Normal", batch_size: int = 32
-                      ) -> tuple[list[str], np.ndarray]:
-    """Route images through both models; return (final labels, chain-rule probabilities).
-
-    ``images`` is model input, prepared as both models expect (same size, channels and
-    normalisation): an array (N, S, S, C) or an iterable of batches (``x`` or ``(x, y)``).
-    An image goes to stage 2 when its stage-1 disease probability is ``>= threshold``;
-    stage 2 sees only those images. Probability columns are ``[normal_class] + stage2_classes``.
-    """
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must lie in [0, 1], not {threshold}")
-    p_all, q_all, routed_all = [], [], []
-    for x, _ in input_batches(images, batch_size):
-        p = disease_probability(np.asarray(stage1_model(x, training=False)), stage1_classes, normal_class)
-        routed = p >= threshold
-        if routed.any():
-            index = np.flatnonzero(routed)
-            x_routed = x[index] if isinstance(x, np.ndarray) else _take(x, index)
-            q_all.append(class_probabilities(np.asarray(stage2_model(x_routed, training=False)),
-                                             len(stage2_classes)))
-        p_all.append(p)
-        routed_all.append(routed)
-    if not p_all:
-        return [], np.zeros((0, 1 + len(stage2_classes)))
-    q = np.concatenate(q_all) if q_all else np.zeros((0, len(stage2_classes)))
-    return combine_stages(np.concatenate(p_all), q, np.concatenate(routed_all),
-                          list(stage2_classes), normal_class)
-
-
-def _take(x, index: np.ndarray):
-    """Rows ``index`` of a tensor batch."""
-    import tensorflow as tf
-
-    return tf.gather(x, index)
-
-
 def _predict(model, manifest: pd.DataFrame, label_classes: Sequence[str], prep, n_out: int,
              batch_size: int, skipped: list) -> np.ndarray:
     """(N, n_out) probabilities over the readable images of a manifest, in order."""
@@ -133,12 +96,12 @@ def evaluate_two_stage(stage1_run_dir: str | Path, stage2_run_dir: str | Path,
     ``probabilities`` and ``skipped``.
     """
     from cxrlib.data.pipeline import label_indices
-    from cxrlib.runs.metrics import bootstrap_ci, class_scores, compute_metrics, confusion_matrix
+    from cxrlib.runs.metrics import compute_metrics
 
-    (model1, record1, prep1, _, _), (model2, record2, prep2, _, _) = (
-        load_run(stage1_run_dir), load_run(stage2_run_dir))
-    classes1 = list(record1["dataset"]["classes"])
-    classes2 = list(record2["dataset"]["classes"])
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], not {threshold}")
+    stage1, stage2 = load_run(stage1_run_dir), load_run(stage2_run_dir)
+    classes2 = stage2.classes
     classes = list(classes) if classes is not None else [normal_class] + classes2
     if sorted(classes) != sorted([normal_class] + classes2):
         raise ValueError(f"classes {classes} must be {normal_class!r} plus stage 2's {classes2}.")
@@ -147,27 +110,21 @@ def evaluate_two_stage(stage1_run_dir: str | Path, stage2_run_dir: str | Path,
     label_indices(manifest["label"].tolist(), classes)  # a clear error for a foreign label
 
     skipped: list = []
-    probs1 = _predict(model1, manifest, classes, prep1, 2, batch_size, skipped)
+    probs1 = _predict(stage1.model, manifest, classes, stage1.prep, 2, batch_size, skipped)
     gone = {item["path"] for item in skipped}
     readable = manifest[~manifest["path"].astype(str).isin(gone)].reset_index(drop=True)
-    p = disease_probability(probs1, classes1, normal_class)
+    p = disease_probability(probs1, stage1.classes, normal_class)
     routed = p >= threshold
-    probs2 = (_predict(model2, readable[routed], classes, prep2, len(classes2), batch_size, skipped)
+    probs2 = (_predict(stage2.model, readable[routed], classes, stage2.prep, len(classes2),
+                       batch_size, skipped)
               if routed.any() else np.zeros((0, len(classes2))))
     labels, chain = combine_stages(p, probs2, routed, classes2, normal_class)
     order = [([normal_class] + classes2).index(c) for c in classes]
     chain = chain[:, order]
 
     y_true = label_indices(readable["label"].tolist(), classes)
-    y_pred = label_indices(labels, classes)
-    result = compute_metrics(y_true, chain, classes, bootstrap=bootstrap, seed=seed)
-    matrix = confusion_matrix(y_true, y_pred, len(classes))
-    decided = np.eye(len(classes))[y_pred]  # one-hot decisions: argmax is the routed label
-    result["accuracy"] = float(np.mean(y_pred == y_true))
-    result["confusion_matrix"] = matrix.tolist()
-    for i, name in enumerate(classes):
-        result["per_class"][name].update(class_scores(matrix, i))
-    result["ci"]["accuracy"] = bootstrap_ci(y_true, decided, n_resamples=bootstrap, seed=seed)["accuracy"]
+    result = compute_metrics(y_true, chain, classes, bootstrap=bootstrap, seed=seed,
+                             y_pred=label_indices(labels, classes))
     sick_true = y_true != classes.index(normal_class)
     result.update({
         "threshold": float(threshold),
