@@ -143,10 +143,10 @@ def test_normalise_maps_handles_constant_and_nan():
 
 
 def test_default_layer_is_fine_enough(tiny):
-    from cxrlib.models.build import build_model, last_conv_layer
+    from cxrlib.models.build import SCRATCH_LAST_CONV, build_model
 
     big = build_model("scratch", "scratch", 3, 128, None)
-    assert explain.default_layer(big) == last_conv_layer(big, "scratch") == "scratch_conv5"
+    assert explain.default_layer(big) == SCRATCH_LAST_CONV == "scratch_conv5"
     # at 64 px the last block is 4×4 (16-px cells): the heat maps read the 8×8 block before it
     small = build_model("scratch", "scratch", 3, 64, None)
     assert explain.default_layer(small) == "scratch_relu4"

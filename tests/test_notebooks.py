@@ -19,11 +19,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cxrlib.course.runner import NOTEBOOK_DIR, list_notebooks
+from cxrlib.course.runner import list_notebooks, notebook_dir
 from cxrlib.course.setup import COURSE_BACKBONES
 from cxrlib.runs.records import find_records, validate_record
 from cxrlib.runs.train import run_dir
 
+NOTEBOOK_DIR = notebook_dir()
 NOTEBOOKS = list_notebooks(NOTEBOOK_DIR)
 REPO = NOTEBOOK_DIR.parent
 

@@ -17,7 +17,7 @@ from cxrlib.data.datasets import load_manifest
 from cxrlib.data.splits import split_manifest
 from cxrlib.data.synthetic import generate_synthetic
 from cxrlib.models.backbones import BACKBONES
-from cxrlib.models.build import build_model, compile_model, last_conv_layer, load_model, make_optimizer
+from cxrlib.models.build import SCRATCH_LAST_CONV, build_model, compile_model, load_model, make_optimizer
 from cxrlib.models.variants import VARIANT_NAMES
 from cxrlib.runs import train as training
 from cxrlib.runs.records import find_records, read_record, validate_record
@@ -60,7 +60,7 @@ def _one_step(model, size: int, channels: int = 3) -> float:
 def test_every_backbone_builds_flat_and_trains_a_step(backbone, variant) -> None:
     model = build_model(backbone, variant, 3, image_size=75, weights=None)
     assert model.output_shape == (None, 3)
-    assert model.get_layer(last_conv_layer(model, backbone)) in model.layers  # flat: CAM-ready
+    assert model.get_layer(BACKBONES[backbone].last_conv) in model.layers  # flat: CAM-ready
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)
     trainable = {w.path for w in model.trainable_weights}
     head = {w.path for layer in model.layers if layer.name.startswith("head_")
@@ -87,7 +87,7 @@ def test_densenet_progression_heads(variant) -> None:
 def test_scratch_binary_and_one_channel_models() -> None:
     scratch = build_model("scratch", "scratch", 2, image_size=64, weights=None, binary=True)
     assert scratch.output_shape == (None, 1)
-    assert scratch.get_layer(last_conv_layer(scratch, "scratch"))
+    assert scratch.get_layer(SCRATCH_LAST_CONV)
     gray = build_model("resnet50", "frozen", 3, image_size=64, weights=None, channels=1)
     assert gray.input_shape == (None, 64, 64, 1)
     assert gray.get_layer("adapter_conv").trainable
@@ -260,9 +260,13 @@ def test_resumed_checkpoint_keeps_the_best_model_from_before_the_stop(tmp_path) 
 
 
 def test_same_seed_same_split_and_initial_weights(tiny_split) -> None:
-    a = build_model("scratch", "scratch", 2, image_size=32, weights=None, seed=7)
-    b = build_model("scratch", "scratch", 2, image_size=32, weights=None, seed=7)
-    c = build_model("scratch", "scratch", 2, image_size=32, weights=None, seed=8)
+    import keras
+
+    def built(seed: int):
+        keras.utils.set_random_seed(seed)   # the caller seeds, as train does
+        return build_model("scratch", "scratch", 2, image_size=32, weights=None, seed=seed)
+
+    a, b, c = built(7), built(7), built(8)
     assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
     assert not all(np.array_equal(x, y) for x, y in zip(a.get_weights(), c.get_weights()))
     again = split_manifest(tiny_split.drop(columns="split").assign(split=""), val=0.25, test=0.25, seed=0)

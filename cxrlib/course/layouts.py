@@ -1,5 +1,6 @@
 """Small synthetic copies of the real datasets' folder layouts, for checking that the series
-runs on real-data layouts without the real data (``tests/test_notebooks.py`` uses them).
+runs on real-data layouts without the real data: :func:`write_layouts` writes all four (the API;
+``tests/test_notebooks.py`` points the notebooks' dataset folders at them).
 
 - Radiography v3: ``COVID/``, ``NORMAL/``, ``Viral Pneumonia/`` with the images directly inside;
 - Radiography v4: ``<Class>/images/`` (and ``Lung_Opacity``), as on Kaggle today;
@@ -30,7 +31,7 @@ def _drawn(out: Path, classes: list[str], per_class: int, size: int, seed: int) 
     return {c: sorted((folder / c / "images").glob("*.png")) for c in classes}
 
 
-def write_radiography(out: str | Path, version: str = "v4", per_class: int = 12, size: int = 96,
+def _write_radiography(out: str | Path, version: str = "v4", per_class: int = 12, size: int = 96,
                       seed: int = 0) -> Path:
     """A Radiography Database in the v3 or v4 layout."""
     out = Path(out)
@@ -44,7 +45,7 @@ def write_radiography(out: str | Path, version: str = "v4", per_class: int = 12,
     return out
 
 
-def write_kermany(out: str | Path, per_class: int = 12, size: int = 96, seed: int = 0) -> Path:
+def _write_kermany(out: str | Path, per_class: int = 12, size: int = 96, seed: int = 0) -> Path:
     """Kermany's ``chest_xray/`` with an official train/val/test split and its file names."""
     out = Path(out)
     drawn = _drawn(out, ["Normal", "Bacterial Pneumonia", "Viral Pneumonia"], per_class, size, seed)
@@ -66,7 +67,7 @@ def write_layouts(out: str | Path, per_class: int = 12, size: int = 96, seed: in
     from cxrlib.data.synthetic import generate_siim_like
 
     out = Path(out)
-    return {"COVID_DIR": write_radiography(out / "radiography_v4", "v4", per_class, size, seed),
-            "EXTERNAL_DIR": write_radiography(out / "radiography_v3", "v3", per_class, size, seed + 1),
-            "KERMANY_DIR": write_kermany(out / "kermany", per_class, size, seed + 2),
+    return {"COVID_DIR": _write_radiography(out / "radiography_v4", "v4", per_class, size, seed),
+            "EXTERNAL_DIR": _write_radiography(out / "radiography_v3", "v3", per_class, size, seed + 1),
+            "KERMANY_DIR": _write_kermany(out / "kermany", per_class, size, seed + 2),
             "SIIM_DIR": generate_siim_like(out / "siim", n_studies=4 * per_class, size=size, seed=seed + 3)}

@@ -22,8 +22,16 @@ from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
-SMOKE_DIR = NOTEBOOK_DIR.parent / "outputs" / "smoke"
+SMOKE_DIR = Path("outputs") / "smoke"   # relative to the working folder, as the Makefile's
+
+
+def notebook_dir() -> Path:
+    """The course's notebooks: ``$CXR_NOTEBOOKS`` when set, else the ``notebooks/`` folder of
+    the checkout cxrlib runs from (an installed package has none: set the variable, or pass
+    ``folder``)."""
+    if os.environ.get("CXR_NOTEBOOKS"):
+        return Path(os.environ["CXR_NOTEBOOKS"]).expanduser()
+    return Path(__file__).resolve().parents[2] / "notebooks"
 
 # Smoke mode: about a minute per notebook on a CPU. Applied to every notebook that has the
 # parameter, then the notebook's own entries; what the caller passes with -p wins over both.
@@ -215,18 +223,21 @@ def kernel_options() -> dict[str, Any]:
     return {"extra_arguments": ["--IPKernelApp.log_level=ERROR"]}
 
 
-def list_notebooks(folder: str | Path = NOTEBOOK_DIR, only: Sequence[str] | None = None) -> list[Path]:
-    """The numbered notebooks (``NN_name.ipynb``) in order; ``only`` filters by number prefix."""
+def list_notebooks(folder: str | Path | None = None, only: Sequence[str] | None = None) -> list[Path]:
+    """The numbered notebooks (``NN_name.ipynb``) in ``folder`` (default :func:`notebook_dir`),
+    in order; ``only`` filters by number prefix."""
+    folder = Path(folder) if folder else notebook_dir()
     found = sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if only:
         found = [p for p in found if any(p.name.startswith(str(o).zfill(2)) for o in only)]
     if not found:
-        raise FileNotFoundError(f"No numbered notebooks in {folder} (filter: {only}).")
+        raise FileNotFoundError(f"No numbered notebooks in {folder} (filter: {only}); "
+                                "set CXR_NOTEBOOKS to the course's notebooks folder.")
     return found
 
 
 def run_series(out_dir: str | Path, only: Sequence[str] | None = None, smoke: bool = False,
-               parameters: dict | None = None, folder: str | Path = NOTEBOOK_DIR,
+               parameters: dict | None = None, folder: str | Path | None = None,
                preset: str | None = None) -> list[dict]:
     """Run every numbered notebook in order (stopping at the first failure: :class:`NotebookFailed`).
 

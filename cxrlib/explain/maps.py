@@ -217,8 +217,8 @@ def _resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def default_layer(model, min_side: int = 7) -> str:
     """The layer heat maps read when none is named: the backbone's last convolutional block.
 
-    That is the name :func:`cxrlib.models.build.last_conv_layer` gives (``scratch_conv5`` for the
-    scratch CNN, the registry's ``last_conv`` for an ImageNet backbone), found from the
+    That is ``scratch_conv5`` (``cxrlib.models.build.SCRATCH_LAST_CONV``) for the
+    scratch CNN and the registry's ``last_conv`` for an ImageNet backbone, found from the
     model's own layers; a model without one uses its last layer with a spatial output.
 
     Unless that map is smaller than ``min_side`` × ``min_side``: a CAM cannot be finer than

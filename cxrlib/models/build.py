@@ -42,7 +42,6 @@ from cxrlib.models.backbones import (
     WeightsUnavailableError,
     application,
     default_size,
-    get_backbone,
     min_input_size,
     missing_weights_message,
     resolve_weights,
@@ -62,13 +61,6 @@ SCRATCH_LAST_CONV = "scratch_conv5"
 def model_name(backbone: str, variant: str) -> str:
     """The default name of a model and its run: ``densenet121-v2reg`` (aliases resolved)."""
     return f"{backbone}-{get_variant(variant).name}"
-
-
-def last_conv_layer(model: keras.Model, backbone: str) -> str:
-    """The name of the layer heat maps read (the backbone's last convolutional block)."""
-    name = SCRATCH_LAST_CONV if backbone == SCRATCH else get_backbone(backbone).last_conv
-    model.get_layer(name)  # raises ValueError if the model is not flat
-    return name
 
 
 def _head(x, n_classes: int, variant: str, dropout: float, binary: bool, seed: int,
@@ -213,7 +205,9 @@ def build_model(backbone: str, variant: str, n_classes: int, image_size: int | N
     classes only) ends in one sigmoid unit instead of a softmax. ``head`` is the course's
     head (``"course"``), pooling + BatchNorm + output (``"batchnorm"``, SIIM course), or for the
     scratch backbone the 3-class Kermany course's flat CNN (``"flat"``); ``"linear"`` and
-    ``"vgg"`` are in :func:`_head`. ``head_norm`` and ``freeze_bn`` are the library's changes
+    ``"vgg"`` are in :func:`_head`. ``seed`` seeds the head's and the scratch CNN's
+    initialisers and dropout; the caller seeds the rest (``keras.utils.set_random_seed``, as
+    :func:`cxrlib.runs.train.train` does), so building a model changes no global state. ``head_norm`` and ``freeze_bn`` are the library's changes
     (:mod:`cxrlib.spec`): standardised head features, and pretrained BatchNormalization kept
     in inference mode.
     """
@@ -230,7 +224,6 @@ def build_model(backbone: str, variant: str, n_classes: int, image_size: int | N
     if image_size < min_input_size(backbone):
         raise InputError(f"{backbone} needs images of at least {min_input_size(backbone)} px, "
                          f"not {image_size}; use a larger --image-size.")
-    keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size, channels), name="image")
     if backbone == SCRATCH and head == "flat":
         return keras.Model(inputs, flat_cnn(inputs, n_classes, binary, seed), name="scratch-flat")

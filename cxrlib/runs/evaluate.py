@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,20 @@ class Run:
     dir: Path           # the run directory
 
 
-_LOADED: dict[tuple[str, int], Any] = {}  # (model path, mtime) → model: each file read once
+#: How many models :func:`load_run` keeps loaded (the most recently used): a lesson that loads
+#: a few runs again and again reads each file once, and a long session does not hold them all.
+MODELS_KEPT = 8
+
+
+@functools.lru_cache(maxsize=MODELS_KEPT)
+def _loaded_model(path: str, mtime_ns: int, classes: tuple[str, ...]):
+    """The model file ``path`` as it was at ``mtime_ns`` (a retrained model is read anew),
+    checked against its record's classes (:func:`check_outputs`)."""
+    from cxrlib.models.build import load_model
+
+    model = load_model(path)
+    check_outputs(model, list(classes), Path(path))
+    return model
 
 
 def load_run(path: str | Path) -> Run:
@@ -47,9 +61,9 @@ def load_run(path: str | Path) -> Run:
 
     Raises FileNotFoundError when the model file or the record beside it is missing, and
     ValueError when the model does not fit its record (see :func:`check_outputs`). A model
-    file already loaded in this process is not read again unless it changed on disk.
+    file loaded recently in this process is not read again unless it changed on disk
+    (:data:`MODELS_KEPT`).
     """
-    from cxrlib.models.build import load_model
     from cxrlib.runs.records import RECORD_FILE, read_record
 
     path = Path(path)
@@ -63,14 +77,9 @@ def load_run(path: str | Path) -> Run:
     model_path = path if path.suffix == ".keras" else run_dir / record["artifacts"].get("model", "model.keras")
     if not model_path.is_file():
         raise FileNotFoundError(f"No model file at {model_path}; train the run first.")
-    key = (str(model_path.resolve()), model_path.stat().st_mtime_ns)
-    if key not in _LOADED:
-        for old in [k for k in _LOADED if k[0] == key[0]]:  # a retrained model replaces the old one
-            del _LOADED[old]
-        model = load_model(str(model_path))
-        check_outputs(model, record["dataset"]["classes"], model_path)
-        _LOADED[key] = model
-    return Run(model=_LOADED[key], record=record, prep=prep_from_record(record),
+    model = _loaded_model(str(model_path.resolve()), model_path.stat().st_mtime_ns,
+                          tuple(record["dataset"]["classes"]))
+    return Run(model=model, record=record, prep=prep_from_record(record),
                classes=list(record["dataset"]["classes"]), dir=run_dir)
 
 
