@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from cxrlib.data.images import ImageReadError, read_image
 from cxrlib.data.splits import sample_per_class
+from cxrlib.explain.maps import BORDER_BAND, border_mask
 from cxrlib.plots import finish_figure, image_grid, new_figure
 
 log = logging.getLogger(__name__)
@@ -62,19 +63,13 @@ PREPROCESS_MODES: dict[str, str] = {
 # ------------------------------------------------------------------------------ one image
 
 
-def region_masks(shape: tuple[int, int], band: float = 0.1,
+def region_masks(shape: tuple[int, int], band: float = BORDER_BAND,
                  rim: float = RIM) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean (border, centre) masks: the outer ``band`` of each side less a ``rim``, and the
-    central half (rows and columns from 1/4 to 3/4)."""
-    h, w = int(shape[0]), int(shape[1])
-    if not 0 < band < 0.5:
-        raise ValueError(f"band must be in (0, 0.5), not {band}")
-    bh, bw = max(1, round(h * band)), max(1, round(w * band))
-    low = 1 if rim > 0 else 0
-    rh, rw = min(bh - 1, max(low, round(h * rim))), min(bw - 1, max(low, round(w * rim)))
-    border = np.zeros((h, w), bool)
-    border[rh:h - rh, rw:w - rw] = True
-    border[bh:h - bh, bw:w - bw] = False
+    """Boolean (border, centre) masks: the border band less a ``rim``
+    (:func:`cxrlib.explain.maps.border_mask`), and the central half (rows and columns from 1/4
+    to 3/4)."""
+    border = border_mask(shape, band, rim)
+    h, w = border.shape
     centre = np.zeros((h, w), bool)
     centre[h // 4:h - h // 4, w // 4:w - w // 4] = True
     return border, centre
@@ -90,7 +85,7 @@ def text_like_pixels(image: np.ndarray, level: int = TEXT_LEVEL, contrast: int =
     return (image >= level) & (ndimage.white_tophat(image, size=(k, k)) >= contrast)
 
 
-def border_text_score(image: np.ndarray, band: float = 0.1, **options) -> float:
+def border_text_score(image: np.ndarray, band: float = BORDER_BAND, **options) -> float:
     """Share of text-like pixels in the border band minus their share in the centre.
 
     About 0 for a clean film; a letter or marker in a corner makes it positive. ``options``
@@ -101,7 +96,7 @@ def border_text_score(image: np.ndarray, band: float = 0.1, **options) -> float:
     return float(text[border].mean() - text[centre].mean())
 
 
-def image_features(image: np.ndarray, band: float = 0.1) -> dict[str, float | int]:
+def image_features(image: np.ndarray, band: float = BORDER_BAND) -> dict[str, float | int]:
     """The numbers :func:`image_statistics` records for one uint8 grayscale image."""
     image = np.asarray(image)
     border, centre = region_masks(image.shape, band)
@@ -133,7 +128,7 @@ def _read_or_none(path: str, skipped: list[dict]) -> np.ndarray | None:
 
 
 def image_statistics(manifest: pd.DataFrame, sample: int | None = None, seed: int = 0,
-                     band: float = 0.1, progress: bool = True, workers: int | None = None
+                     band: float = BORDER_BAND, progress: bool = True, workers: int | None = None
                      ) -> pd.DataFrame:
     """One row per image with the columns of :data:`STAT_COLUMNS` (plus ``source`` if known).
 
@@ -280,11 +275,10 @@ def crop_box_overlay(image: np.ndarray, reference: tuple[int, int],
                      color: tuple[int, int, int] = (255, 200, 0)) -> np.ndarray:
     """An RGB copy of ``image`` with the rectangle that :func:`cxrlib.data.pipeline.border_crop`
     keeps drawn on it."""
-    from cxrlib.data.pipeline import border_crop
+    from cxrlib.data.pipeline import border_crop_box
 
     h, w = image.shape[:2]
-    kh, kw = border_crop(image, reference).shape[:2]
-    top, left = (h - kh) // 2, (w - kw) // 2
+    top, left, kh, kw = border_crop_box(h, w, reference)
     line = max(1, round(0.008 * min(h, w)))
     rgb = np.repeat(np.asarray(image)[..., None], 3, axis=-1).copy()
     box = np.zeros((h, w), bool)

@@ -673,16 +673,27 @@ def pointing_game(heat: np.ndarray, mask: np.ndarray, tolerance: int = 2) -> boo
     return bool(region[np.unravel_index(np.argmax(heat), heat.shape)])
 
 
-def border_mask(shape: tuple[int, int], band: float = 0.12) -> np.ndarray:
-    """True in the border band of width ``band``·side on every edge."""
-    h, w = shape
+#: The border band, the outer 12 % of each side, where burned-in text and markers live: the
+#: one band of the course (notebook 01 counts text in it, notebook 05 measures heat in it).
+BORDER_BAND = 0.12
+
+
+def border_mask(shape: tuple[int, int], band: float = BORDER_BAND, rim: float = 0.0) -> np.ndarray:
+    """True in the border band of width ``band``·side on every edge, less its outermost
+    ``rim``·side (at least one pixel when ``rim`` > 0: a film's frame line)."""
+    h, w = int(shape[0]), int(shape[1])
+    if not 0 < band < 0.5:
+        raise ValueError(f"band must be in (0, 0.5), not {band}")
     bh, bw = max(1, round(band * h)), max(1, round(band * w))
-    inner = np.zeros((h, w), bool)
-    inner[bh:h - bh, bw:w - bw] = True
-    return ~inner
+    low = 1 if rim > 0 else 0
+    rh, rw = min(bh - 1, max(low, round(h * rim))), min(bw - 1, max(low, round(w * rim)))
+    mask = np.zeros((h, w), bool)
+    mask[rh:h - rh, rw:w - rw] = True
+    mask[bh:h - bh, bw:w - bw] = False
+    return mask
 
 
-def border_share(heat: np.ndarray, band: float = 0.12) -> float:
+def border_share(heat: np.ndarray, band: float = BORDER_BAND) -> float:
     """Share of the map's energy in the border band (where burned-in text lives).
 
     A flat map scores the band's area share (0.41 for ``band=0.12``).
