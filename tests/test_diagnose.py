@@ -8,13 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_explain import TRAIN_CLASSES, trained_run  # (the session's shared model)
 
-pytest.importorskip("tf_keras_vis")
-
-from test_explain import TRAIN_CLASSES, trained_run  # noqa: E402  (the session's shared model)
-
-from cxrlib.apps.cli import main  # noqa: E402
-from cxrlib.apps.diagnose import find_images, is_pneumonia  # noqa: E402
+from cxrlib.apps.cli import main
+from cxrlib.apps.diagnose import find_images, is_pneumonia
 from cxrlib.spec import NO_AUGMENT, variant_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Your input ran out of data")]

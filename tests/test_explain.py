@@ -17,14 +17,13 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-pytest.importorskip("tf_keras_vis")
 # pytest resets warning filters per test; training on a filtered dataset warns harmlessly
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
-from cxrlib.course.shortcut import shortcut_experiment  # noqa: E402
-from cxrlib.data.pipeline import Prep, prepare_image  # noqa: E402
-from cxrlib.explain import maps as explain  # noqa: E402
-from cxrlib.runs.evaluate import predict  # noqa: E402
+from cxrlib.course.shortcut import shortcut_experiment
+from cxrlib.data.pipeline import Prep, prepare_image
+from cxrlib.explain import maps as explain
+from cxrlib.runs.evaluate import predict
 from cxrlib.spec import NO_AUGMENT, variant_spec
 
 TRAIN_CLASSES = ["COVID", "Normal", "Bacterial Pneumonia"]

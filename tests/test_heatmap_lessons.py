@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-pytest.importorskip("tf_keras_vis")
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
-from cxrlib.course import heatmaps as hl  # noqa: E402
-from cxrlib.course.shortcut import shortcut_experiment  # noqa: E402
-from cxrlib.data.pipeline import Prep, model_inputs  # noqa: E402
+from cxrlib.course import heatmaps as hl
+from cxrlib.course.shortcut import shortcut_experiment
+from cxrlib.data.pipeline import Prep, model_inputs
 
 CLASSES = ["COVID", "Normal"]
 FAST = hl.method_options(max_n=3, smooth_samples=2, patch=12, stride=16)

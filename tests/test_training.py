@@ -55,6 +55,7 @@ def _one_step(model, size: int, channels: int = 3) -> float:
     return float(model.train_on_batch(x, y)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", tuple(BACKBONES))
 @pytest.mark.parametrize("variant", ["frozen", "finetune"])
 def test_every_backbone_builds_flat_and_trains_a_step(backbone, variant) -> None:
@@ -295,6 +296,7 @@ def test_finished_run_is_reused_and_report_built_from_records(tiny_split, tmp_pa
     assert all(Path(p).stat().st_size > 0 for p in written.values())
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tiny_split, tmp_path) -> None:
     split_file = tmp_path / "split.csv"
     tiny_split.to_csv(split_file, index=False)
