@@ -335,15 +335,19 @@ def test_image_size_zero_is_refused_not_the_default(made, tmp_path: Path, capsys
 
 
 def test_samples_per_class_zero_is_refused_not_all(made, tmp_path: Path, capsys) -> None:
-    from cxrlib.data.splits import prepare_split
+    from cxrlib.data.datasets import load_manifest
+    from cxrlib.data.splits import prepare_split, sample_per_class
+    from cxrlib.spec import Split
 
     data, _ = made
     code, _, err = cli_run(train_args(data, tmp_path / "run", "--samples-per-class", "0"), capsys)
     assert code == 2
     assert_one_line_error(err, "--samples-per-class", "at least 1")
     assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        prepare_split(data, Split(samples_per_class=0))
     with pytest.raises(ValueError, match="at least 1"):
-        prepare_split(data, samples_per_class=0)
+        sample_per_class(load_manifest(data), 0)
 
 
 def test_scratch_run_records_no_imagenet_weights(made) -> None:
@@ -366,8 +370,9 @@ def test_scratch_with_the_default_weights_records_none(made, tmp_path: Path, cap
 
 def _split_of(made):
     from cxrlib.data.splits import prepare_split
+    from cxrlib.spec import Split
 
-    return prepare_split(made[0])[0]
+    return prepare_split(made[0], Split())[0]
 
 
 def test_diagnose_refuses_a_model_that_does_not_fit_its_record(run_copy: Path, made, tmp_path: Path,

@@ -123,9 +123,11 @@ def test_train_flags_map_onto_the_spec_in_one_place() -> None:
     assert (course.learning_rate, course.epochs, course.normalization) == \
         (want.learning_rate, want.epochs, "featurewise")
     tuned = spec_of("--preset", "radiography", "--run", "v2", "--zoom", "0.9,1.1", "--val", "0.2",
-                    "--head-norm", "yes", "--early-stopping", "3", "--equalize", "none")
+                    "--head-norm", "yes", "--early-stopping", "3", "--equalize", "none",
+                    "--official-test", "yes")
     items = flat_items(tuned)
     assert items["augment.zoom"] == [0.9, 1.1] and items["split.val"] == 0.2
+    assert items["split.official_test"] is True
     assert items["head_norm"] is True and items["early_stopping"] == 3
     assert items["augment.brightness"] == [0.8, 1.25]   # not given: the preset's
     assert set(field for field, _ in TRAIN_FLAGS.values()) <= set(items)   # every flag names a field

@@ -10,8 +10,10 @@ import pytest
 
 from cxrlib.course import presets
 from cxrlib.course.presets import COURSE_FAITHFUL, PRESETS, get_preset, run_spec, scaled
+from cxrlib.course.progression import pin_version
 from cxrlib.course.reports import REPORTS
-from cxrlib.course.reproduce import comparison, pin_version, preset_data, preset_split, train_preset
+from cxrlib.course.reproduce import comparison, preset_data, train_preset
+from cxrlib.data.splits import make_split
 from cxrlib.models.variants import get_variant
 from cxrlib.runs.records import validate_record
 from cxrlib.spec import flat_items
@@ -152,7 +154,7 @@ def test_split_shares_and_version_pin(tmp_path) -> None:
     manifest = pd.DataFrame({"path": [f"/d/{i}.png" for i in range(3000)],
                              "label": np.repeat(["COVID", "Normal", "Viral Pneumonia"], 1000),
                              "split": "", "patient_id": [str(i) for i in range(3000)]})
-    split = preset_split(get_preset("radiography"), manifest)
+    split = make_split(manifest, get_preset("radiography").split.model_copy(update={"samples_per_class": None}))
     shares = split["split"].value_counts(normalize=True)
     assert shares["test"] == pytest.approx(0.2, abs=0.01)
     assert shares["val"] / (1 - shares["test"]) == pytest.approx(0.1, abs=0.01)
@@ -171,7 +173,7 @@ def test_kermany_keeps_the_official_test_split() -> None:
                              "label": np.tile(["Normal", "Bacterial Pneumonia"], 200),
                              "split": ["test"] * 100 + ["val"] * 10 + ["train"] * 290,
                              "patient_id": [str(i) for i in range(400)]})
-    split = preset_split(get_preset("kermany-transfer"), manifest)
+    split = make_split(manifest, get_preset("kermany-transfer").split)
     assert (split["split"] == "test").sum() == 100
     assert (split["split"] == "val").sum() / 300 == pytest.approx(0.2, abs=0.02)
 

@@ -12,6 +12,7 @@ from cxrlib.data.datasets import MANIFEST_COLUMNS, load_manifest
 from cxrlib.data.splits import (
     class_weights,
     load_split,
+    make_split,
     patients_in_several_splits,
     sample_per_class,
     save_split,
@@ -76,6 +77,30 @@ def test_official_split_is_kept_and_missing_val_carved_from_train() -> None:
     assert (s.loc[m["split"] == "test", "split"] == "test").all()
     assert (s["split"] == "val").sum() == pytest.approx(20, abs=2)
 
+
+
+def test_make_split_samples_then_splits_as_the_spec_says() -> None:
+    from cxrlib.spec import Split
+
+    m = _manifest({"A": 150, "B": 120})
+    m["split"] = np.where(np.arange(270) % 3 == 0, "test", np.where(np.arange(270) % 3 == 1, "val", "train"))
+    own = make_split(m, Split(official_test=True, val=0.25), seed=0)
+    assert (own.loc[m["split"] == "test", "split"] == "test").all()   # the data's own test split
+    assert (own["split"] == "val").sum() == pytest.approx(0.25 * 180, abs=3)   # its val folder joined train
+    fresh = make_split(m, Split(samples_per_class=100, test=0.2, val=0.25), seed=0)
+    assert fresh["label"].value_counts().to_dict() == {"A": 100, "B": 100}
+    shares = fresh["split"].value_counts(normalize=True)
+    assert shares["test"] == pytest.approx(0.2, abs=0.02)            # a share of all images
+    assert shares["val"] == pytest.approx(0.25 * 0.8, abs=0.02)      # a share of what test leaves
+    assert make_split(m, Split(), seed=0)["split"].equals(make_split(m, Split(), seed=0)["split"])
+
+
+def test_sample_per_class_takes_a_size_per_class() -> None:
+    m = _manifest({"A": 30, "B": 30, "C": 5})
+    picked = sample_per_class(m, {"A": 10, "B": 3}, seed=0, classes=["A", "B"])
+    assert picked["label"].value_counts().to_dict() == {"A": 10, "B": 3}
+    with pytest.raises(ValueError, match="at least 1"):
+        sample_per_class(m, {"A": 0})
 
 def test_bad_fractions_raise() -> None:
     with pytest.raises(ValueError):

@@ -79,9 +79,7 @@ def _train(args: argparse.Namespace) -> int:
         _check_split_file(args)
     strategy, cluster = _train_strategy(args.strategy)
     split = spec.split
-    manifest, classes = prepare_split(args.data, layout=args.layout, classes=args.classes,
-                                      samples_per_class=split.samples_per_class,
-                                      val=split.val * (1 - split.test), test=split.test,
+    manifest, classes = prepare_split(args.data, split, layout=args.layout, classes=args.classes,
                                       seed=spec.seed, split_file=args.split_file)
     record = train(manifest, classes, spec, args.out, reuse=not args.force,
                    mixed_precision=args.mixed_precision, xla=args.xla, strategy=strategy,
@@ -129,7 +127,7 @@ def positive_int(text: str) -> int:
 def _check_split_file(args: argparse.Namespace) -> None:
     """``--split-file`` fixes the images and their split: refuse the flags it would ignore, and a
     ``--data`` that is not the folder the split was made from."""
-    ignored = [flag for flag in ("--samples-per-class", "--val", "--test")
+    ignored = [flag for flag in ("--samples-per-class", "--val", "--test", "--official-test")
                if getattr(args, _dest(flag)) is not _UNSET]
     if ignored:
         raise InputError(f"--split-file fixes the images and their split, so {', '.join(ignored)} "
@@ -209,6 +207,8 @@ TRAIN_FLAGS: dict[str, tuple[str, dict]] = {
                                                             help="balanced sample of N per class")),
     "--val": ("split.val", dict(type=float, help="validation share of what the test leaves")),
     "--test": ("split.test", dict(type=float, help="test share")),
+    "--official-test": ("split.official_test", dict(type=_flag, help="yes: keep the data's own "
+                                                    "test split (Kermany); --test is then unused")),
 }
 
 

@@ -22,6 +22,10 @@ from cxrlib.course.reports import report_of, results_of
 from cxrlib.errors import InputError
 from cxrlib.spec import NO_AUGMENT, Augment, RunSpec, Split, flat_items, make_spec, scaled_spec
 
+# each dataset's folder, when given in the environment (the runner and the recipes read it)
+FOLDER_VARIABLES: dict[str, str] = {"covid19-radiography": "COVID_DIR", "kermany": "KERMANY_DIR",
+                                    "siim": "SIIM_DIR", "external": "EXTERNAL_DIR"}
+
 # The COVID-19 Radiography Database as the DenseNet121 course used it (version 3); from v4 on,
 # Normal is mostly adult films from other sources.
 RADIOGRAPHY_VERSIONS: dict[str, dict[str, int]] = {

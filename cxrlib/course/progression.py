@@ -1,7 +1,10 @@
 """Helpers for the model notebooks: ``03`` (the DenseNet121 progression) and ``04`` (five backbones).
 
 - :func:`course_split`: the split every notebook shares (``RESULTS/split.csv``), loaded when
-  it matches the notebook's settings, made and saved otherwise.
+  it matches the notebook's settings, made (:func:`cxrlib.data.splits.make_split`) and saved
+  otherwise.
+- :func:`pin_version`: the COVID-19 Radiography Database as a given version had it (class
+  sizes of :data:`~cxrlib.course.presets.RADIOGRAPHY_VERSIONS`, or a file list).
 - :func:`train_or_reuse`: :func:`cxrlib.runs.train.train`, saying whether the run was trained
   now or a finished identical run was reused (``04`` reuses what ``03`` trained).
 - :func:`as_list`: parameter handling for the backbone loop.
@@ -22,12 +25,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cxrlib.course.presets import RADIOGRAPHY_VERSIONS
+from cxrlib.data.splits import load_split, make_split, sample_per_class, save_split
 from cxrlib.files import read_json, write_json_atomic
 from cxrlib.models.variants import ALIASES
+from cxrlib.spec import RunSpec, Split
 
 if TYPE_CHECKING:
     from cxrlib.course.presets import Preset
-    from cxrlib.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,32 @@ SETTINGS_FILE = "split.json"
 
 
 # --------------------------------------------------------------------------- the shared split
+
+def pin_version(manifest: pd.DataFrame, version: str | None, seed: int = 0) -> pd.DataFrame:
+    """The images a database version had.
+
+    ``version`` is a key of :data:`RADIOGRAPHY_VERSIONS` (a seeded sample of that version's
+    class sizes from a later copy, said so), a file with one image file name per line (the
+    version's own files), or ``None`` (everything).
+    """
+    if not version:
+        return manifest
+    if version in RADIOGRAPHY_VERSIONS:
+        sizes = RADIOGRAPHY_VERSIONS[version]
+        out = sample_per_class(manifest, sizes, seed, classes=sorted(sizes), warn=False)
+        short = {c: n for c, n in sizes.items() if (out["label"] == c).sum() < n}
+        print(f"Database pinned to {version}: " + ", ".join(f"{c} {n}" for c, n in sizes.items())
+              + (f" (fewer here: {', '.join(short)})" if short else "")
+              + ". A same-size sample, not necessarily that version's own files: pass a file "
+              "list for those.")
+    else:
+        names = {line.strip() for line in Path(version).read_text().splitlines() if line.strip()}
+        out = manifest[manifest["path"].map(lambda p: Path(p).name in names)]
+        print(f"Database pinned to the {len(out)} of {len(names)} files listed in {version}.")
+    out = out.copy()
+    out.attrs = dict(manifest.attrs)
+    return out.reset_index(drop=True)
+
 
 def _split_matches(saved: pd.DataFrame, available: pd.DataFrame, samples_per_class: int | None) -> bool:
     """True when a saved split holds exactly the images this notebook would sample."""
@@ -61,8 +92,6 @@ def split_settings(preset: "Preset | None", samples_per_class: int | None, seed:
 
 def save_course_split(manifest: pd.DataFrame, results: str | os.PathLike, settings: dict) -> Path:
     """Save the shared split (``split.csv``) and what it was made with (``split.json``)."""
-    from cxrlib.data.splits import save_split
-
     path = save_split(manifest, Path(results) / SPLIT_FILE)
     write_json_atomic(Path(results) / SETTINGS_FILE, settings)
     return path
@@ -74,14 +103,12 @@ def course_split(data: str | os.PathLike, results: str | os.PathLike,
                  ) -> tuple[pd.DataFrame, list[str], bool]:
     """(split manifest, classes, loaded) for ``data``, shared through ``results/split.csv``.
 
-    The images are the preset's database version (:func:`~cxrlib.course.reproduce.pin_version`),
+    The images are the preset's database version (:func:`pin_version`),
     ``samples_per_class`` of each class at most, split with the preset's fractions. A saved
     split made with the same settings and holding exactly those images is loaded (``02``
     saves one); otherwise a new one is made and saved over it. ``loaded`` says which.
     """
-    from cxrlib.course.reproduce import pin_version, preset_split
     from cxrlib.data.datasets import class_names, load_manifest
-    from cxrlib.data.splits import load_split, sample_per_class, split_manifest
 
     if preset is not None and samples_per_class is None:
         samples_per_class = preset.split.samples_per_class   # the course's balanced sample
@@ -96,8 +123,9 @@ def course_split(data: str | os.PathLike, results: str | os.PathLike,
             return saved, class_names(saved, classes), True
     if path.is_file():
         log.warning("%s was made from other images or settings: making a new split.", path)
-    manifest = sample_per_class(available, samples_per_class, seed=seed) if samples_per_class else available
-    manifest = preset_split(preset, manifest, seed) if preset else split_manifest(manifest, seed=seed)
+    split = preset.split if preset is not None else Split()
+    manifest = make_split(available, split.model_copy(update={"samples_per_class": samples_per_class}),
+                          seed)
     save_course_split(manifest, results, settings)
     return manifest, class_names(manifest, classes), False
 
@@ -144,7 +172,7 @@ def _canonical(variant: str) -> str:
     return ALIASES.get(variant, variant)
 
 
-def train_or_reuse(manifest: pd.DataFrame, classes: Sequence[str], spec: "RunSpec",
+def train_or_reuse(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec,
                    out_dir: str | os.PathLike, **kwargs: Any) -> tuple[dict, str]:
     """:func:`cxrlib.runs.train.train`, plus ``"reused"`` or ``"trained"``.
 

@@ -3,10 +3,8 @@ and its results table with the course's reported number beside ours.
 
 - :func:`dataset_folder`: a notebook's dataset folder from its parameter or the environment
   (``COVID_DIR``, ``KERMANY_DIR``, ``SIIM_DIR``, ``EXTERNAL_DIR``).
-- :func:`pin_version`: the COVID-19 Radiography Database as a given version had it (class
-  sizes of :data:`~cxrlib.course.presets.RADIOGRAPHY_VERSIONS`, or a file list).
-- :func:`preset_split`: a manifest split with the preset's fractions (Kermany: official test).
-- :func:`preset_data`: every data set a preset's runs train on, split.
+- :func:`preset_data`: every data set a preset's runs train on, split by
+  :func:`cxrlib.data.splits.make_split` with the preset's shares (Kermany: official test).
 - :func:`train_preset`: every run of a preset, each with its record.
 - :func:`comparison`: ours against the course's numbers, from the records.
 """
@@ -20,13 +18,13 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from cxrlib.course.presets import RADIOGRAPHY_VERSIONS, Preset, run_info, run_spec
+from cxrlib.course.presets import FOLDER_VARIABLES, Preset, run_info, run_spec
+from cxrlib.course.progression import pin_version, train_or_reuse
+from cxrlib.data.splits import make_split, sample_per_class
 from cxrlib.spec import Split
 
 log = logging.getLogger(__name__)
 
-FOLDER_VARIABLES: dict[str, str] = {"covid19-radiography": "COVID_DIR", "kermany": "KERMANY_DIR",
-                                    "siim": "SIIM_DIR", "external": "EXTERNAL_DIR"}
 KERMANY_CLASSES = ("Normal", "Bacterial Pneumonia", "Viral Pneumonia")
 SIIM_BINARY = {"Negative": "No Opacity", "Typical": "Opacity", "Indeterminate": "Opacity",
                "Atypical": "Opacity"}
@@ -43,54 +41,6 @@ def dataset_folder(dataset: str, given: str | None = None) -> Path | None:
     if value:
         print(f"{FOLDER_VARIABLES[dataset]}={value} was not found.")
     return None
-
-
-def pin_version(manifest: pd.DataFrame, version: str | None, seed: int = 0) -> pd.DataFrame:
-    """The images a database version had.
-
-    ``version`` is a key of :data:`RADIOGRAPHY_VERSIONS` (a seeded sample of that version's
-    class sizes from a later copy, said so), a file with one image file name per line (the
-    version's own files), or ``None`` (everything).
-    """
-    if not version:
-        return manifest
-    if version in RADIOGRAPHY_VERSIONS:
-        sizes = RADIOGRAPHY_VERSIONS[version]
-        kept = manifest[manifest["label"].isin(sizes)]
-        parts = [group.sample(min(len(group), sizes[label]), random_state=seed)
-                 for label, group in kept.groupby("label", sort=True)]
-        out = pd.concat(parts).sort_index() if parts else kept
-        short = {c: n for c, n in sizes.items() if (out["label"] == c).sum() < n}
-        print(f"Database pinned to {version}: " + ", ".join(f"{c} {n}" for c, n in sizes.items())
-              + (f" (fewer here: {', '.join(short)})" if short else "")
-              + ". A same-size sample, not necessarily that version's own files: pass a file "
-              "list for those.")
-    else:
-        names = {line.strip() for line in Path(version).read_text().splitlines() if line.strip()}
-        out = manifest[manifest["path"].map(lambda p: Path(p).name in names)]
-        print(f"Database pinned to the {len(out)} of {len(names)} files listed in {version}.")
-    out = out.copy()
-    out.attrs = dict(manifest.attrs)
-    return out.reset_index(drop=True)
-
-
-def preset_split(preset: Preset, manifest: pd.DataFrame, seed: int = 0,
-                 split: Split | None = None) -> pd.DataFrame:
-    """``manifest`` split as ``split`` says (default: the preset's, :attr:`Preset.split`): its
-    test share (or the official test split, whose validation folder then joins training), then
-    its validation share of what is left."""
-    from cxrlib.data.splits import split_manifest
-
-    split = split or preset.split
-    manifest = manifest.copy()
-    official = split.official_test and (manifest["split"] == "test").any()
-    if official:
-        manifest.loc[manifest["split"] == "val", "split"] = "train"
-    else:
-        manifest["split"] = ""
-    test = 0.0 if official else split.test
-    return split_manifest(manifest, val=split.val * (1 - test), test=test, seed=seed,
-                          keep_official=official)
 
 
 def _say_synthetic(dataset: str, path: Path) -> None:
@@ -160,7 +110,6 @@ def preset_data(preset: Preset, work_dir: str | Path, folders: Mapping[str, str 
     ``per_class`` caps the images per class (synthetic size, or a quick look at real data).
     """
     from cxrlib.data.datasets import relabel
-    from cxrlib.data.splits import sample_per_class
 
     work = Path(work_dir)
     folder = {name: dataset_folder(name, (folders or {}).get(name)) for name in FOLDER_VARIABLES}
@@ -172,9 +121,9 @@ def preset_data(preset: Preset, work_dir: str | Path, folders: Mapping[str, str 
     if preset.dataset == "covid19-radiography":
         manifest = capped(radiography_manifest(folder["covid19-radiography"], work, n, size, seed,
                                                preset.version, preset.classes))
-        return {"main": (preset_split(preset, manifest, seed), list(preset.classes))}
+        return {"main": (make_split(manifest, preset.split, seed), list(preset.classes))}
     if preset.dataset == "kermany":
-        split = preset_split(preset, capped(kermany_manifest(folder["kermany"], work, n, size, seed)), seed)
+        split = make_split(capped(kermany_manifest(folder["kermany"], work, n, size, seed)), preset.split, seed)
         binary = relabel(split, {"Bacterial Pneumonia": "Pneumonia", "Viral Pneumonia": "Pneumonia"})
         pneumonia = split[split["label"] != "Normal"].reset_index(drop=True)
         return {"main": (split if len(preset.classes) == 3 else binary, list(preset.classes)),
@@ -196,14 +145,14 @@ def _siim_data(preset: Preset, folder: Mapping[str, Path | None], work: Path, n:
 
     splits = {run.data: run.spec.split for run in preset.runs}
     studies = capped(siim_manifest(folder["siim"], work, 4 * n, size, seed))
-    study_split = preset_split(preset, studies, seed, splits["study"])
-    held = preset_split(preset, studies, seed, Split(val=0.0, test=splits["union"].test))
+    study_split = make_split(studies, splits["study"], seed)
+    held = make_split(studies, Split(val=0.0, test=splits["union"].test), seed)
     competition = relabel(held, SIIM_BINARY)
     external = radiography_manifest(folder["external"], work / "external", n, size, seed,
                                     classes=tuple(EXTERNAL_BINARY))
     external = relabel(capped(external), EXTERNAL_BINARY).assign(split="train")
     pool = pd.concat([external, competition[competition["split"] == "train"]], ignore_index=True)
-    union = preset_split(preset, pool, seed, Split(val=splits["union"].val, test=0.0))
+    union = make_split(pool, Split(val=splits["union"].val, test=0.0), seed)
     union = pd.concat([union, competition[competition["split"] == "test"]], ignore_index=True)
     union.attrs = dict(competition.attrs)
     return {"study": (study_split, sorted(SIIM_BINARY)),
@@ -224,7 +173,6 @@ def train_preset(preset: Preset, data: Mapping[str, tuple[pd.DataFrame, list[str
 
     ``options`` go to :func:`cxrlib.runs.train.train` (``progress``, ``bootstrap``, ``callbacks``).
     """
-    from cxrlib.course.progression import train_or_reuse
     from cxrlib.course.setup import usable_weights
 
     dirs = preset_dirs(preset, results_dir)

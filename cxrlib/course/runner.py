@@ -66,7 +66,7 @@ def smoke_parameters(number: str, smoke_dir: str | Path | None = None) -> dict[s
 def dataset_folders() -> dict[str, str]:
     """``COVID_DIR``, ``KERMANY_DIR``, ``SIIM_DIR``, ``EXTERNAL_DIR`` from the environment, as
     parameters (a ``-p`` of the same name wins)."""
-    from cxrlib.course.reproduce import FOLDER_VARIABLES
+    from cxrlib.course.presets import FOLDER_VARIABLES
 
     return {v: os.environ[v] for v in FOLDER_VARIABLES.values() if os.environ.get(v)}
 
@@ -155,7 +155,7 @@ def check_parameters(paths: Sequence[Path], given: dict[str, Any]) -> dict[str, 
 def check_data_folders(paths: Sequence[Path], given: dict[str, Any]) -> None:
     """Refuse a dataset folder (``COVID_DIR`` …, from -p or the environment) that does not exist,
     and say on the terminal which notebooks fall back to synthetic data for want of one."""
-    from cxrlib.course.reproduce import FOLDER_VARIABLES
+    from cxrlib.course.presets import FOLDER_VARIABLES
     from cxrlib.errors import InputError
 
     from_env = dataset_folders()

@@ -19,7 +19,7 @@ from cxrlib.data.pipeline import Prep, border_crop, model_inputs, resize
 from cxrlib.explain.maps import border_mask, border_share, default_layer, energy_inside, heatmap, lung_share
 from cxrlib.models.backbones import SCRATCH
 from cxrlib.runs.evaluate import Run, load_run, predict
-from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT, variant_spec
+from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT, Split, variant_spec
 
 
 def _generate(out: Path, classes: Sequence[str], per_class: int, film_size: int, seed: int,
@@ -146,7 +146,7 @@ def shortcut_experiment(work_dir: str | os.PathLike, size: int = 64, per_class: 
     (a flip would move the marker, and it makes the run slower). Returns a JSON-serialisable
     dict.
     """
-    from cxrlib.data.splits import split_manifest
+    from cxrlib.data.splits import make_split
     from cxrlib.runs.train import train
 
     work = Path(work_dir)
@@ -159,7 +159,7 @@ def shortcut_experiment(work_dir: str | os.PathLike, size: int = 64, per_class: 
                        severity, shortcut_class, shortcut_prob)
     clean = _generate(work / "data_test_marker_free", classes, test_per_class, film_size, seed + 1,
                       severity, shortcut_class, 0.0)
-    train_set = split_manifest(train_set, val=0.15, test=0.0, seed=seed)
+    train_set = make_split(train_set, Split(val=0.15, test=0.0), seed)
     explain_class = classes.index(shortcut_class)
     result: dict[str, Any] = {
         "settings": {"size": size, "film_size": film_size, "per_class": per_class,

@@ -8,7 +8,8 @@ Two ways to handle class imbalance, as the course teaches them:
 
 Splits are stratified by class and *grouped by patient* where the patient is known, so that
 no patient's images appear on both sides of the train/test line (a classic leak). A dataset's
-official split is kept. A split is saved as CSV and reloaded so that every notebook and every
+official test split is kept where the split asks for it (``Split.official_test``). One function
+makes a split, :func:`make_split`. A split is saved as CSV and reloaded so that every notebook and every
 run sees the same images.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ import pandas as pd
 from cxrlib.data.datasets import MANIFEST_COLUMNS, class_names, load_manifest
 from cxrlib.errors import InputError
 from cxrlib.files import write_csv_atomic
+from cxrlib.spec import Split
 from cxrlib.text import one_line
 
 log = logging.getLogger(__name__)
@@ -31,21 +33,22 @@ log = logging.getLogger(__name__)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-def sample_per_class(manifest: pd.DataFrame, n: int, seed: int = 0,
+def sample_per_class(manifest: pd.DataFrame, n: int | Mapping[str, int], seed: int = 0,
                      classes: Sequence[str] | None = None, warn: bool = True) -> pd.DataFrame:
-    """``n`` random images per class (all of a class that has fewer, with a warning unless
-    ``warn=False``), ordered by class then path. ``classes`` keeps only those classes, in
-    that order (default: every class, sorted)."""
-    if n < 1:
+    """``n`` random images per class, or ``n[label]`` of each class of a mapping (all of a
+    class that has fewer, with a warning unless ``warn=False``), ordered by class then path.
+    ``classes`` keeps only those classes, in that order (default: every class, sorted)."""
+    if any(count < 1 for count in (n.values() if isinstance(n, Mapping) else [n])):
         raise InputError(f"samples per class must be at least 1, not {n}")
     order = list(classes) if classes is not None else sorted(manifest["label"].unique())
     parts = []
     for label in order:
         group = manifest[manifest["label"] == label]
-        if len(group) < n and warn:
+        count = n[label] if isinstance(n, Mapping) else n
+        if len(group) < count and warn:
             log.warning("Class %r has only %d images; taking all of them (asked for %d).",
-                        label, len(group), n)
-        parts.append(group.sample(n=min(n, len(group)), random_state=seed))
+                        label, len(group), count)
+        parts.append(group.sample(n=min(count, len(group)), random_state=seed))
     if not parts:
         return manifest.iloc[0:0].copy()
     out = pd.concat(parts)
@@ -188,19 +191,33 @@ def subset(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     return manifest[manifest["split"] == split].reset_index(drop=True)
 
 
-def prepare_split(data: str | Path, layout: str = "auto", classes: Sequence[str] | None = None,
-                  samples_per_class: int | None = None, val: float = 0.15, test: float = 0.15,
-                  seed: int = 0, split_file: str | Path | None = None
-                  ) -> tuple[pd.DataFrame, list[str]]:
-    """A split manifest and its class list, from a saved split or freshly from ``data``."""
-    if split_file:
-        manifest = load_split(split_file)
-        return manifest, class_names(manifest, classes)
-    if samples_per_class is not None and samples_per_class < 1:
-        raise InputError(f"samples per class must be at least 1, not {samples_per_class} "
-                         "(leave it out to use every image).")
-    manifest = load_manifest(data, layout=layout, classes=classes)
-    if samples_per_class is not None:
-        manifest = sample_per_class(manifest, samples_per_class, seed=seed)
-    manifest = split_manifest(manifest, val=val, test=test, seed=seed)
+def make_split(manifest: pd.DataFrame, split: Split, seed: int = 0) -> pd.DataFrame:
+    """The one split maker (``cxr train``, the notebooks' shared split, the course recipes).
+
+    At most ``split.samples_per_class`` images of each class (:func:`sample_per_class`);
+    then ``split.test`` of them held out for testing, or, with ``official_test``, the data's
+    own test split (its validation folder then joins training); then ``split.val`` of the
+    rest for validation. Stratified by class, grouped by patient (:func:`split_manifest`).
+    """
+    if split.samples_per_class:
+        manifest = sample_per_class(manifest, split.samples_per_class, seed=seed)
+    out = manifest.copy()
+    out.attrs = dict(manifest.attrs)
+    official = split.official_test and (out["split"] == "test").any()
+    if official:
+        out.loc[out["split"] == "val", "split"] = "train"
+    else:
+        out["split"] = ""
+    test = 0.0 if official else split.test
+    return split_manifest(out, val=split.val * (1 - test), test=test, seed=seed,
+                          keep_official=official)
+
+
+def prepare_split(data: str | Path, split: Split, layout: str = "auto",
+                  classes: Sequence[str] | None = None, seed: int = 0,
+                  split_file: str | Path | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """A split manifest and its class list: the saved ``split_file``, or :func:`make_split`
+    of the images in ``data``."""
+    manifest = (load_split(split_file) if split_file else
+                make_split(load_manifest(data, layout=layout, classes=classes), split, seed))
     return manifest, class_names(manifest, classes)
