@@ -28,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cxrlib.errors import InputError
 
-OPTIMIZERS = ("sgd", "adam", "nadam", "rmsprop")
+OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "rmsprop")
+SCHEDULES = ("inverse-time", "cosine")
+"""``inverse-time``: lr / (1 + decay · step) (``decay`` 0: constant); ``cosine``: from lr to 0 over the run."""
 HEADS = ("course", "linear", "batchnorm", "flat", "vgg")
 """``course``: the variant's own head; ``linear``: pooling and the output; ``batchnorm``: pooling,
 BatchNorm, output; ``flat``: the 3-class Kermany course's CNN; ``vgg``: VGG16's own classifier."""
@@ -56,6 +58,7 @@ class Augment(_Spec):
       a float ``z`` there meant ``(1 - z, 1 + z)``.
     - ``shear``: the shear angle in degrees, either way (``shear_range``).
     - ``rotation``: degrees, either way.
+    - ``gamma``: an exponent range; each film's pixels become 255·(x/255)^γ (exposure jitter).
     """
 
     flip: bool = False
@@ -64,10 +67,11 @@ class Augment(_Spec):
     zoom: tuple[float, float] | None = None
     shear: float | None = Field(default=None, ge=0, lt=90)
     rotation: float | None = Field(default=None, ge=0, le=180)
+    gamma: tuple[float, float] | None = None
 
     @model_validator(mode="after")
     def _ranges(self) -> "Augment":
-        for name in ("brightness", "contrast", "zoom"):
+        for name in ("brightness", "contrast", "zoom", "gamma"):
             low_high = getattr(self, name)
             if low_high is not None and not 0 < low_high[0] <= low_high[1]:
                 raise ValueError(f"augment.{name} must be a range (low, high) with 0 < low ≤ high, "
@@ -128,6 +132,9 @@ class RunSpec(_Spec):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = True
     decay: float = Field(default=0.0, ge=0)
+    schedule: Literal[SCHEDULES] = "inverse-time"
+    weight_decay: float = Field(default=0.0, ge=0)   # decoupled (AdamW's), any optimizer
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     clipnorm: float | None = Field(default=1.0, gt=0)
 
     epochs: int = Field(default=20, ge=0)
@@ -200,12 +207,27 @@ def flat_items(spec: RunSpec) -> dict[str, Any]:
     return out
 
 
+SCRATCH_AUGMENT = Augment(flip=True, brightness=(0.8, 1.25), contrast=(0.8, 1.25),
+                          zoom=(0.85, 1.0), rotation=10.0, gamma=(0.8, 1.25))
+"""The from-scratch recipe's augmentation: the library's, with wider contrast, zoom in by up
+to 15 % (a random crop of the film), rotation ±10° and gamma ×0.8–1.25 (exposure jitter)."""
+
+SCRATCH_RECIPE: dict[str, Any] = {
+    "channels": 1, "equalize": "hist", "augment": SCRATCH_AUGMENT, "schedule": "cosine",
+    "weight_decay": 0.05, "label_smoothing": 0.1}
+"""The library's from-scratch recipe for real films (issue 22; ``docs/real_films.md`` has its
+measurements against the earlier one): grey input, each film histogram-equalised (one
+intensity scale whatever the hospital's exposure), :data:`SCRATCH_AUGMENT`, AdamW (the
+variant's optimiser) with decoupled weight decay, a cosine schedule to 0 and label smoothing."""
+
+
 def variant_spec(backbone: str, variant: str, **settings: Any) -> RunSpec:
     """The library's spec for ``backbone`` × ``variant``: the variant's registry defaults
     (:mod:`cxrlib.models.variants`: optimiser, learning rate, decay, epochs, and
     :data:`LIBRARY_AUGMENT` where it augments), then ``settings`` over them.
 
-    The from-scratch CNN has no pretrained weights: its ``weights`` default is None.
+    The from-scratch CNN has no pretrained weights: its ``weights`` default is None, and its
+    defaults are :data:`SCRATCH_RECIPE` (real films without ImageNet).
     """
     from cxrlib.models.variants import get_variant
 
@@ -214,7 +236,8 @@ def variant_spec(backbone: str, variant: str, **settings: Any) -> RunSpec:
         "optimizer": recipe.optimizer, "learning_rate": recipe.learning_rate, "decay": recipe.decay,
         "epochs": 0 if recipe.training == "none" else recipe.epochs,
         "augment": LIBRARY_AUGMENT if recipe.augment else NO_AUGMENT,
-        "weights": None if backbone == "scratch" else "imagenet"}
+        "weights": None if backbone == "scratch" else "imagenet",
+        **(SCRATCH_RECIPE if backbone == "scratch" else {})}
     return make_spec(**{"backbone": backbone, "variant": variant, **defaults, **settings})
 
 

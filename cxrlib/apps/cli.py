@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from cxrlib.errors import InputError, UserError
-from cxrlib.spec import HEADS, NORMALIZATIONS, OPTIMIZERS
+from cxrlib.spec import HEADS, NORMALIZATIONS, OPTIMIZERS, SCHEDULES
 from cxrlib.text import one_line
 
 log = logging.getLogger("cxrlib")
@@ -188,12 +188,17 @@ TRAIN_FLAGS: dict[str, tuple[str, dict]] = {
                                     help="field-of-view scale range; above 1 zooms out")),
     "--shear": ("augment.shear", dict(type=_none_or(float), metavar="DEGREES")),
     "--rotation": ("augment.rotation", dict(type=_none_or(float), metavar="DEGREES")),
+    "--gamma": ("augment.gamma", dict(type=_none_or(_pair), metavar="LOW,HIGH",
+                                      help="exponent range: 255·(x/255)^γ")),
     "--optimizer": ("optimizer", dict(choices=OPTIMIZERS)),
     "--learning-rate": ("learning_rate", dict(type=float)),
     "--momentum": ("momentum", dict(type=float, help="SGD momentum")),
     "--nesterov": ("nesterov", dict(type=_flag)),
     "--decay": ("decay", dict(type=float, help="inverse-time decay rate per step")),
     "--clipnorm": ("clipnorm", dict(type=_none_or(float))),
+    "--schedule": ("schedule", dict(choices=SCHEDULES, help="cosine: the rate to 0 over the run")),
+    "--weight-decay": ("weight_decay", dict(type=float, help="decoupled weight decay")),
+    "--label-smoothing": ("label_smoothing", dict(type=float)),
     "--epochs": ("epochs", dict(type=positive_int)),
     "--early-stopping": ("early_stopping", dict(type=_none_or(positive_int), metavar="PATIENCE")),
     "--keep-best": ("keep_best", dict(type=_flag, help="yes: score the best validation epoch")),

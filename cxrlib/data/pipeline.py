@@ -450,6 +450,8 @@ def augment_batch(x, augment: Augment, seed: int = 0, layers=None):
         x = layers(x, training=True)
     if augment.contrast:
         x = _contrast(x, augment.contrast, seed + 3)
+    if augment.gamma:
+        x = _gamma(x, augment.gamma, seed + 5)
     if augment.brightness:
         x = _brightness(x, augment.brightness, seed)
     return x
@@ -468,6 +470,14 @@ def _brightness(images, factors: tuple[float, float], seed: int):
     import tensorflow as tf
 
     return tf.clip_by_value(images * _factors(images, factors, seed), 0.0, 255.0)
+
+
+def _gamma(images, exponents: tuple[float, float], seed: int):
+    """Raise each image (0–255) to a random power in ``exponents``: 255·(x/255)^γ."""
+    import tensorflow as tf
+
+    unit = tf.clip_by_value(images / 255.0, 0.0, 1.0)
+    return 255.0 * tf.pow(unit, _factors(images, exponents, seed))
 
 
 def _contrast(images, factors: tuple[float, float], seed: int):
@@ -630,7 +640,11 @@ def make_dataset(manifest: pd.DataFrame, classes: Sequence[str], prep: Prep, bat
             x = normalise(x)
         return x, _encode(y, len(classes), label_mode)
 
-    ds = order.batch(batch_size).map(_no_autograph(finish), num_parallel_calls=tf.data.AUTOTUNE)
+    # Augmentation draws from stateful random ops: batches mapped in parallel would take their
+    # draws in whichever order the threads run, so the same seed gave other films each run.
+    # Mapped one at a time they are the same every run (prefetch still overlaps the training).
+    ds = order.batch(batch_size).map(_no_autograph(finish),
+                                     num_parallel_calls=None if layers is not None else tf.data.AUTOTUNE)
     # Under a multi-worker strategy each worker must get its own share of every global batch.
     # FILE sharding (the AUTO default's first try) cannot work here: there are no files in the
     # graph, only the numpy gather from the held array. DATA sharding: each worker runs this

@@ -331,33 +331,50 @@ CLIPNORM = 1.0
 
 def make_optimizer(name: str = "sgd", learning_rate: float = 0.01, decay: float = 1e-6,
                    momentum: float = 0.9, clipnorm: float | None = CLIPNORM,
-                   nesterov: bool = True) -> keras.optimizers.Optimizer:
+                   nesterov: bool = True, schedule: str = "inverse-time",
+                   total_steps: int | None = None,
+                   weight_decay: float = 0.0) -> keras.optimizers.Optimizer:
     """The courses' optimisers in Keras 3 form, with optional gradient clipping (:data:`CLIPNORM`).
 
     The old ``SGD(lr=0.01, decay=1e-6, momentum=0.9, nesterov=True)`` becomes SGD with an
     ``InverseTimeDecay`` schedule: lr / (1 + decay · step), exactly what ``decay=`` did.
-    ``momentum`` and ``nesterov`` are SGD's.
+    ``schedule="cosine"`` decays the rate from ``learning_rate`` to 0 over ``total_steps``
+    instead. ``momentum`` and ``nesterov`` are SGD's; ``weight_decay`` is decoupled (Keras'
+    for every optimiser; ``adamw`` is AdamW with it).
     """
-    schedule = (keras.optimizers.schedules.InverseTimeDecay(learning_rate, decay_steps=1,
+    if schedule == "cosine":
+        if not total_steps:
+            raise InputError("The cosine schedule needs the run's number of steps (total_steps).")
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps)
+    elif schedule == "inverse-time":
+        rate = (keras.optimizers.schedules.InverseTimeDecay(learning_rate, decay_steps=1,
                                                              decay_rate=decay)
                 if decay else learning_rate)
+    else:
+        raise InputError(f"Unknown schedule {schedule!r}; choose inverse-time or cosine.")
+    decoupled = {"weight_decay": weight_decay} if weight_decay else {}
     name = name.lower()
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=nesterov,
-                                    clipnorm=clipnorm)
-    kinds = {"adam": keras.optimizers.Adam, "nadam": keras.optimizers.Nadam,
-             "rmsprop": keras.optimizers.RMSprop}
+        return keras.optimizers.SGD(learning_rate=rate, momentum=momentum, nesterov=nesterov,
+                                    clipnorm=clipnorm, **decoupled)
+    kinds = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+             "nadam": keras.optimizers.Nadam, "rmsprop": keras.optimizers.RMSprop}
     if name in kinds:
-        return kinds[name](learning_rate=schedule, clipnorm=clipnorm)
-    raise InputError(f"Unknown optimizer {name!r}; choose sgd, adam, nadam or rmsprop.")
+        return kinds[name](learning_rate=rate, clipnorm=clipnorm,
+                           **({"weight_decay": weight_decay} if name == "adamw" else decoupled))
+    raise InputError(f"Unknown optimizer {name!r}; choose sgd, adam, adamw, nadam or rmsprop.")
 
 
 def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                  jit_compile: bool | str = "auto", run_eagerly: bool = False) -> keras.Model:
-    """Compile with the loss that matches the output: categorical or binary cross-entropy."""
+                  jit_compile: bool | str = "auto", run_eagerly: bool = False,
+                  label_smoothing: float = 0.0) -> keras.Model:
+    """Compile with the loss that matches the output: categorical or binary cross-entropy
+    (with ``label_smoothing``, the targets pulled that far towards uniform)."""
     binary = model.output_shape[-1] == 1
-    model.compile(optimizer=optimizer,
-                  loss="binary_crossentropy" if binary else "categorical_crossentropy",
+    kind = keras.losses.BinaryCrossentropy if binary else keras.losses.CategoricalCrossentropy
+    loss = (kind(label_smoothing=label_smoothing) if label_smoothing else
+            "binary_crossentropy" if binary else "categorical_crossentropy")
+    model.compile(optimizer=optimizer, loss=loss,
                   metrics=["accuracy"], jit_compile=False if run_eagerly else jit_compile,
                   run_eagerly=run_eagerly)
     return model

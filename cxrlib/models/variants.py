@@ -8,7 +8,8 @@ The defaults (optimiser, learning rate, decay, whether to augment, epochs) are t
 library's, for ``cxr train`` without a preset (:func:`cxrlib.spec.variant_spec` turns them
 into a spec): SGD at 0.01 with Nesterov momentum 0.9 and an inverse-time decay of 1e-6 for
 20 epochs for the frozen variants; a tenth of that rate for 10 epochs to fine-tune (``v3``),
-the usual advice for moving pretrained weights; Adam at 1e-3 for 30 epochs from scratch.
+the usual advice for moving pretrained weights; AdamW at 2e-3 for 20 epochs from scratch (with
+the rest of :data:`cxrlib.spec.SCRATCH_RECIPE`).
 They are not any course's recipe: a course's settings are its preset
 (``cxr train --preset radiography --run v3``), checked against its report.
 """
@@ -44,7 +45,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("v2", "V2", "deep", True, "fit", True, "sgd", 0.01, 1e-6, 20),
         Variant("v2reg", "V2-reg", "deep-dropout", True, "fit", True, "sgd", 0.01, 1e-6, 20),
         Variant("v3", "V3", "deep-dropout", False, "fit", True, "sgd", 1e-3, 1e-6, 10),
-        Variant("scratch", "scratch", "scratch", False, "fit", True, "adam", 1e-3, 0.0, 30),
+        Variant("scratch", "scratch", "scratch", False, "fit", True, "adamw", 2e-3, 0.0, 20),
     ]
 }
 ALIASES: dict[str, str] = {"frozen": "v2reg", "finetune": "v3"}

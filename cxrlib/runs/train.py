@@ -236,8 +236,11 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
                 log.info("Initialised %d layers from %s.", copied, spec.init_from)
             models.compile_model(model, models.make_optimizer(
                 spec.optimizer, spec.learning_rate, spec.decay, momentum=spec.momentum,
-                nesterov=spec.nesterov, clipnorm=spec.clipnorm),
-                jit_compile=True if xla else False, run_eagerly=run_eagerly)
+                nesterov=spec.nesterov, clipnorm=spec.clipnorm, schedule=spec.schedule,
+                total_steps=max(1, epochs * -(-len(train_df) // spec.batch_size)),
+                weight_decay=spec.weight_decay),
+                jit_compile=True if xla else False, run_eagerly=run_eagerly,
+                label_smoothing=spec.label_smoothing)
         # under mixed_float16 Keras' compile wraps the optimizer in a LossScaleOptimizer (the
         # loss scaled up before the float16 gradients, unscaled before the step): recorded
         runtime["loss_scale"] = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
