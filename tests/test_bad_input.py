@@ -619,7 +619,7 @@ def test_synth_trusts_only_the_files_it_writes_inside_its_folder(tmp_path: Path,
 
 def siim_set(folder: Path) -> Path:
     """A small synthetic SIIM set (four studies at 32 px)."""
-    from cxrlib.data.synthetic import generate_siim_like
+    from cxrlib.data.siim_synthetic import generate_siim_like
 
     return generate_siim_like(folder, n_studies=4, size=32, progress=False)
 
@@ -635,13 +635,13 @@ def hostile_siim_folder(host: Path, victim: Path) -> Path:
 
 def test_the_siim_generator_trusts_only_the_ids_it_draws(tmp_path: Path, victim: Path,
                                                         caplog) -> None:
-    from cxrlib.data.synthetic import generate_siim_like
+    from cxrlib.data.siim_synthetic import generate_siim_like
 
     host = hostile_siim_folder(tmp_path / "host", victim)
     before = tree_hash(tmp_path)
     with caplog.at_level("WARNING"):  # the same parameters, but not the set it wrote: redrawn
         assert generate_siim_like(host, n_studies=4, size=32, progress=False) == host
-    one_warning(caplog, "cxrlib.data.synthetic", "train_image_level.csv", "2 image id(s)",
+    one_warning(caplog, "cxrlib.data.siim_synthetic", "train_image_level.csv", "2 image id(s)",
                 "left alone")
     assert changes_outside(tmp_path, before, host) == []
     listed = (host / IMAGE_CSV).read_text().splitlines()[1:]
@@ -767,7 +767,7 @@ def test_a_layout_that_does_not_fit_the_folder_says_so(made, tmp_path: Path, vic
 
 def test_the_commands_that_write_stay_inside_their_output(run_copy: Path, tmp_path: Path,
                                                           victim: Path, capsys) -> None:
-    from cxrlib.data.synthetic import generate_siim_like
+    from cxrlib.data.siim_synthetic import generate_siim_like
 
     images = tmp_path / "images"
     write_png(images / "a.png")

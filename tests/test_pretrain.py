@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from cxrlib.data.datasets import load_manifest
+from cxrlib.data.source_task import SOURCE_LABELS, SOURCE_PREVALENCE, source_task_arrays
 from cxrlib.data.splits import split_manifest
-from cxrlib.data.synthetic import SOURCE_LABELS, SOURCE_PREVALENCE, generate_synthetic, source_task_arrays
+from cxrlib.data.synthetic import generate_synthetic
 from cxrlib.models.backbones import get_backbone, resolve_weights
 from cxrlib.models.build import HEAD_NORM, build_model
 from cxrlib.runs import pretrain

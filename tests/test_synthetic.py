@@ -12,13 +12,8 @@ from PIL import Image
 from scipy.ndimage import binary_dilation
 
 import cxrlib
-from cxrlib.data.synthetic import (
-    SHORTCUT_MARKER,
-    SYNTH_CLASSES,
-    generate_synthetic,
-    render_layers,
-    render_radiograph,
-)
+from cxrlib.data.render import SHORTCUT_MARKER, SYNTH_CLASSES, render_layers, render_radiograph
+from cxrlib.data.synthetic import generate_synthetic
 
 LESION_CLASSES = ("COVID", "Viral Pneumonia", "Bacterial Pneumonia")
 

@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 
 from cxrlib.data.datasets import detect_layout, load_manifest
-from cxrlib.data.synthetic import (
+from cxrlib.data.render import render_radiograph
+from cxrlib.data.siim_synthetic import (
     SIIM_STUDY_COLUMNS,
     SIIM_SYNTHETIC_CLASSES,
     _siim_counts,
     generate_siim_like,
     lesion_boxes,
-    render_radiograph,
     siim_label_string,
 )
 

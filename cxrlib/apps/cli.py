@@ -375,7 +375,7 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.data.synthetic import SYNTH_CLASSES
+    from cxrlib.data.render import SYNTH_CLASSES
 
     p = sub.add_parser("synth", help="write the synthetic default dataset (COVID-19 Radiography v4 layout)")
     p.add_argument("out", help="output directory")

@@ -6,7 +6,7 @@ runs on real-data layouts without the real data: :func:`write_layouts` writes al
 - Radiography v4: ``<Class>/images/`` (and ``Lung_Opacity``), as on Kaggle today;
 - Kermany: ``chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}/`` with Kermany's file names
   (``person1_bacteria_1.jpeg``, ``IM-0001-0001.jpeg``);
-- SIIM: the competition's CSVs and ``train/`` (:func:`cxrlib.data.synthetic.generate_siim_like`).
+- SIIM: the competition's CSVs and ``train/`` (:func:`cxrlib.data.siim_synthetic.generate_siim_like`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _write_kermany(out: str | Path, per_class: int = 12, size: int = 96, seed: i
 def write_layouts(out: str | Path, per_class: int = 12, size: int = 96, seed: int = 0) -> dict[str, Path]:
     """The four dataset folders of ``make notebooks``: name → folder (COVID_DIR in the v4
     layout, EXTERNAL_DIR in the v3 layout, KERMANY_DIR, SIIM_DIR)."""
-    from cxrlib.data.synthetic import generate_siim_like
+    from cxrlib.data.siim_synthetic import generate_siim_like
 
     out = Path(out)
     return {"COVID_DIR": _write_radiography(out / "radiography_v4", "v4", per_class, size, seed),

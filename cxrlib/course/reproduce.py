@@ -55,7 +55,7 @@ def radiography_manifest(folder: Path | None, work_dir: Path, per_class: int, si
     synthetic when ``folder`` is None."""
     from cxrlib.course.setup import course_data
     from cxrlib.data.datasets import load_manifest
-    from cxrlib.data.synthetic import SYNTH_CLASSES
+    from cxrlib.data.render import SYNTH_CLASSES
 
     path, real = course_data(folder, work_dir / "synthetic", per_class=per_class, size=size,
                              seed=seed, classes=[c for c in classes if c in SYNTH_CLASSES])
@@ -91,7 +91,7 @@ def siim_manifest(folder: Path | None, work_dir: Path, n_studies: int, size: int
                   seed: int = 0) -> pd.DataFrame:
     """SIIM's images with their study-level class (``label``), synthetic when ``folder`` is None."""
     from cxrlib.data.datasets import load_manifest
-    from cxrlib.data.synthetic import generate_siim_like
+    from cxrlib.data.siim_synthetic import generate_siim_like
 
     path = folder
     if path is None:

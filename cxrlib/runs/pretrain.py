@@ -4,7 +4,7 @@ Without ImageNet weights every backbone is random, and the course's transfer-lea
 (V0 → V1 → V3, the five frozen backbones) teach nothing. ``weights="synthetic"`` gives each
 backbone weights learnt on a *different* task from the same film renderer: multi-label findings
 (a focal opacity in each of six lung zones, an interstitial pattern, a consolidation, a burned-in
-marker; see :func:`cxrlib.data.synthetic.render_source_film`). The target task (which of three
+marker; see :func:`cxrlib.data.source_task.render_source_film`). The target task (which of three
 classes a film shows) is never seen in pretraining.
 
 Every backbone trains the same way: Adam at a constant rate, the weights averaged over the
@@ -96,7 +96,7 @@ def weights_path(backbone: str, image_size: int, seed: int = 0, cache: str | Pat
                  batch_size: int = PRETRAIN_BATCH) -> Path:
     """The cache file of one pretrained backbone (the key: backbone, size, task version, seed;
     settings other than the standard budget's add ``-n<films>-e<epochs>-b<batch>``)."""
-    from cxrlib.data.synthetic import SOURCE_TASK
+    from cxrlib.data.source_task import SOURCE_TASK
 
     name = get_backbone(backbone).name
     budget = "" if is_standard(n_images, epochs, batch_size) else f"-n{n_images}-e{epochs}-b{batch_size}"
@@ -133,10 +133,12 @@ def entry_info(backbone: str, image_size: int, seed: int = 0, n_images: int = PR
                epochs: int = PRETRAIN_EPOCHS, batch_size: int = PRETRAIN_BATCH) -> dict:
     """What the JSON of a cache entry states about how it was made: each of these is checked
     on load (:func:`entry_problem`)."""
-    from cxrlib.data.synthetic import SOURCE_LABELS, SOURCE_TASK
+    from cxrlib.data.source_task import SOURCE_LABELS, SOURCE_TASK
 
     return {"backbone": get_backbone(backbone).name, "image_size": int(image_size),
             "source_task": {"name": SOURCE_TASK, "labels": list(SOURCE_LABELS),
+                            # the name it was first recorded under (now cxrlib.data.source_task):
+                            # part of every cache entry's key, kept so that cached weights stay valid
                             "generator": "cxrlib.data.synthetic.render_source_film",
                             "loss": "binary cross-entropy (multi-label)"},
             "images": int(n_images), "epochs": int(epochs), "batch_size": int(batch_size),
@@ -242,7 +244,7 @@ def _check_space(folder: Path, needed: int, what: str) -> None:
 
 def films_path(n: int, image_size: int, seed: int, cache: Path) -> Path:
     """The cache file of the source-task films of one (size, seed, n)."""
-    from cxrlib.data.synthetic import SOURCE_TASK
+    from cxrlib.data.source_task import SOURCE_TASK
 
     return cache / f"films-{SOURCE_TASK}-{image_size}px-seed{seed}-n{n}.npz"
 
@@ -250,7 +252,7 @@ def films_path(n: int, image_size: int, seed: int, cache: Path) -> Path:
 def _read_films(path: Path, n: int, image_size: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The films cached in ``path``; None when there is no such file, or (said) when it cannot
     be read or holds other films than ``n`` at ``image_size``."""
-    from cxrlib.data.synthetic import SOURCE_LABELS
+    from cxrlib.data.source_task import SOURCE_LABELS
 
     if not path.is_file():
         return None
@@ -273,7 +275,7 @@ def source_films(n: int, image_size: int, seed: int, cache: Path, progress: bool
                  ) -> tuple[np.ndarray, np.ndarray]:
     """The source-task films, generated once per (size, seed, n) and kept in the cache (a file
     that cannot be read is generated again)."""
-    from cxrlib.data.synthetic import SOURCE_LABELS, source_task_arrays
+    from cxrlib.data.source_task import SOURCE_LABELS, source_task_arrays
 
     path = films_path(n, image_size, seed, cache)
     with _locked(path):
@@ -435,7 +437,7 @@ def _train(backbone: str, image_size: int, n_images: int, epochs: int, seed: int
     no room for the films and the weights."""
     import keras
 
-    from cxrlib.data.synthetic import SOURCE_LABELS
+    from cxrlib.data.source_task import SOURCE_LABELS
     from cxrlib.environment import environment_info
 
     keras.utils.set_random_seed(seed)
