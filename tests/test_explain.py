@@ -1,4 +1,4 @@
-"""Heat maps, activation maps and the measured explanations of cxrlib.explain.maps.
+"""Heat maps, activation maps and the measured explanations of cxrlib.explain.
 
 Untrained tiny models check shapes, scaling and bookkeeping; one scratch CNN trained on an
 easy synthetic set (shared by the whole session, and by test_diagnose.py through
@@ -22,7 +22,28 @@ pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
 from cxrlib.course.shortcut import shortcut_experiment
 from cxrlib.data.pipeline import Prep, prepare_image
-from cxrlib.explain import maps as explain
+from cxrlib.explain.figures import activation_comparison, gallery, overlay, plot_overlay
+from cxrlib.explain.maps import (
+    METHODS,
+    activation_maps,
+    default_layer,
+    heatmap,
+    normalise_maps,
+    occlusion_map,
+    occlusion_positions,
+    occlusion_scan,
+    random_maps,
+    representative_layers,
+)
+from cxrlib.explain.masks import central_mask, prepare_mask
+from cxrlib.explain.measures import (
+    border_share,
+    energy_inside,
+    lesion_scores,
+    lung_share,
+    pointing_game,
+    summarise_scores,
+)
 from cxrlib.runs.evaluate import predict
 from cxrlib.spec import NO_AUGMENT, variant_spec
 
@@ -86,9 +107,9 @@ def images():
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("method", [m for m in explain.METHODS if m != "random"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "random"])
 def test_every_method_gives_unit_maps_of_input_size(tiny, images, kind, method):
-    maps = explain.heatmap(tiny[kind], images, method, **FAST)
+    maps = heatmap(tiny[kind], images, method, **FAST)
     assert maps.shape == (3, 32, 32) and maps.dtype == np.float32
     assert np.isfinite(maps).all()
     for m in maps:  # each map is scaled to exactly [0, 1], or all zeros when it was flat
@@ -100,8 +121,8 @@ def test_every_method_gives_unit_maps_of_input_size(tiny, images, kind, method):
 def test_binary_model_explains_each_class(tiny, images, method):
     """Class 0 of a sigmoid model is scored by the negated logit (BinaryScore); Score-CAM goes
     through the two-logit wrapper, since a softmax over one unit would weigh every map alike."""
-    zero = explain.heatmap(tiny["sigmoid"], images, method, class_index=0, **FAST)
-    one = explain.heatmap(tiny["sigmoid"], images, method, class_index=1, **FAST)
+    zero = heatmap(tiny["sigmoid"], images, method, class_index=0, **FAST)
+    one = heatmap(tiny["sigmoid"], images, method, class_index=1, **FAST)
     if method == "saliency":  # |gradient| of z and -z are the same map, as they should be
         np.testing.assert_allclose(zero, one, atol=1e-5)
     else:
@@ -114,27 +135,27 @@ def test_binary_model_explains_each_class(tiny, images, method):
 def test_class_index_forms(tiny, images):
     model = tiny["softmax"]
     predicted = predict(model, images).argmax(axis=1)
-    default = explain.heatmap(model, images, "gradcam")
-    np.testing.assert_allclose(default, explain.heatmap(model, images, "gradcam", list(predicted)))
-    same = explain.heatmap(model, images, "gradcam", 2)
-    np.testing.assert_allclose(same[1], explain.heatmap(model, images[1:2], "gradcam", [2])[0], atol=1e-5)
+    default = heatmap(model, images, "gradcam")
+    np.testing.assert_allclose(default, heatmap(model, images, "gradcam", list(predicted)))
+    same = heatmap(model, images, "gradcam", 2)
+    np.testing.assert_allclose(same[1], heatmap(model, images[1:2], "gradcam", [2])[0], atol=1e-5)
     with pytest.raises(ValueError, match="entries"):
-        explain.heatmap(model, images, "gradcam", [0, 1])
+        heatmap(model, images, "gradcam", [0, 1])
     with pytest.raises(ValueError, match="Unknown method"):
-        explain.heatmap(model, images, "lime")
+        heatmap(model, images, "lime")
 
 
 def test_random_maps_are_seeded_unit_maps():
-    a = explain.heatmap(None, np.zeros((2, 40, 40, 1), np.float32), "random", seed=3)
-    b = explain.random_maps(2, (40, 40), seed=3)
+    a = heatmap(None, np.zeros((2, 40, 40, 1), np.float32), "random", seed=3)
+    b = random_maps(2, (40, 40), seed=3)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (2, 40, 40) and a.min() == 0.0 and a.max() == 1.0
-    assert not np.allclose(a, explain.random_maps(2, (40, 40), seed=4))
+    assert not np.allclose(a, random_maps(2, (40, 40), seed=4))
 
 
 def test_normalise_maps_handles_constant_and_nan():
     maps = np.stack([np.full((4, 4), 7.0), np.arange(16.0).reshape(4, 4), np.full((4, 4), np.nan)])
-    out = explain.normalise_maps(maps)
+    out = normalise_maps(maps)
     assert np.isfinite(out).all()
     np.testing.assert_array_equal(out[0], 0)
     np.testing.assert_array_equal(out[2], 0)
@@ -145,10 +166,10 @@ def test_default_layer_is_fine_enough(tiny):
     from cxrlib.models.build import SCRATCH_LAST_CONV, build_model
 
     big = build_model("scratch", "scratch", 3, 128, None)
-    assert explain.default_layer(big) == SCRATCH_LAST_CONV == "scratch_conv5"
+    assert default_layer(big) == SCRATCH_LAST_CONV == "scratch_conv5"
     # at 64 px the last block is 4×4 (16-px cells): the heat maps read the 8×8 block before it
     small = build_model("scratch", "scratch", 3, 64, None)
-    assert explain.default_layer(small) == "scratch_relu4"
+    assert default_layer(small) == "scratch_relu4"
     assert small.get_layer("scratch_relu4").output.shape[1:3] == (8, 8)
 
 
@@ -170,9 +191,9 @@ class CountingModel:
 @pytest.mark.parametrize("stride,batch_size", [(4, 16), (5, 7), (10, 64)])
 def test_occlusion_batches_model_calls(tiny, images, stride, batch_size):
     counter = CountingModel(tiny["softmax"])
-    raw, calls = explain.occlusion_scan(counter, images[0], 1, patch=8, stride=stride,
+    raw, calls = occlusion_scan(counter, images[0], 1, patch=8, stride=stride,
                                         batch_size=batch_size)
-    positions = len(explain.occlusion_positions(32, 8, stride)) ** 2
+    positions = len(occlusion_positions(32, 8, stride)) ** 2
     assert calls == counter.calls == math.ceil(positions / batch_size) + 1
     assert max(counter.sizes[1:]) <= batch_size and sum(counter.sizes[1:]) == positions
     assert raw.shape == (32, 32)
@@ -187,7 +208,7 @@ def test_occlusion_finds_the_region_the_model_reads():
 
     image = np.full((32, 32, 3), 0.3, np.float32)
     image[20:28, 4:12] = 1.0
-    heat = explain.occlusion_map(model, image, 1, patch=6, stride=2)
+    heat = occlusion_map(model, image, 1, patch=6, stride=2)
     row, col = np.unravel_index(np.argmax(heat), heat.shape)
     assert 18 <= row < 30 and 2 <= col < 14
     assert heat[:10, 20:].max() == 0.0  # occluding far away changes nothing
@@ -198,25 +219,25 @@ def test_occlusion_finds_the_region_the_model_reads():
 
 def test_activation_maps_and_layers(tiny, images):
     model = tiny["softmax"]
-    layers = explain.representative_layers(model)
+    layers = representative_layers(model)
     assert layers == ["scratch_conv1", "scratch_conv3", "scratch_conv5"]
     names = [layer.name for layer in model.layers]
     assert names.index(layers[0]) < names.index(layers[1]) < names.index(layers[2])
     for name in layers + ["scratch_relu2"]:
-        maps = explain.activation_maps(model, images[0], name)
+        maps = activation_maps(model, images[0], name)
         assert maps.shape == tuple(model.get_layer(name).output.shape[1:])
-    np.testing.assert_allclose(explain.activation_maps(model, images[0], 0),
-                               explain.activation_maps(model, images[0], "scratch_conv1"))
-    assert explain.activation_maps(model, images[0], -1).shape == (2, 2, 256)
+    np.testing.assert_allclose(activation_maps(model, images[0], 0),
+                               activation_maps(model, images[0], "scratch_conv1"))
+    assert activation_maps(model, images[0], -1).shape == (2, 2, 256)
     with pytest.raises(ValueError):
-        explain.activation_maps(model, images[0], "no_such_layer")
-    figure = explain.activation_comparison({"one model": explain.activation_maps(model, images[0], 0)}, n=16)
+        activation_maps(model, images[0], "no_such_layer")
+    figure = activation_comparison({"one model": activation_maps(model, images[0], 0)}, n=16)
     assert isinstance(figure, Figure) and sum(ax.images != [] for ax in figure.axes) == 16
 
 
 def test_activation_comparison_uses_the_same_channels(tiny, images):
-    maps = explain.activation_maps(tiny["softmax"], images[0], 1)
-    figure = explain.activation_comparison({"frozen": maps, "fine-tuned": maps[..., ::-1]}, n=5)
+    maps = activation_maps(tiny["softmax"], images[0], 1)
+    figure = activation_comparison({"frozen": maps, "fine-tuned": maps[..., ::-1]}, n=5)
     titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
     assert len(figure.axes) == 10 and len(titles) == 5
 
@@ -230,24 +251,24 @@ def test_energy_pointing_border_lung():
     heat[0, 0] = 1.0
     mask = np.zeros((20, 20), bool)
     mask[5:10, 5:10] = True
-    assert explain.energy_inside(heat, mask) == pytest.approx(25 / 26)
+    assert energy_inside(heat, mask) == pytest.approx(25 / 26)
     # a mask at another size is resized (nearest) to the map
-    assert explain.energy_inside(heat, np.kron(mask, np.ones((2, 2), bool))) == pytest.approx(25 / 26)
-    assert math.isnan(explain.energy_inside(np.zeros((20, 20)), mask))
+    assert energy_inside(heat, np.kron(mask, np.ones((2, 2), bool))) == pytest.approx(25 / 26)
+    assert math.isnan(energy_inside(np.zeros((20, 20)), mask))
     peak = np.zeros((20, 20))
     peak[12, 12] = 1.0
-    assert not explain.pointing_game(peak, mask, tolerance=2)
+    assert not pointing_game(peak, mask, tolerance=2)
     peak = np.zeros((20, 20))
     peak[11, 11] = 1.0
-    assert explain.pointing_game(peak, mask, tolerance=2)
-    assert not explain.pointing_game(peak, mask, tolerance=0)
+    assert pointing_game(peak, mask, tolerance=2)
+    assert not pointing_game(peak, mask, tolerance=0)
     flat = np.ones((50, 50))
-    assert explain.border_share(flat, band=0.1) == pytest.approx(1 - 0.8 ** 2)
+    assert border_share(flat, band=0.1) == pytest.approx(1 - 0.8 ** 2)
     corner = np.zeros((50, 50))
     corner[:4, :10] = 1.0
-    assert explain.border_share(corner) == 1.0 and explain.lung_share(corner) == 0.0
-    assert explain.lung_share(flat) == pytest.approx(explain.central_mask((50, 50)).mean())
-    assert explain.lung_share(heat, mask) == explain.energy_inside(heat, mask)
+    assert border_share(corner) == 1.0 and lung_share(corner) == 0.0
+    assert lung_share(flat) == pytest.approx(central_mask((50, 50)).mean())
+    assert lung_share(heat, mask) == energy_inside(heat, mask)
 
 
 def _square_files(tmp_path: Path, size=(120, 100), mask_size=None):
@@ -270,7 +291,7 @@ def test_prepare_mask_follows_the_image_geometry(tmp_path, crop, mask_size):
     image_path, mask_path = _square_files(tmp_path, mask_size=mask_size)
     prep = Prep(image_size=48, backbone="scratch", crop=crop, crop_reference=(100, 120) if crop else None)
     image = prepare_image(str(image_path), prep)
-    mask = explain.prepare_mask(mask_path, prep, image_path)
+    mask = prepare_mask(mask_path, prep, image_path)
     assert mask.shape == (48, 48) and mask.dtype == bool
     bright = image > 130
     assert (mask & bright).sum() / (mask | bright).sum() > 0.85  # IoU of the two squares
@@ -280,15 +301,15 @@ def test_overlay_and_plot_overlay(tmp_path):
     gray = np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (32, 1))
     heat = np.zeros((16, 16), np.float32)
     heat[:4, :4] = 1.0
-    rgb = explain.overlay(gray, heat, alpha=0.4)
+    rgb = overlay(gray, heat, alpha=0.4)
     assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
-    np.testing.assert_array_equal(explain.overlay(gray, heat, alpha=0.0), np.repeat(gray[..., None], 3, -1))
+    np.testing.assert_array_equal(overlay(gray, heat, alpha=0.0), np.repeat(gray[..., None], 3, -1))
     assert rgb[0, 0, 0] > rgb[0, 0, 2]  # hot (red) corner; cold (blue) elsewhere
     assert rgb[-1, 16, 2] > rgb[-1, 16, 0]
-    figure = explain.plot_overlay(gray, heat, "test", {"COVID": 0.7, "Normal": 0.3},
+    figure = plot_overlay(gray, heat, "test", {"COVID": 0.7, "Normal": 0.3},
                                   save=tmp_path / "overlay.png")
     assert isinstance(figure, Figure) and (tmp_path / "overlay.png").stat().st_size > 1000
-    assert len(explain.plot_overlay(gray, heat).axes) == 3  # two panels and the colour bar
+    assert len(plot_overlay(gray, heat).axes) == 3  # two panels and the colour bar
 
 
 # --------------------------------------------------------------------------- trained model
@@ -305,9 +326,9 @@ def test_gradcam_finds_the_lesions(trained):
     model, record, prep, manifest = trained
     assert record["test"]["accuracy"] > 0.6
     held_out = manifest[manifest["split"] != "train"]
-    scores = explain.lesion_scores(model, held_out, TRAIN_CLASSES, prep, "gradcam")
+    scores = lesion_scores(model, held_out, TRAIN_CLASSES, prep, "gradcam")
     assert len(scores) >= 40 and set(scores["label"]) == {"COVID", "Bacterial Pneumonia"}
-    summary = explain.summarise_scores(scores)
+    summary = summarise_scores(scores)
     assert summary["energy_inside"] >= 1.5 * summary["random_energy_inside"]
     assert summary["energy_inside"] >= 1.5 * summary["mask_share"]
     assert summary["pointing_rate"] >= max(0.25, 3 * summary["random_pointing_rate"])
@@ -320,15 +341,15 @@ def test_gradcam_finds_the_lesions(trained):
 def test_gallery_of_right_and_wrong(trained, tmp_path):
     model, record, prep, manifest = trained
     test = manifest[manifest["split"] == "test"]
-    right = explain.gallery(model, test, TRAIN_CLASSES, prep, "gradcam++", n_per_class=3,
-                            correct=True, save=tmp_path / "right.png")
+    right = gallery(model, test, TRAIN_CLASSES, prep, "gradcam++", n_per_class=3,
+                    correct=True, save=tmp_path / "right.png")
     assert isinstance(right, Figure) and (tmp_path / "right.png").is_file()
     shown = [ax for ax in right.axes if ax.images]
     assert 3 <= len(shown) <= 9
     for ax in shown:
         true, predicted = ax.get_title().replace("\n", " ").split(" (")[0].split(" → ")
         assert true == predicted
-    wrong = explain.gallery(model, test, TRAIN_CLASSES, prep, "gradcam", n_per_class=2, correct=False)
+    wrong = gallery(model, test, TRAIN_CLASSES, prep, "gradcam", n_per_class=2, correct=False)
     for ax in (ax for ax in wrong.axes if ax.images):
         true, predicted = ax.get_title().replace("\n", " ").split(" (")[0].split(" → ")
         assert true != predicted

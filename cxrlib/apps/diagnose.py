@@ -33,7 +33,9 @@ import pandas as pd
 from cxrlib.data.images import is_image_path
 from cxrlib.data.pipeline import model_inputs
 from cxrlib.errors import InputError
-from cxrlib.explain import maps as explain
+from cxrlib.explain.figures import plot_overlay
+from cxrlib.explain.maps import METHODS, grey_baseline, heatmap
+from cxrlib.explain.measures import border_share
 from cxrlib.files import write_csv_atomic
 from cxrlib.runs.evaluate import Run, load_run, predict
 
@@ -102,7 +104,7 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
     files = find_images(root, exclude=out)
     if not files:
         raise InputError(f"No image files under {root}.")
-    if method not in explain.METHODS:
+    if method not in METHODS:
         raise InputError(f"Unknown method {method!r}; choose one of {', '.join(DIAGNOSE_METHODS)}.")
     run = load_run(model_path)
     model, prep, classes = run.model, run.prep, run.classes
@@ -111,7 +113,7 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
         log.warning("The first model's classes %s have no pneumonia class: the second stage "
                     "will not run on any image.", classes)
     out.mkdir(parents=True, exist_ok=True)
-    baseline = explain.grey_baseline(prep.backbone) if method == "occlusion" else None
+    baseline = grey_baseline(prep.backbone) if method == "occlusion" else None
     options = {"baseline": baseline} if baseline is not None else {}
 
     rows: list[dict[str, Any]] = []
@@ -127,8 +129,8 @@ def diagnose_folder(images_dir: str | os.PathLike, model_path: str | os.PathLike
             if inputs.kept:
                 probs = predict(model, inputs.x, len(classes), batch_size)
                 predicted = probs.argmax(axis=1)
-                heat = explain.heatmap(model, inputs.x, method, [int(c) for c in predicted], layer,
-                                       **options)
+                heat = heatmap(model, inputs.x, method, [int(c) for c in predicted], layer,
+                               **options)
                 second = _stage2([chunk[i] for i in inputs.kept],
                                  [classes[int(c)] for c in predicted], stage2, batch_size)
                 for k, i in enumerate(inputs.kept):
@@ -214,13 +216,13 @@ def _row(result: dict[str, Any], classes: Sequence[str], stage2, figure: Path,
     probs = result["probs"]
     row: dict[str, Any] = {"predicted": result["predicted"],
                            **{f"p_{c}": float(p) for c, p in zip(classes, probs)},
-                           "border_share": explain.border_share(result["heat"])}
+                           "border_share": border_share(result["heat"])}
     title = f"{relative.as_posix()}: {result['predicted']} ({probs.max():.0%})"
     if "stage2_predicted" in result:
         row["stage2_predicted"] = result["stage2_predicted"]
         row.update({f"p2_{c}": float(p) for c, p in zip(result["stage2_classes"], result["stage2_probs"])})
         title += f" → {result['stage2_predicted']} ({result['stage2_probs'].max():.0%})"
-    explain.plot_overlay(result["image"], result["heat"], title=title, original=_original(result["path"]),
-                         probabilities={c: float(p) for c, p in zip(classes, probs)}, save=figure)
+    plot_overlay(result["image"], result["heat"], title=title, original=_original(result["path"]),
+                 probabilities={c: float(p) for c, p in zip(classes, probs)}, save=figure)
     row["figure"] = figure.name
     return row

@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from cxrlib.data.images import ImageReadError, read_image
 from cxrlib.data.splits import sample_per_class
-from cxrlib.explain.maps import BORDER_BAND, border_mask
+from cxrlib.explain.masks import BORDER_BAND, border_mask
 from cxrlib.plots import finish_figure, image_grid, new_figure
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ PREPROCESS_MODES: dict[str, str] = {
 def region_masks(shape: tuple[int, int], band: float = BORDER_BAND,
                  rim: float = RIM) -> tuple[np.ndarray, np.ndarray]:
     """Boolean (border, centre) masks: the border band less a ``rim``
-    (:func:`cxrlib.explain.maps.border_mask`), and the central half (rows and columns from 1/4
+    (:func:`cxrlib.explain.masks.border_mask`), and the central half (rows and columns from 1/4
     to 3/4)."""
     border = border_mask(shape, band, rim)
     h, w = border.shape

@@ -1,6 +1,6 @@
 """The steps of notebook ``05`` (heat maps) that are longer than a notebook cell.
 
-:mod:`cxrlib.explain.maps` computes heat maps and scores them; this module runs those pieces the
+:mod:`cxrlib.explain` computes heat maps and scores them; this module runs those pieces the
 way the lesson needs them:
 
 - :func:`method_options`, :func:`explain_methods`, :func:`overlay_grid`: every method on the
@@ -31,7 +31,10 @@ from matplotlib.figure import Figure
 from cxrlib.data.images import read_image
 from cxrlib.data.pipeline import Prep, model_inputs
 from cxrlib.data.splits import sample_per_class
-from cxrlib.explain import maps as explain
+from cxrlib.explain.figures import overlay
+from cxrlib.explain.maps import heatmap, random_maps
+from cxrlib.explain.masks import central_mask, prepare_mask
+from cxrlib.explain.measures import border_share, lesion_scores, lung_share, summarise_scores
 from cxrlib.runs.evaluate import load_run, predict
 
 # --------------------------------------------------------------------------- methods side by side
@@ -42,7 +45,7 @@ def method_options(max_n: int = 10, smooth_samples: int = 20, patch: int = 15,
     """The options of each heat-map method, in the form :func:`explain_methods`,
     :func:`lesion_table` and :func:`region_table` take.
 
-    No ``batch_size``: :func:`cxrlib.explain.maps.lesion_scores` would take it as its own (images
+    No ``batch_size``: :func:`cxrlib.explain.measures.lesion_scores` would take it as its own (images
     per batch) instead of passing it on to occlusion; occlusion keeps its default (64).
     """
     return {"fastscorecam": {"max_N": int(max_n)},
@@ -67,7 +70,7 @@ def explain_methods(model, x: np.ndarray, methods: Sequence[str],
     seconds: dict[str, float] = {}
     for method in methods:
         started = time.perf_counter()
-        maps[method] = explain.heatmap(model, x, method, class_index, layer, **options.get(method, {}))
+        maps[method] = heatmap(model, x, method, class_index, layer, **options.get(method, {}))
         seconds[method] = time.perf_counter() - started
     return maps, seconds
 
@@ -79,7 +82,7 @@ def overlay_grid(images: Sequence[np.ndarray], maps_by_method: dict[str, np.ndar
     """One row per image: the radiograph, then each method's heat map over it (one column each).
 
     ``outlines`` (one bool mask per image, e.g. the lesion from
-    :func:`cxrlib.explain.maps.prepare_mask`) are drawn as a white contour on every tile.
+    :func:`cxrlib.explain.masks.prepare_mask`) are drawn as a white contour on every tile.
     """
     from cxrlib.plots import finish_figure, new_figure
 
@@ -91,7 +94,7 @@ def overlay_grid(images: Sequence[np.ndarray], maps_by_method: dict[str, np.ndar
         gray = np.asarray(image)
         axes[row, 0].imshow(gray[..., 0] if gray.ndim == 3 else gray, cmap="gray", vmin=0, vmax=255)
         for col, method in enumerate(methods, start=1):
-            axes[row, col].imshow(explain.overlay(gray, maps_by_method[method][row], alpha=alpha))
+            axes[row, col].imshow(overlay(gray, maps_by_method[method][row], alpha=alpha))
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -153,7 +156,7 @@ def lesion_rows(manifest: pd.DataFrame, classes: Sequence[str], max_images: int 
 def lesion_table(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
                  methods: Sequence[str], options: dict[str, dict[str, Any]] | None = None,
                  layer: str | None = None, explain_class: str = "label", seed: int = 0) -> pd.DataFrame:
-    """Per method, the means of :func:`cxrlib.explain.maps.lesion_scores` and its wall time.
+    """Per method, the means of :func:`cxrlib.explain.measures.lesion_scores` and its wall time.
 
     Index: method. Columns: ``n``, ``energy_inside`` (share of the map on the lesion),
     ``random_energy_inside`` (a smooth random map's), ``mask_share`` (the lesion's area),
@@ -164,9 +167,9 @@ def lesion_table(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Pr
     rows = {}
     for method in methods:
         started = time.perf_counter()
-        scores = explain.lesion_scores(model, manifest, classes, prep, method, layer, explain_class,
-                                       seed=seed, **options.get(method, {}))
-        rows[method] = {**explain.summarise_scores(scores), "seconds": time.perf_counter() - started}
+        scores = lesion_scores(model, manifest, classes, prep, method, layer, explain_class,
+                               seed=seed, **options.get(method, {}))
+        rows[method] = {**summarise_scores(scores), "seconds": time.perf_counter() - started}
     columns = ["n", "energy_inside", "random_energy_inside", "mask_share", "energy_ratio",
                "pointing_rate", "random_pointing_rate", "border_share", "seconds"]
     return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns).rename_axis("method")
@@ -176,12 +179,12 @@ def _lung_region(row: pd.Series, prep: Prep, shape: tuple[int, int]) -> tuple[np
     """The row's lung mask as the model sees it when it has one, else the central region."""
     if row.get("mask_kind", "") == "lung" and row.get("mask_path", ""):
         try:
-            mask = explain.prepare_mask(row["mask_path"], prep, row["path"])
+            mask = prepare_mask(row["mask_path"], prep, row["path"])
             if mask.any():
                 return mask, "lung mask"
         except (OSError, ValueError):
             pass
-    return explain.central_mask(shape), "central region"
+    return central_mask(shape), "central region"
 
 
 def region_scores(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
@@ -190,7 +193,7 @@ def region_scores(model, manifest: pd.DataFrame, classes: Sequence[str], prep: P
     """Per image: the share of the predicted class's heat map in the border band and on the lungs.
 
     The lungs are the row's lung mask (``mask_kind == "lung"``, the real data) or else the
-    central region (:func:`cxrlib.explain.maps.central_mask`). A smooth random map gets the same
+    central region (:func:`cxrlib.explain.masks.central_mask`). A smooth random map gets the same
     two scores (``random_border_share``, ``random_lung_share``): the baseline. Unreadable
     images are skipped. Columns: path, label, predicted, border_share, lung_share,
     random_border_share, random_lung_share, lung_region.
@@ -202,17 +205,17 @@ def region_scores(model, manifest: pd.DataFrame, classes: Sequence[str], prep: P
             continue
         x = inputs.x
         predicted = predict(model, x).argmax(axis=1)
-        heat = explain.heatmap(model, x, method, [int(p) for p in predicted], layer, **options)
-        noise = explain.random_maps(len(x), x.shape[1:3], seed + part_no)
+        heat = heatmap(model, x, method, [int(p) for p in predicted], layer, **options)
+        noise = random_maps(len(x), x.shape[1:3], seed + part_no)
         for k, i in enumerate(inputs.kept):
             row = manifest.iloc[start + i]
             lungs, source = _lung_region(row, prep, heat.shape[1:])
             records.append({"path": row["path"], "label": row["label"],
                             "predicted": classes[int(predicted[k])],
-                            "border_share": explain.border_share(heat[k]),
-                            "lung_share": explain.lung_share(heat[k], lungs),
-                            "random_border_share": explain.border_share(noise[k]),
-                            "random_lung_share": explain.lung_share(noise[k], lungs),
+                            "border_share": border_share(heat[k]),
+                            "lung_share": lung_share(heat[k], lungs),
+                            "random_border_share": border_share(noise[k]),
+                            "random_lung_share": lung_share(noise[k], lungs),
                             "lung_region": source})
     columns = ["path", "label", "predicted", "border_share", "lung_share", "random_border_share",
                "random_lung_share", "lung_region"]
@@ -420,14 +423,14 @@ def shortcut_heatmaps(work_dir: str | os.PathLike, shortcut_class: str = "COVID"
         rows = [inputs.kept.index(r) for r in shown]
         index = run.classes.index(shortcut_class)
         probability = predict(run.model, inputs.x[rows])[:, index]
-        heat = explain.heatmap(run.model, inputs.x[rows], method, index, **options)
+        heat = heatmap(run.model, inputs.x[rows], method, index, **options)
         columns.append((f"{name} model,\n{version} film", inputs.images[rows], heat, probability))
     figure = new_figure(2.3 * len(columns) + 0.4, 2.5 * len(shown) + 0.5)
     axes = np.atleast_2d(figure.subplots(len(shown), len(columns), squeeze=False))
     for col, (label, images, heat, probability) in enumerate(columns):
         for row in range(len(shown)):
             ax = axes[row, col]
-            ax.imshow(explain.overlay(images[row], heat[row]))
+            ax.imshow(overlay(images[row], heat[row]))
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlabel(f"p({shortcut_class}) = {probability[row]:.2f}", fontsize="x-small")

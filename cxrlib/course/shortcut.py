@@ -2,7 +2,7 @@
 numbers, and take the cheat away with the border crop.
 
 A lesson, not library: it composes the synthetic generator, training and the measured
-explanations of :mod:`cxrlib.explain.maps`.
+explanations of :mod:`cxrlib.explain.measures`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import pandas as pd
 
 from cxrlib.data.images import read_image
 from cxrlib.data.pipeline import Prep, border_crop, model_inputs, resize
-from cxrlib.explain.maps import border_mask, border_share, default_layer, energy_inside, heatmap, lung_share
+from cxrlib.explain.maps import default_layer, heatmap
+from cxrlib.explain.masks import border_mask
+from cxrlib.explain.measures import border_share, energy_inside, lung_share
 from cxrlib.models.backbones import SCRATCH
 from cxrlib.runs.evaluate import Run, load_run, predict
 from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT, Split, variant_spec

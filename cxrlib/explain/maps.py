@@ -39,51 +39,31 @@ softmax to the output, which over one unit is always 1: every channel would weig
 
 Every heat map is an (N, S, S) float32 array scaled to [0, 1] per image, at the input's size,
 so it can be laid over the radiograph the model actually saw (images are prepared by
-:func:`cxrlib.data.pipeline.model_inputs`, masks by :func:`prepare_mask` with the same geometry).
+:func:`cxrlib.data.pipeline.model_inputs`, masks by :func:`cxrlib.explain.masks.prepare_mask` with
+the same geometry).
 
-**Measure, don't eyeball.** A heat map over a radiograph is persuasive, and people see what
-they expect in it: a blob "on the lungs" convinces whether it covers 80 % of the map's
-energy or 30 %. So the course measures: :func:`energy_inside` (the share of a map's energy
-inside a ground-truth lesion mask), :func:`pointing_game` (is the map's peak on the lesion),
-:func:`border_share` (how much sits in the border band where text markers live) and
-:func:`lung_share`, each compared with a random map's score. :func:`lesion_scores` does it
-per image over a data set; the shortcut experiment of notebook 05 (:mod:`cxrlib.course.shortcut`) shows the numbers catching a
-model that learnt a marker instead of the disease, and the border crop taking that shortcut
-away.
+The figures are :mod:`cxrlib.explain.figures`'s, the masks :mod:`cxrlib.explain.masks`' and the
+measures :mod:`cxrlib.explain.measures`'.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import logging
-import os
 import warnings
 import weakref
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
 
-from cxrlib.data.images import ImageReadError, read_image
-from cxrlib.data.pipeline import Prep, border_crop, model_inputs, resize
-from cxrlib.data.splits import sample_per_class
 from cxrlib.models.backbones import BACKBONES, preprocess_function
 from cxrlib.runs.evaluate import predict
-
-log = logging.getLogger(__name__)
 
 METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "scorecam", "fastscorecam", "saliency",
                             "smoothgrad", "occlusion", "random")
 """Heat-map methods accepted by :func:`heatmap`."""
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "fastscorecam")
-CENTRAL_REGION = (0.15, 0.85, 0.12, 0.88)
-"""(top, bottom, left, right) fractions of the frame: where the lungs of a centred PA film
-lie, used by :func:`lung_share` when no lung mask is given."""
-
-_READ_ERRORS = (ImageReadError, OSError, ValueError)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -158,39 +138,6 @@ def representative_layers(model) -> list[str]:
     return list(dict.fromkeys(picks))
 
 
-def _top_channels(maps: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` channels with the highest mean activation (the ones this image drives)."""
-    return np.argsort(-maps.reshape(-1, maps.shape[-1]).mean(axis=0), kind="stable")[:n]
-
-
-def activation_comparison(maps_by_model: dict[str, np.ndarray], n: int = 8,
-                          save: str | os.PathLike | None = None) -> Figure:
-    """Rows of feature maps from several models at the same layer (e.g. frozen vs fine-tuned).
-
-    The channels are the first model's most active ones, and every row shows those same
-    channels: after fine-tuning, channel k still descends from the pretrained channel k.
-    """
-    from cxrlib.plots import finish_figure, new_figure
-
-    names = list(maps_by_model)
-    if not names:
-        raise ValueError("maps_by_model is empty.")
-    chosen = _top_channels(np.asarray(maps_by_model[names[0]]), n)
-    figure = new_figure(1.4 * len(chosen) + 1.2, 1.5 * len(names))
-    axes = np.atleast_2d(figure.subplots(len(names), len(chosen)))
-    for row, name in enumerate(names):
-        maps = np.asarray(maps_by_model[name])
-        for col, channel in enumerate(chosen):
-            ax = axes[row, col]
-            ax.imshow(maps[..., channel], cmap="viridis")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(f"ch {channel}", fontsize="x-small")
-        axes[row, 0].set_ylabel(name, fontsize="small")
-    return finish_figure(figure, save)
-
-
 # --------------------------------------------------------------------------- heat maps
 
 
@@ -203,7 +150,7 @@ def normalise_maps(maps: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of (N, h, w) maps to (N, H, W)."""
     maps = np.asarray(maps, dtype=np.float32)
     if maps.shape[1:] == tuple(size):
@@ -418,7 +365,7 @@ def heatmap(model, images: np.ndarray, method: str = "gradcam",
                              if k in options}
         maps = np.stack([occlusion_map(model, image, index, **occlusion_options)
                          for image, index in zip(x, indices)])
-    return normalise_maps(_resize_maps(maps, size))
+    return normalise_maps(resize_maps(maps, size))
 
 
 # --------------------------------------------------------------------------- occlusion
@@ -487,300 +434,3 @@ def grey_baseline(backbone: str) -> float:
     """The preprocessed value of mid-grey (128) for ``backbone``: an occlusion baseline."""
     grey = np.full((1, 1, 1, 3), 128.0, dtype=np.float32)
     return float(np.mean(preprocess_function(backbone)(grey)))
-
-
-# --------------------------------------------------------------------------- pictures
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4, cmap: str = "jet") -> np.ndarray:
-    """The heat map in colour over the grey radiograph: RGB uint8 (S, S, 3).
-
-    ``image`` is uint8 (S, S) (or (S, S, C): its first channel is used); ``heat`` is in
-    [0, 1] and is resized to the image when the sizes differ.
-    """
-    import matplotlib
-
-    gray = np.asarray(image)
-    if gray.ndim == 3:
-        gray = gray[..., 0]
-    heat = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float32)), 0, 1)
-    heat = _resize_maps(heat[None], gray.shape)[0]
-    colour = matplotlib.colormaps[cmap](heat)[..., :3]
-    base = np.repeat(gray[..., None].astype(np.float32) / 255.0, 3, axis=-1)
-    mixed = (1 - alpha) * base + alpha * colour
-    return np.clip(mixed * 255 + 0.5, 0, 255).astype(np.uint8)
-
-
-def plot_overlay(image: np.ndarray, heat: np.ndarray, title: str = "",
-                 probabilities: dict[str, float] | None = None, alpha: float = 0.4,
-                 cmap: str = "jet", save: str | os.PathLike | None = None,
-                 original: np.ndarray | None = None) -> Figure:
-    """The radiograph, the heat map over it (with a colour bar) and the class probabilities.
-
-    ``original`` (the film as read, before the crop and the resize) is shown in the first panel
-    instead of the model's input, as the pneumonia course's diagnosis script did."""
-    from cxrlib.plots import finish_figure, new_figure
-
-    gray = np.asarray(image)
-    if gray.ndim == 3:
-        gray = gray[..., 0]
-    heat = _resize_maps(np.clip(np.nan_to_num(np.asarray(heat, np.float32)), 0, 1)[None], gray.shape)[0]
-    panels = 3 if probabilities else 2
-    figure = new_figure(3.6 * panels + 0.6, 3.9)
-    axes = np.atleast_1d(figure.subplots(1, panels, width_ratios=[1, 1.12, 1.1][:panels]))
-    first = gray if original is None else np.asarray(original)
-    axes[0].imshow(first[..., 0] if first.ndim == 3 else first, cmap="gray", vmin=0, vmax=255)
-    axes[0].set_title("radiograph (as the model saw it)" if original is None else "the original film",
-                      fontsize="small")
-    axes[1].imshow(gray, cmap="gray", vmin=0, vmax=255)
-    shown = axes[1].imshow(heat, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-    axes[1].set_title("heat map", fontsize="small")
-    figure.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.03, label="importance")
-    for ax in axes[:2]:
-        ax.axis("off")
-    if probabilities:
-        names = list(probabilities)
-        values = [float(probabilities[n]) for n in names]
-        best = int(np.argmax(values))
-        colours = ["crimson" if i == best else "steelblue" for i in range(len(names))]
-        ax = axes[2]
-        bars = ax.barh(np.arange(len(names)), values, color=colours)
-        ax.set_yticks(np.arange(len(names)), names, fontsize="small")
-        ax.invert_yaxis()
-        ax.bar_label(bars, labels=[f"{v:.1%}" for v in values], fontsize="small", padding=2)
-        ax.set_xlim(0, 1.18)
-        ax.set(xlabel="probability", title="class probabilities")
-        ax.grid(axis="x", alpha=0.3)
-    if title:
-        figure.suptitle(title)
-    return finish_figure(figure, save)
-
-
-def gallery(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
-            method: str = "gradcam", n_per_class: int = 4, correct: bool = True,
-            layer: str | None = None, max_candidates: int = 200, seed: int = 0,
-            save: str | os.PathLike | None = None, **options: Any) -> Figure:
-    """Heat-map overlays of right (``correct=True``) or wrong predictions, one row per true class.
-
-    Up to ``max_candidates`` images per class (a random sample) are classified to find
-    ``n_per_class`` right or wrong ones; each tile shows the heat map of the *predicted* class,
-    titled ``true →`` / ``predicted (probability)``. A class with none to show says so.
-    """
-    from cxrlib.plots import finish_figure, new_figure
-
-    candidates = sample_per_class(manifest, max_candidates, seed, classes, warn=False)
-    rows: list[list[tuple[np.ndarray, np.ndarray, str]]] = []
-    for ci, name in enumerate(classes):
-        inputs = model_inputs(candidates.loc[candidates["label"] == name, "path"].tolist(), prep)
-        picked: list[tuple[np.ndarray, np.ndarray, str]] = []
-        if inputs.kept:
-            probs = predict(model, inputs.x)
-            predicted = probs.argmax(axis=1)
-            chosen = np.flatnonzero((predicted == ci) == correct)[:n_per_class]
-            if len(chosen):
-                heat = heatmap(model, inputs.x[chosen], method, [int(predicted[i]) for i in chosen],
-                               layer, **options)
-                for k, i in enumerate(chosen):
-                    p = int(predicted[i])
-                    picked.append((inputs.images[i], heat[k],
-                                   f"{name} →\n{classes[p]} ({probs[i, p]:.0%})"))
-        rows.append(picked)
-    ncols = max(1, n_per_class)
-    figure = new_figure(2.3 * ncols + 0.8, 2.5 * len(classes) + 0.4)
-    axes = np.atleast_2d(figure.subplots(len(classes), ncols, squeeze=False))
-    for r, (name, picked) in enumerate(zip(classes, rows)):
-        for c in range(ncols):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if c < len(picked):
-                image, heat, label = picked[c]
-                ax.imshow(overlay(image, heat))
-                ax.set_title(label, fontsize="x-small")
-            elif c == 0:
-                ax.text(0.5, 0.5, f"no {'correct' if correct else 'wrong'}\npredictions",
-                        ha="center", va="center", fontsize="small", transform=ax.transAxes)
-        axes[r, 0].set_ylabel(name, fontsize="small")
-    figure.suptitle(f"{'Correct' if correct else 'Wrong'} predictions, {method} of the predicted class")
-    return finish_figure(figure, save)
-
-
-# --------------------------------------------------------------------------- measurements
-
-
-def prepare_mask(mask_path: str | os.PathLike, prep: Prep,
-                 image_path: str | os.PathLike | None = None) -> np.ndarray:
-    """A mask file → bool (S, S), through the same geometry as its image.
-
-    Same border crop (when ``prep.crop``) and resize to ``prep.image_size``, with nearest
-    interpolation. The crop depends on the film's size, so a mask stored at another size
-    than its image (the real v4 database: 256 px masks, 299 px images) is first scaled to
-    the image's size, read from ``image_path``'s header.
-    """
-    from PIL import Image
-
-    mask = read_image(mask_path)
-    if image_path is not None:
-        from cxrlib.data.images import probe_image
-
-        info = probe_image(image_path)
-        size = (int(info["height"]), int(info["width"]))
-        if mask.shape[:2] != size:
-            mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
-    if prep.crop:
-        if prep.crop_reference is None:
-            raise ValueError("crop=True needs crop_reference=(w_max, h_max).")
-        mask = border_crop(mask, prep.crop_reference)
-    return resize(mask, prep.image_size, "nearest") > 127
-
-
-def _mask_like(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A boolean mask resized (nearest) to ``shape``."""
-    mask = np.asarray(mask)
-    if mask.shape != tuple(shape):
-        from PIL import Image
-
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
-            (shape[1], shape[0]), Image.NEAREST)) > 127
-    return mask.astype(bool)
-
-
-def energy_inside(heat: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the heat map's energy (sum) inside the mask, 0–1; NaN for an all-zero map.
-
-    A map that ignored the mask would score the mask's area share on average.
-    """
-    heat = np.clip(np.nan_to_num(np.asarray(heat, dtype=np.float64)), 0, None)
-    total = heat.sum()
-    if total <= 0:
-        return float("nan")
-    return float(heat[_mask_like(mask, heat.shape)].sum() / total)
-
-
-def pointing_game(heat: np.ndarray, mask: np.ndarray, tolerance: int = 2) -> bool:
-    """True when the heat map's maximum lies inside the mask dilated by ``tolerance`` pixels
-    (in any direction, diagonals included)."""
-    from scipy.ndimage import binary_dilation
-
-    heat = np.nan_to_num(np.asarray(heat, dtype=np.float64))
-    region = _mask_like(mask, heat.shape)
-    if not region.any() or heat.max() <= 0:
-        return False
-    if tolerance > 0:
-        region = binary_dilation(region, np.ones((3, 3), bool), iterations=int(tolerance))
-    return bool(region[np.unravel_index(np.argmax(heat), heat.shape)])
-
-
-#: The border band, the outer 12 % of each side, where burned-in text and markers live: the
-#: one band of the course (notebook 01 counts text in it, notebook 05 measures heat in it).
-BORDER_BAND = 0.12
-
-
-def border_mask(shape: tuple[int, int], band: float = BORDER_BAND, rim: float = 0.0) -> np.ndarray:
-    """True in the border band of width ``band``·side on every edge, less its outermost
-    ``rim``·side (at least one pixel when ``rim`` > 0: a film's frame line)."""
-    h, w = int(shape[0]), int(shape[1])
-    if not 0 < band < 0.5:
-        raise ValueError(f"band must be in (0, 0.5), not {band}")
-    bh, bw = max(1, round(band * h)), max(1, round(band * w))
-    low = 1 if rim > 0 else 0
-    rh, rw = min(bh - 1, max(low, round(h * rim))), min(bw - 1, max(low, round(w * rim)))
-    mask = np.zeros((h, w), bool)
-    mask[rh:h - rh, rw:w - rw] = True
-    mask[bh:h - bh, bw:w - bw] = False
-    return mask
-
-
-def border_share(heat: np.ndarray, band: float = BORDER_BAND) -> float:
-    """Share of the map's energy in the border band (where burned-in text lives).
-
-    A flat map scores the band's area share (0.41 for ``band=0.12``).
-    """
-    heat = np.asarray(heat)
-    return energy_inside(heat, border_mask(heat.shape, band))
-
-
-def central_mask(shape: tuple[int, int]) -> np.ndarray:
-    """True in :data:`CENTRAL_REGION`, where the lungs of a centred film lie."""
-    h, w = shape
-    top, bottom, left, right = CENTRAL_REGION
-    region = np.zeros((h, w), bool)
-    region[round(top * h):round(bottom * h), round(left * w):round(right * w)] = True
-    return region
-
-
-def lung_share(heat: np.ndarray, lung_mask: np.ndarray | None = None) -> float:
-    """Share of the map's energy on the lungs: the data set's lung mask, else the central region."""
-    heat = np.asarray(heat)
-    return energy_inside(heat, central_mask(heat.shape) if lung_mask is None else lung_mask)
-
-
-def lesion_scores(model, manifest: pd.DataFrame, classes: Sequence[str], prep: Prep,
-                  method: str = "gradcam", layer: str | None = None, explain: str = "label",
-                  batch_size: int = 16, seed: int = 0, **options: Any) -> pd.DataFrame:
-    """Per image: how much of the heat map lies on the ground-truth lesion, against a random map.
-
-    Uses the rows whose ``mask_kind`` is ``"lesion"`` and whose mask is not empty (a Normal
-    film has no lesion). ``explain`` is ``"label"`` (the true class: is the evidence for it
-    on the lesion?) or ``"predicted"``. Columns: path, label, predicted, energy_inside,
-    pointing_hit, border_share, mask_share (the lesion's area share: what a uniform map
-    scores), random_energy_inside and random_pointing_hit (a smooth random map per image).
-    """
-    if explain not in ("label", "predicted"):
-        raise ValueError(f"explain must be 'label' or 'predicted', not {explain!r}")
-    lookup = {name: i for i, name in enumerate(classes)}
-    if "mask_kind" not in manifest or "mask_path" not in manifest:
-        raise ValueError("The manifest has no mask_path/mask_kind columns (see cxrlib.data.datasets).")
-    rows = manifest[(manifest["mask_kind"] == "lesion") & (manifest["mask_path"] != "")
-                    & manifest["label"].isin(list(classes))]
-    found = []
-    for path, mask_path, label in zip(rows["path"], rows["mask_path"], rows["label"]):
-        try:
-            mask = prepare_mask(mask_path, prep, path)
-        except _READ_ERRORS as error:
-            log.warning("Skipping %s: %s", path, error)
-            continue
-        if mask.any():
-            found.append((path, label, mask))
-    records = []
-    rng_seed = seed
-    for start in range(0, len(found), batch_size):
-        inputs = model_inputs([p[0] for p in found[start:start + batch_size]], prep)
-        part = [found[start + i] for i in inputs.kept]
-        if not part:
-            continue
-        x = inputs.x
-        predicted = predict(model, x).argmax(axis=1)
-        targets = ([lookup[p[1]] for p in part] if explain == "label" else [int(i) for i in predicted])
-        heat = heatmap(model, x, method, targets, layer, **options)
-        noise = random_maps(len(part), x.shape[1:3], rng_seed)
-        rng_seed += 1
-        for k, (path, label, mask) in enumerate(part):
-            records.append({
-                "path": path, "label": label, "predicted": classes[int(predicted[k])],
-                "energy_inside": energy_inside(heat[k], mask),
-                "pointing_hit": pointing_game(heat[k], mask),
-                "border_share": border_share(heat[k]),
-                "mask_share": float(mask.mean()),
-                "random_energy_inside": energy_inside(noise[k], mask),
-                "random_pointing_hit": pointing_game(noise[k], mask),
-            })
-    columns = ["path", "label", "predicted", "energy_inside", "pointing_hit", "border_share",
-               "mask_share", "random_energy_inside", "random_pointing_hit"]
-    return pd.DataFrame(records, columns=columns)
-
-
-def summarise_scores(scores: pd.DataFrame) -> dict[str, float]:
-    """Means of :func:`lesion_scores` columns: the method against the random baseline."""
-    if scores.empty:
-        return {"n": 0}
-    out = {"n": int(len(scores))}
-    for column in ("energy_inside", "random_energy_inside", "mask_share", "border_share"):
-        out[column] = float(scores[column].mean())
-    for column in ("pointing_hit", "random_pointing_hit"):
-        out[column.replace("_hit", "_rate")] = float(scores[column].astype(float).mean())
-    out["energy_ratio"] = (out["energy_inside"] / out["random_energy_inside"]
-                           if out["random_energy_inside"] > 0 else float("nan"))
-    return out
