@@ -16,14 +16,23 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def env_flag(variable: str) -> bool:
+    """Whether ``$variable`` is on: set, and neither empty nor ``0``."""
+    return os.environ.get(variable, "") not in ("", "0")
+
+
+def env_path(variable: str, given: str | os.PathLike | None = None) -> Path | None:
+    """``given``, else ``$variable``, as a path (``~`` expanded); None when neither is set."""
+    value = given or os.environ.get(variable)
+    return Path(value).expanduser() if value else None
+
+
 def user_folder(variable: str, name: str) -> Path:
     """``$variable`` when it is set, else cxrlib's ``name`` folder in the user's cache folder
     (platformdirs: ``$XDG_CACHE_HOME/cxrlib/<name>``, else ``~/.cache/cxrlib/<name>``, on Linux)."""
-    if os.environ.get(variable):
-        return Path(os.environ[variable]).expanduser()
     from platformdirs import user_cache_path
 
-    return user_cache_path("cxrlib", appauthor=False) / name
+    return env_path(variable) or user_cache_path("cxrlib", appauthor=False) / name
 
 
 def gpu_details() -> list[dict[str, Any]]:

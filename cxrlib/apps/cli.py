@@ -273,13 +273,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     import os
 
     from cxrlib.course.setup import COURSE_BACKBONES
-    from cxrlib.models.backbones import get_backbone
+    from cxrlib.models.backbones import fit_size
     from cxrlib.runs.pretrain import PRETRAIN_BATCH, check_settings, describe, ensure_pretrained, is_standard
 
     if args.cache:
         os.environ["CXR_PRETRAINED_DIR"] = args.cache   # so that later look-ups find them too
     names = list(COURSE_BACKBONES) if args.backbone == "course" else [args.backbone]
-    sizes = {name: max(args.image_size, get_backbone(name).min_size) for name in names}
+    sizes = {name: fit_size(name, args.image_size) for name in names}
     for name in names:   # every backbone's settings refused before any of them pretrains
         check_settings(name, sizes[name], args.images, args.epochs, PRETRAIN_BATCH, args.seed)
     for name in names:

@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from cxrlib.models.variants import ALIASES as VARIANT_ALIASES
+from cxrlib.models.variants import canonical_variant
+from cxrlib.runs.records import record_float
 
 PROGRESSION = """
 - {v0} (the untrained softmax) scores **{v0_test:.3f}** on the test set; chance is {chance:.3f}.
@@ -69,17 +70,11 @@ def conclusions(template: str, facts: Mapping[str, Any]):
     return Markdown(render(template, facts))
 
 
-def _num(record: Mapping | None, section: str, key: str) -> float:
-    value = ((record or {}).get(section) or {}).get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-
-
 def _by_variant(records: Sequence[dict]) -> dict[str, dict]:
     """The last record of each variant (aliases folded: frozen = v2reg, finetune = v3)."""
     found: dict[str, dict] = {}
     for record in records:
-        variant = (record.get("model") or {}).get("variant", "")
-        found[VARIANT_ALIASES.get(variant, variant)] = record
+        found[canonical_variant((record.get("model") or {}).get("variant", ""))] = record
     return found
 
 
@@ -89,14 +84,14 @@ def progression_facts(records: Sequence[dict]) -> dict[str, Any]:
     facts: dict[str, Any] = {v: str(r.get("name", v)) for v, r in runs.items()}
     classes = next(((r.get("dataset") or {}).get("classes") for r in runs.values()), None) or []
     facts["chance"] = 1 / len(classes) if classes else math.nan
-    test = {v: _num(r, "test", "accuracy") for v, r in runs.items()}
+    test = {v: record_float(r, "test", "accuracy") for v, r in runs.items()}
     facts["v0_test"] = test.get("v0")
     order = [v for v in ("v0", "v1", "v2", "v2reg", "v3") if v in runs]
     steps = [f"{facts[after]} {test[after]:.3f} ({test[after] - test[before]:+.3f})"
              for before, after in zip(order, order[1:])]
     facts["steps"] = " → ".join(steps) or None
     if "v2" in runs and "v2reg" in runs:
-        gap = {v: _num(runs[v], "final", "accuracy") - _num(runs[v], "final", "val_accuracy")
+        gap = {v: record_float(runs[v], "final", "accuracy") - record_float(runs[v], "final", "val_accuracy")
                for v in ("v2", "v2reg")}
         facts["v2_gap"], facts["v2reg_gap"] = gap["v2"], gap["v2reg"]
         facts["dropout_gap"] = "smaller" if abs(gap["v2reg"]) < abs(gap["v2"]) else "not smaller"
@@ -111,7 +106,7 @@ def backbone_facts(records: Sequence[dict], names: Sequence[str]) -> dict[str, A
     """The numbers of :data:`BACKBONES`: the best run, its rivals, fine-tuning, wall time."""
     from cxrlib.course.progression import accuracy_ci
 
-    acc = {n: _num(r, "test", "accuracy") for n, r in zip(names, records)}
+    acc = {n: record_float(r, "test", "accuracy") for n, r in zip(names, records)}
     acc = {n: a for n, a in acc.items() if not math.isnan(a)}
     facts: dict[str, Any] = {}
     if acc:
@@ -126,12 +121,12 @@ def backbone_facts(records: Sequence[dict], names: Sequence[str]) -> dict[str, A
     for name, record in zip(names, records):
         model = record.get("model") or {}
         if name in acc:
-            variant = VARIANT_ALIASES.get(model.get("variant", ""), model.get("variant", ""))
-            scores.setdefault(model.get("backbone", ""), {})[variant] = acc[name]
+            scores.setdefault(model.get("backbone", ""), {})[
+                canonical_variant(model.get("variant", ""))] = acc[name]
     changes = [f"{b} {s['v2reg']:.3f} → {s['v3']:.3f} ({s['v3'] - s['v2reg']:+.3f})"
                for b, s in scores.items() if "v2reg" in s and "v3" in s]
     facts["finetune_changes"] = "; ".join(changes) or None
-    wall = {n: _num(r, "training", "wall_time_s") for n, r in zip(names, records)}
+    wall = {n: record_float(r, "training", "wall_time_s") for n, r in zip(names, records)}
     wall = {n: w for n, w in wall.items() if not math.isnan(w)}
     if len(wall) > 1:
         fast, slow = min(wall, key=wall.get), max(wall, key=wall.get)

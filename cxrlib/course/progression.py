@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from cxrlib.course.presets import RADIOGRAPHY_VERSIONS
 from cxrlib.data.splits import load_split, make_split, sample_per_class, save_split
 from cxrlib.files import read_json, write_json_atomic
-from cxrlib.models.variants import ALIASES
+from cxrlib.models.variants import canonical_variant
 from cxrlib.spec import RunSpec, Split
 
 if TYPE_CHECKING:
@@ -167,11 +167,6 @@ def as_list(value: str | Sequence[str] | None, everything: Sequence[str]) -> lis
     return names
 
 
-def _canonical(variant: str) -> str:
-    """A recorded variant name with its alias folded (frozen → v2reg, finetune → v3)."""
-    return ALIASES.get(variant, variant)
-
-
 def train_or_reuse(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec,
                    out_dir: str | os.PathLike, **kwargs: Any) -> tuple[dict, str]:
     """:func:`cxrlib.runs.train.train`, plus ``"reused"`` or ``"trained"``.
@@ -253,7 +248,7 @@ def plot_tradeoff(table: pd.DataFrame, records: Sequence[dict],
     from cxrlib.plots import save_figure
 
     params = [((r.get("model") or {}).get("total_params") or math.nan) / 1e6 for r in records]
-    variants = [_canonical(v) for v in ((r.get("model") or {}).get("variant", "") for r in records)]
+    variants = [canonical_variant(v) for v in ((r.get("model") or {}).get("variant", "") for r in records)]
     frozen = np.array([v != "v3" for v in variants], dtype=bool)
     accuracy = table["Test Accuracy"].to_numpy(dtype=float)
     figure = plt.figure(figsize=(11, 4.2), layout="constrained")

@@ -12,7 +12,6 @@ and its results table with the course's reported number beside ours.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,6 +20,7 @@ import pandas as pd
 from cxrlib.course.presets import FOLDER_VARIABLES, Preset, run_info, run_spec
 from cxrlib.course.progression import pin_version, train_or_reuse
 from cxrlib.data.splits import make_split, sample_per_class
+from cxrlib.environment import env_path
 from cxrlib.spec import Split
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,11 @@ EXTERNAL_BINARY = {"COVID": "Opacity", "Viral Pneumonia": "Opacity", "Lung Opaci
 def dataset_folder(dataset: str, given: str | None = None) -> Path | None:
     """The folder of ``dataset``: the notebook's parameter, else its environment variable
     (:data:`FOLDER_VARIABLES`); ``None`` when neither names an existing folder."""
-    value = given or os.environ.get(FOLDER_VARIABLES[dataset])
-    if value and Path(value).expanduser().is_dir():
-        return Path(value).expanduser()
-    if value:
-        print(f"{FOLDER_VARIABLES[dataset]}={value} was not found.")
+    folder = env_path(FOLDER_VARIABLES[dataset], given)
+    if folder and folder.is_dir():
+        return folder
+    if folder:
+        print(f"{FOLDER_VARIABLES[dataset]}={folder} was not found.")
     return None
 
 

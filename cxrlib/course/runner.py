@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from cxrlib.environment import env_flag, env_path
+
 log = logging.getLogger(__name__)
 
 SMOKE_DIR = Path("outputs") / "smoke"   # relative to the working folder, as the Makefile's
@@ -29,9 +31,7 @@ def notebook_dir() -> Path:
     """The course's notebooks: ``$CXR_NOTEBOOKS`` when set, else the ``notebooks/`` folder of
     the checkout cxrlib runs from (an installed package has none: set the variable, or pass
     ``folder``)."""
-    if os.environ.get("CXR_NOTEBOOKS"):
-        return Path(os.environ["CXR_NOTEBOOKS"]).expanduser()
-    return Path(__file__).resolve().parents[2] / "notebooks"
+    return env_path("CXR_NOTEBOOKS") or Path(__file__).resolve().parents[2] / "notebooks"
 
 # Smoke mode: about a minute per notebook on a CPU. Applied to every notebook that has the
 # parameter, then the notebook's own entries; what the caller passes with -p wins over both.
@@ -49,7 +49,7 @@ SMOKE_BY_NOTEBOOK: dict[str, dict[str, Any]] = {
 
 def smoke_requested(smoke: bool = False) -> bool:
     """``smoke`` or ``CXR_SMOKE=1`` in the environment."""
-    return smoke or os.environ.get("CXR_SMOKE", "") not in ("", "0")
+    return smoke or env_flag("CXR_SMOKE")
 
 
 def smoke_parameters(number: str, smoke_dir: str | Path | None = None) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def smoke_parameters(number: str, smoke_dir: str | Path | None = None) -> dict[s
     Results and figures go to ``smoke_dir`` (default ``CXR_SMOKE_DIR``, else ``outputs/smoke``),
     never into the course's folders.
     """
-    folder = Path(smoke_dir or os.environ.get("CXR_SMOKE_DIR") or SMOKE_DIR).resolve()
+    folder = (env_path("CXR_SMOKE_DIR", smoke_dir) or SMOKE_DIR).resolve()
     return {**SMOKE_COMMON, "RESULTS_DIR": str(folder / "results"),
             "FIGURES_DIR": str(folder / "figures"), **SMOKE_BY_NOTEBOOK.get(number, {})}
 

@@ -1,6 +1,5 @@
 """Helpers the notebooks call in their first cells, so that every notebook starts the same way.
 
-- :func:`smoke_mode`: whether ``CXR_SMOKE=1`` is set.
 - :func:`apply_smoke`: the last line of every ``parameters`` cell: in smoke mode, the smoke
   settings (:func:`cxrlib.course.runner.smoke_parameters`) over the cell's defaults.
 - :func:`output_folders`: the results and figures folders, created.
@@ -15,9 +14,10 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
+
+from cxrlib.environment import env_path
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,6 @@ def run_name(backbone: str, variant: str) -> str:
 
     label = ALIAS_LABELS.get(variant) or get_variant(variant).label
     return f"{BACKBONE_LABELS.get(backbone, backbone)}-{label}"
-
-
-def smoke_mode() -> bool:
-    """True when ``CXR_SMOKE=1``: the quick, CPU-sized settings."""
-    return os.environ.get("CXR_SMOKE", "") not in ("", "0")
 
 
 def apply_smoke(namespace: dict, notebook: str) -> None:
@@ -73,9 +68,10 @@ def output_folders(results_dir: str | Path, figures_dir: str | Path) -> tuple[Pa
 
 def environment_report() -> dict:
     """Library versions, visible devices, and what mixed precision and XLA would do here."""
+    from cxrlib.course.runner import smoke_requested
     from cxrlib.environment import environment_info
 
-    return {**environment_info(detailed=True), "smoke_mode": smoke_mode()}
+    return {**environment_info(detailed=True), "smoke_mode": smoke_requested()}
 
 
 def choose_data(data_dir: str | None, results_dir: str | Path, per_class: int = 300,
@@ -83,13 +79,13 @@ def choose_data(data_dir: str | None, results_dir: str | Path, per_class: int = 
                 classes: Sequence[str] = COURSE_CLASSES) -> tuple[Path, bool]:
     """(dataset directory, is_real) of the COVID-19 Radiography Database: ``data_dir``, else the
     ``COVID_DIR`` environment variable, else the synthetic default. Prints which and why."""
-    data_dir = data_dir or os.environ.get("COVID_DIR") or None
-    path, real = course_data(data_dir, Path(results_dir) / "synthetic", per_class=per_class,
+    folder = env_path("COVID_DIR", data_dir)
+    path, real = course_data(folder, Path(results_dir) / "synthetic", per_class=per_class,
                              size=size, seed=seed, classes=classes)
     if real:
         print(f"Using the real dataset in {path}.")
     else:
-        reason = f"{data_dir} was not found" if data_dir else "no COVID_DIR was given"
+        reason = f"{folder} was not found" if folder else "no COVID_DIR was given"
         print(f"Using the SYNTHETIC default dataset in {path} ({reason}). The lessons run the same; "
               "the numbers are about procedural images, not patients. See data/README.md to get "
               "the real data.")

@@ -21,7 +21,8 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from cxrlib.files import read_json
-from cxrlib.models.variants import ALIASES
+from cxrlib.models.variants import canonical_variant
+from cxrlib.runs.records import record_float
 
 LESSON_PRESET = "radiography"
 # (row, run key in the preset, backbone, variant): DenseNet121's frozen run is V2-reg
@@ -46,11 +47,6 @@ def _dataset(record: Mapping) -> Mapping:
     return record.get("dataset") or {}
 
 
-def _test_accuracy(record: Mapping | None) -> float:
-    value = ((record or {}).get("test") or {}).get("accuracy")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-
-
 def lesson_records(records: Sequence[Mapping], preset: str = LESSON_PRESET) -> dict[str, Mapping]:
     """Run key (``v0`` … ``xception-frozen``) → the latest record of that run of ``preset``.
 
@@ -65,7 +61,7 @@ def lesson_records(records: Sequence[Mapping], preset: str = LESSON_PRESET) -> d
             if data.get("preset") == preset and data.get("run") in wanted.values():
                 found[str(data["run"])] = record
             continue
-        variant = ALIASES.get(model.get("variant", ""), model.get("variant", ""))
+        variant = canonical_variant(model.get("variant", ""))
         key = wanted.get((model.get("backbone", ""), variant))
         if key:
             found[key] = record
@@ -81,7 +77,7 @@ def lesson_table(records: Sequence[Mapping], preset: str = LESSON_PRESET) -> pd.
         record = runs.get(key)
         test = (record or {}).get("test") or {}
         interval = (test.get("ci") or {}).get("accuracy") or (None, None)
-        rows.append({"run": row, "test accuracy": _test_accuracy(record),
+        rows.append({"run": row, "test accuracy": record_float(record, "test", "accuracy"),
                      "low": math.nan if interval[0] is None else float(interval[0]),
                      "high": math.nan if interval[1] is None else float(interval[1]),
                      "test films": test.get("n", (record or {}).get("dataset", {}).get("n_test"))})

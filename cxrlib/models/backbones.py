@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cxrlib.environment import env_flag
 from cxrlib.errors import InputError, UserError
 
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -94,6 +95,19 @@ def min_input_size(name: str, head: str = "course") -> int:
     return get_backbone(name).min_size
 
 
+def fit_size(name: str, size: int, head: str = "course") -> int:
+    """``size`` raised to the smallest input the network accepts (:func:`min_input_size`)."""
+    return max(int(size), min_input_size(name, head))
+
+
+def check_size(name: str, size: int, head: str = "course") -> None:
+    """InputError, naming ``--image-size``, when ``size`` is below what the network accepts."""
+    minimum = min_input_size(name, head)
+    if size < minimum:
+        raise InputError(f"{name} needs images of at least {minimum} px, not {size}; use a larger "
+                         "--image-size.")
+
+
 def _load(path: str) -> Callable:
     module, function = path.split(":")
     return getattr(importlib.import_module(f"keras.applications.{module}"), function)
@@ -146,7 +160,7 @@ def resolve_weights(name: str, weights: str | None) -> str | None:
         return str(Path(offline_dir) / entry.weights_file)
     if (_keras_cache() / entry.weights_file).is_file():
         return "imagenet"
-    if os.environ.get("CXR_OFFLINE", "") not in ("", "0"):
+    if env_flag("CXR_OFFLINE"):
         raise WeightsUnavailableError(missing_weights_message(name))
     return "imagenet"
 

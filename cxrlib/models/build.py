@@ -41,8 +41,8 @@ from cxrlib.models.backbones import (
     SCRATCH,
     WeightsUnavailableError,
     application,
+    check_size,
     default_size,
-    min_input_size,
     missing_weights_message,
     resolve_weights,
 )
@@ -221,9 +221,7 @@ def build_model(backbone: str, variant: str, n_classes: int, image_size: int | N
     if channels not in (1, 3):
         raise InputError(f"channels must be 1 or 3, not {channels}.")
     image_size = image_size or default_size(backbone)
-    if image_size < min_input_size(backbone):
-        raise InputError(f"{backbone} needs images of at least {min_input_size(backbone)} px, "
-                         f"not {image_size}; use a larger --image-size.")
+    check_size(backbone, image_size, head)
     inputs = keras.Input((image_size, image_size, channels), name="image")
     if backbone == SCRATCH and head == "flat":
         return keras.Model(inputs, flat_cnn(inputs, n_classes, binary, seed), name="scratch-flat")

@@ -55,9 +55,14 @@ VARIANT_NAMES: tuple[str, ...] = (*VARIANTS, *ALIASES)
 """Every name a user may give (the CLI's choices)."""
 
 
+def canonical_variant(name: str) -> str:
+    """``name`` with its alias folded (``frozen`` → ``v2reg``, ``finetune`` → ``v3``)."""
+    return ALIASES.get(name, name)
+
+
 def get_variant(name: str) -> Variant:
     """The registry entry for ``name`` (aliases resolved), or a ValueError listing the choices."""
-    key = ALIASES.get(name, name)
+    key = canonical_variant(name)
     if key not in VARIANTS:
         raise InputError(f"Unknown variant {name!r}; choose one of {', '.join(VARIANT_NAMES)}.")
     return VARIANTS[key]

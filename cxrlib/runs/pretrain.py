@@ -51,7 +51,14 @@ import numpy as np
 
 from cxrlib.errors import InputError, UserError
 from cxrlib.files import read_json, replacing, sha256_file, write_json_atomic, write_npz_atomic
-from cxrlib.models.backbones import SCRATCH, SYNTHETIC, default_size, get_backbone, resolve_weights
+from cxrlib.models.backbones import (
+    SCRATCH,
+    SYNTHETIC,
+    check_size,
+    default_size,
+    get_backbone,
+    resolve_weights,
+)
 from cxrlib.text import one_line
 
 log = logging.getLogger(__name__)
@@ -113,9 +120,7 @@ def info_path(weights_file: str | Path) -> Path:
 def check_settings(backbone: str, image_size: int, n_images: int, epochs: int,
                    batch_size: int = PRETRAIN_BATCH, seed: int = 0) -> None:
     """Refuse settings that cannot pretrain (InputError naming the flag), before any work."""
-    entry = get_backbone(backbone)
-    if image_size < entry.min_size:
-        raise InputError(f"{entry.name} needs images of at least {entry.min_size} px, not {image_size}.")
+    check_size(get_backbone(backbone).name, image_size)   # get_backbone: a known name
     if n_images < MIN_IMAGES:
         raise InputError(f"Pretraining needs at least {MIN_IMAGES} films (one in ten is held out "
                          f"for validation), not {n_images}: give --images {MIN_IMAGES} or more "

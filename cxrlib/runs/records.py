@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from datetime import datetime, timezone
+from numbers import Real
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -241,6 +243,13 @@ def read_record(path_or_run_dir: str | os.PathLike) -> dict:
     if problems:
         raise InputError(f"{path} is not a valid run record:\n- " + "\n- ".join(problems))
     return record
+
+
+def record_float(record: Mapping | None, section: str, key: str) -> float:
+    """``record[section][key]`` as a float; NaN when the record, section or key is missing or
+    null, or the value is not a number (a bool is not one)."""
+    value = ((record or {}).get(section) or {}).get(key)
+    return float(value) if isinstance(value, Real) and not isinstance(value, bool) else math.nan
 
 
 def find_records(runs_dir: str | os.PathLike) -> list[dict]:

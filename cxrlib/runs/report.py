@@ -31,7 +31,7 @@ import pandas as pd
 
 from cxrlib import plots
 from cxrlib.files import write_csv_atomic, write_text_atomic
-from cxrlib.runs.records import find_records
+from cxrlib.runs.records import find_records, record_float
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,6 @@ _SOURCES = {
     "Wall time (s)": ("training", "wall_time_s"),
 }
 MISSING = "—"
-
-
-def _value(record: dict, section: str, key: str) -> float:
-    """record[section][key] as a float, NaN when the section or key is missing or null."""
-    value = (record.get(section) or {}).get(key)
-    return float(value) if isinstance(value, Real) and not isinstance(value, bool) else math.nan
 
 
 def model_names(records: list[dict]) -> list[str]:
@@ -87,7 +81,7 @@ def comparison_table(records: list[dict]) -> pd.DataFrame:
     integer ``Epochs`` column).
     """
     rows = [{"Model": label,
-             **{column: _value(record, *source) for column, source in _SOURCES.items()}}
+             **{column: record_float(record, *source) for column, source in _SOURCES.items()}}
             for label, record in zip(model_names(records), records)]
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     table["Epochs"] = table["Epochs"].astype("Int64")
