@@ -35,7 +35,7 @@ from cxrlib.data.synthetic import generate_synthetic  # noqa: E402
 from cxrlib.environment import environment_info  # noqa: E402
 from cxrlib.files import write_json_atomic  # noqa: E402
 from cxrlib.models.build import build_model, classifier_head, compile_model, make_optimizer  # noqa: E402
-from cxrlib.runs.train import extract_features  # noqa: E402
+from cxrlib.runs.features import extract_features  # noqa: E402
 from cxrlib.spec import NO_AUGMENT  # noqa: E402
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]

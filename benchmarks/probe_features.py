@@ -35,8 +35,8 @@ def pooled_features(backbone: str, weights: str | None, image_size: int, data: s
     from cxrlib.data.datasets import load_manifest
     from cxrlib.data.pipeline import Prep
     from cxrlib.models.build import build_model
+    from cxrlib.runs.features import extract_features
     from cxrlib.runs.pretrain import weights_source
-    from cxrlib.runs.train import extract_features
 
     manifest = load_manifest(data)
     classes = sorted(manifest["label"].unique())

@@ -23,6 +23,7 @@ from cxrlib.apps import cli
 from cxrlib.apps.cli import main
 from cxrlib.data.datasets import DatasetError
 from cxrlib.errors import InputError
+from cxrlib.runs import run_folder
 from cxrlib.runs import train as training
 from cxrlib.runs.records import find_records, read_record
 from cxrlib.spec import variant_spec
@@ -193,15 +194,15 @@ def test_a_failed_new_run_never_replaces_the_finished_one(made, run_copy: Path, 
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash in the middle of training")
 
-    monkeypatch.setattr(training, "_fit", crash)
+    monkeypatch.setattr(training, "fit_model", crash)
     code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.5"), capsys)
     assert code == 1
     line = assert_one_line_error(err, "internal error", "full traceback in")
     assert Path(line.split("full traceback in ")[1].split(". Please")[0]).is_file()
     # the finished run is whole; only the new run's own staging folder was added
-    assert tree_hash(run_copy, skip=(training.PARTIAL,)) == before
-    assert not (run_copy / training.LOCK_FILE).exists()
-    shutil.copy(run_copy / "record.json", run_copy / training.PARTIAL / "record.json")
+    assert tree_hash(run_copy, skip=(run_folder.PARTIAL,)) == before
+    assert not (run_copy / run_folder.LOCK_FILE).exists()
+    shutil.copy(run_copy / "record.json", run_copy / run_folder.PARTIAL / "record.json")
     assert [r["_dir"] for r in find_records(run_copy)] == [str(run_copy)]  # not a half-moved one
 
 
@@ -209,7 +210,7 @@ def _hold_run_lock(out: Path) -> subprocess.Popen:
     """Another process holding ``out``'s run lock, as a running train does (until its stdin closes)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", ("import sys; from pathlib import Path; "
-                                "from cxrlib.runs.train import run_lock\n"
+                                "from cxrlib.runs.run_folder import run_lock\n"
                                 f"with run_lock(Path({str(out)!r})):\n"
                                 " print('held', flush=True); sys.stdin.read()")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -229,18 +230,18 @@ def test_a_second_train_into_a_busy_folder_is_refused(made, run_copy: Path, caps
         assert tree_hash(run_copy) == before
     finally:
         holder.communicate("", timeout=60)
-    assert not (run_copy / training.LOCK_FILE).exists()
+    assert not (run_copy / run_folder.LOCK_FILE).exists()
 
 
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path) -> None:
     out = tmp_path / "run"
     holder = _hold_run_lock(out)
-    with pytest.raises(training.RunFolderError, match=f"pid {holder.pid}"), training.run_lock(out):
+    with pytest.raises(run_folder.RunFolderError, match=f"pid {holder.pid}"), run_folder.run_lock(out):
         pass
     holder.kill()  # kill -9 leaves the lock file of a process that no longer exists
     holder.wait()
-    assert json.loads((out / training.LOCK_FILE).read_text())["pid"] == holder.pid
-    with training.run_lock(out) as lock:
+    assert json.loads((out / run_folder.LOCK_FILE).read_text())["pid"] == holder.pid
+    with run_folder.run_lock(out) as lock:
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
 
@@ -254,13 +255,13 @@ def test_resume_needs_the_same_configuration(made, run_copy: Path, capsys, monke
         def on_epoch_end(self, epoch, logs=None):
             raise RuntimeError("simulated power cut")
 
-    real_fit = training._fit
-    monkeypatch.setattr(training, "_fit", lambda *a: real_fit(*a[:12], [PowerCut()], a[13]))
+    real_fit = training.fit_model
+    monkeypatch.setattr(training, "fit_model", lambda *a: real_fit(*a[:12], [PowerCut()], a[13]))
     code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.5", "--epochs", "3"),
                            capsys)
     assert code == 1 and "simulated power cut" in err
-    monkeypatch.setattr(training, "_fit", real_fit)
-    partial = run_copy / training.PARTIAL  # the interrupted run, beside the finished one
+    monkeypatch.setattr(training, "fit_model", real_fit)
+    partial = run_copy / run_folder.PARTIAL  # the interrupted run, beside the finished one
     assert (partial / "backup").is_dir()
     before = tree_hash(run_copy)
     code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.002"), capsys)

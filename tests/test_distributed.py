@@ -246,7 +246,7 @@ WORKER = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_an_interrupted_group_resumes_when_both_workers_start_again(tiny_data, tmp_path) -> None:
-    from cxrlib.runs.train import LOCK_FILE, PARTIAL
+    from cxrlib.runs.run_folder import LOCK_FILE, PARTIAL
 
     _, split_file = tiny_data
     out = tmp_path / "runs" / "scratch"

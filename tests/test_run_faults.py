@@ -19,6 +19,7 @@ from cxrlib.apps.cli import main
 from cxrlib.data.datasets import load_manifest
 from cxrlib.data.splits import split_manifest
 from cxrlib.data.synthetic import generate_synthetic
+from cxrlib.runs import run_folder
 from cxrlib.runs import train as training
 from cxrlib.runs.backup import _close_open_files, backup_problem
 from cxrlib.runs.records import read_record
@@ -51,9 +52,9 @@ def _interrupted(tiny, out: Path) -> Path:
 
     with pytest.raises(RuntimeError, match="power cut"):
         training.train(tiny, CLASSES, _spec(), out, callbacks=[Cut()], **KW)
-    backup = out / training.PARTIAL / "backup"
+    backup = out / run_folder.PARTIAL / "backup"
     assert (backup / "latest.weights.h5").is_file()
-    return out / training.PARTIAL
+    return out / run_folder.PARTIAL
 
 
 def _truncate(backup: Path) -> None:
@@ -123,7 +124,7 @@ def test_a_simulated_full_disk_while_training_is_one_line_naming_the_folder(tiny
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(training, "_fit", full)
+    monkeypatch.setattr(training, "fit_model", full)
     out = tmp_path / "run"
     code = main(["train", "--data", str(data), "--backbone", "scratch", "--variant", "scratch",
                  "--weights", "none", "--image-size", "32", "--epochs", "1", "--out", str(out)])

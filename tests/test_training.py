@@ -19,6 +19,7 @@ from cxrlib.data.synthetic import generate_synthetic
 from cxrlib.models.backbones import BACKBONES
 from cxrlib.models.build import SCRATCH_LAST_CONV, build_model, compile_model, load_model, make_optimizer
 from cxrlib.models.variants import VARIANT_NAMES
+from cxrlib.runs import features, fitting, run_folder
 from cxrlib.runs import train as training
 from cxrlib.runs.records import find_records, read_record, validate_record
 from cxrlib.runs.report import comparison_table, write_report
@@ -153,17 +154,17 @@ def test_v1_keeps_the_epoch_with_the_best_validation_loss(tiny_split, tmp_path) 
     record = training.train(tiny_split, classes, spec, tmp_path / "v1", progress=False, bootstrap=20)
     val_loss = record["training"]["history"]["val_loss"]
     assert len(val_loss) == 12 and int(np.argmin(val_loss)) < 11   # it overfits: a later epoch is worse
-    features = np.load(tmp_path / "v1" / "features.npz")
+    cached = np.load(tmp_path / "v1" / "features.npz")
     head = classifier_head(load_model(str(tmp_path / "v1" / "model.keras")))
     head.compile(loss="categorical_crossentropy")
-    saved = float(head.evaluate(features["x_val"], features["y_val"], verbose=0))
+    saved = float(head.evaluate(cached["x_val"], cached["y_val"], verbose=0))
     assert saved == pytest.approx(min(val_loss), rel=1e-4) and saved < val_loss[-1]
 
 
 def test_v1_extracts_features_once(tiny_split, tmp_path, monkeypatch) -> None:
     calls = []
-    real = training.extract_features
-    monkeypatch.setattr(training, "extract_features",
+    real = features.extract_features
+    monkeypatch.setattr(features, "extract_features",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     classes = ["COVID", "Normal"]
     spec = variant_spec("densenet121", "v1", weights=None, image_size=32, epochs=5, batch_size=8)
@@ -233,24 +234,24 @@ def test_interrupted_run_resumes_from_backup(tiny_split, tmp_path) -> None:
     kwargs = dict(progress=False, bootstrap=50)
     with pytest.raises(RuntimeError, match="power cut"):
         training.train(tiny_split, ["COVID", "Normal"], spec, out, callbacks=[_Crash(1)], **kwargs)
-    partial = out / training.PARTIAL  # the run in progress stays out of the run folder proper
+    partial = out / run_folder.PARTIAL  # the run in progress stays out of the run folder proper
     assert (partial / "backup").is_dir() and not (out / "record.json").exists()
-    assert len(training.read_history(partial / "history.csv")["loss"]) == 2
+    assert len(fitting.read_history(partial / "history.csv")["loss"]) == 2
     record = training.train(tiny_split, ["COVID", "Normal"], spec, out, **kwargs)
     assert record["training"]["resumed"] is True
     assert record["training"]["epochs_run"] == 4
     assert len(record["training"]["history"]["val_loss"]) == 4
-    assert not partial.exists() and not (out / training.LOCK_FILE).exists()  # removed once finished
+    assert not partial.exists() and not (out / run_folder.LOCK_FILE).exists()  # removed once finished
 
 
 def test_resumed_checkpoint_keeps_the_best_model_from_before_the_stop(tmp_path) -> None:
     model_file = tmp_path / "model.keras"
     history = {"loss": [0.9, 0.5, 0.7], "val_loss": [0.8, 0.3, float("nan")]}
-    assert training.best_checkpoint(model_file, "val_loss", history).best is None  # no model yet
+    assert fitting.best_checkpoint(model_file, "val_loss", history).best is None  # no model yet
     model_file.write_bytes(b"the best model, saved before the stop")
-    assert training.best_checkpoint(model_file, "val_loss", {}).best is None  # a fresh run
-    assert training.best_checkpoint(model_file, "loss", history).best == 0.5
-    checkpoint = training.best_checkpoint(model_file, "val_loss", history)
+    assert fitting.best_checkpoint(model_file, "val_loss", {}).best is None  # a fresh run
+    assert fitting.best_checkpoint(model_file, "loss", history).best == 0.5
+    checkpoint = fitting.best_checkpoint(model_file, "val_loss", history)
     assert checkpoint.best == 0.3
     checkpoint.set_model(build_model("scratch", "scratch", 2, image_size=32, weights=None))
     checkpoint.on_train_begin()
