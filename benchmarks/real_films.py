@@ -89,26 +89,55 @@ def kept_val_accuracy(history: dict[str, list[float]]) -> float | None:
     return float(history["val_accuracy"][int(np.nanargmin(losses))])
 
 
-def other_source_scores(run_dir: Path, other: Path) -> dict[str, float]:
-    """The run's model on the other-source folder: ``other`` as ``cxr evaluate --split all``
-    scores it (the classes the model knows), ``other_binary`` the balanced accuracy of Normal
-    against any pneumonia."""
-    from cxrlib.data.datasets import load_manifest
-    from cxrlib.data.pipeline import model_inputs
-    from cxrlib.runs.evaluate import evaluate_saved_model, load_run, predict
+COPY_CORRELATION = 0.99
+"""Two films whose 16×16 thumbnails correlate this much are one film (resized, re-encoded)."""
 
-    scored = evaluate_saved_model(run_dir, other, split="all")
+
+def copies_of(paths: list[str], reference: list[str]) -> np.ndarray:
+    """For each file of ``paths``, whether it is a copy of one of ``reference``'s films
+    (:func:`cxrlib.data.quality.thumbnail` correlation ≥ :data:`COPY_CORRELATION`)."""
+    from cxrlib.data.images import read_image
+    from cxrlib.data.quality import thumbnail
+
+    def thumbs(files: list[str]) -> np.ndarray:
+        return np.stack([thumbnail(read_image(f), 16) for f in files])
+
+    return (thumbs(paths) @ thumbs(reference).T).max(axis=1) >= COPY_CORRELATION
+
+
+def other_source_set(data: Path):
+    """The other-source manifest without the films that are also in the same-source sample
+    (the Kaggle database took its Viral Pneumonia and some Normal films from Kermany's set),
+    and how many of each class were left out."""
+    from cxrlib.data.datasets import load_manifest
+
+    other, same = load_manifest(data / OTHER), load_manifest(data / SAME)
+    shared = copies_of(other["path"].astype(str).tolist(), same["path"].astype(str).tolist())
+    kept = other[~shared].reset_index(drop=True)
+    kept.attrs = dict(other.attrs)
+    return kept, other.loc[shared, "label"].value_counts().to_dict()
+
+
+def other_source_scores(run_dir: Path, manifest) -> dict[str, float]:
+    """The run's model on the other-source films: ``other`` as ``cxr evaluate --split all``
+    scores a folder (the classes the model knows), ``other_binary`` the balanced accuracy of
+    Normal against any pneumonia."""
+    from cxrlib.data.pipeline import model_inputs
+    from cxrlib.runs.evaluate import evaluate, load_run, match_classes, predict
+
     run = load_run(run_dir)
-    manifest = load_manifest(other)
+    scored = evaluate(run.model, match_classes(manifest, run.classes), run.classes, run.prep,
+                      bootstrap=0)
     inputs = model_inputs(manifest["path"].astype(str).tolist(), run.prep)
     said_normal = predict(run.model, inputs.x, len(run.classes)).argmax(1) == run.classes.index(NORMAL)
     is_normal = (manifest["label"].to_numpy()[inputs.kept] == NORMAL)
     balanced = 0.5 * (said_normal[is_normal].mean() + (~said_normal[~is_normal]).mean())
     return {"other": float(scored["accuracy"]), "other_n": int(np.sum(scored["confusion_matrix"])),
+            "other_confusion": scored["confusion_matrix"],
             "other_binary": float(balanced)}
 
 
-def one_run(spec, seed: int, data: Path, work: Path) -> dict[str, Any]:
+def one_run(spec, seed: int, data: Path, work: Path, other) -> dict[str, Any]:
     """Train ``spec`` with ``seed`` on its seed's split of the same-source sample; its figures."""
     from cxrlib.data.datasets import load_manifest
     from cxrlib.data.splits import make_split
@@ -127,7 +156,7 @@ def one_run(spec, seed: int, data: Path, work: Path) -> dict[str, Any]:
                "epochs_run": record["training"]["epochs_run"],
                "train_s": float(record["training"]["wall_time_s"]), "run_s": wall,
                "params": record["model"]["total_params"]}
-    figures.update(other_source_scores(run_dir, data / OTHER))
+    figures.update(other_source_scores(run_dir, other))
     return figures
 
 
@@ -169,27 +198,32 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
                               "seeds": args.seeds, "recipes": {}, "environment": environment_info()}
+    other, left_out = other_source_set(args.data)
+    result["other_source"] = {"films": len(other), "left_out_as_copies": left_out}
+    print(f"other source: {len(other)} films of {OTHER}, without the copies of {SAME} films "
+          f"{left_out}", flush=True)
     with tempfile.TemporaryDirectory(prefix="real_films_") as tmp:
         for name in args.recipe:
             spec = with_changes(recipe_spec(name), args.epochs, args.image_size, args.set)
-            runs = []
+            runs: list[dict[str, Any]] = []
+            result["recipes"][name] = {"spec": spec.model_dump(mode="json"), "runs": runs}
             for seed in args.seeds:
-                runs.append(one_run(spec, seed, args.data, Path(tmp)))
+                runs.append(one_run(spec, seed, args.data, Path(tmp), other))
+                write_json_atomic(args.out, result)   # each run as it ends: a long sweep keeps them
                 print(f"  {name} seed {seed}: " + " ".join(
                     f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in runs[-1].items()),
                     flush=True)
-            entry: dict[str, Any] = {"spec": spec.model_dump(mode="json"), "runs": runs,
-                                     "summary": summary(runs)}
+            entry = result["recipes"][name]
+            entry["summary"] = summary(runs)
             if args.rerun:
-                again = one_run(spec, args.seeds[0], args.data, Path(tmp))
+                again = one_run(spec, args.seeds[0], args.data, Path(tmp), other)
                 entry["rerun"] = {**again, "test_difference": abs(again["test"] - runs[0]["test"]),
                                   "other_difference": abs(again["other"] - runs[0]["other"])}
                 print(f"  {name} rerun of seed {args.seeds[0]}: test difference "
                       f"{entry['rerun']['test_difference']:.3f}, other difference "
                       f"{entry['rerun']['other_difference']:.3f}", flush=True)
-            result["recipes"][name] = entry
             print(line(name, entry["summary"]), flush=True)
-    write_json_atomic(args.out, result)
+            write_json_atomic(args.out, result)
     print(f"→ {args.out}")
     return 0
 
