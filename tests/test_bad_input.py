@@ -5,7 +5,6 @@ changed or removed (the input trees are hashed before and after)."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, cli_run, tree_hash
 from PIL import Image
 
 from cxrlib.apps import cli
@@ -32,26 +32,6 @@ CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 
 
 # --------------------------------------------------------------------------- helpers
-
-def tree_hash(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    """Relative path → content hash (or link target) of everything under ``root``."""
-    found: dict[str, str] = {}
-    if not root.exists():
-        return found
-    if root.is_file():
-        return {".": hashlib.sha256(root.read_bytes()).hexdigest()}
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        dirs[:] = [d for d in dirs if d not in skip]
-        for name in files + [d for d in dirs if (Path(folder) / d).is_symlink()]:
-            path = Path(folder) / name
-            rel = path.relative_to(root).as_posix()
-            if name in skip:
-                continue
-            found[rel] = ("link:" + os.readlink(path) if path.is_symlink()
-                          else hashlib.sha256(path.read_bytes()).hexdigest())
-        found.setdefault(Path(folder).relative_to(root).as_posix() + "/", "dir")
-    return found
-
 
 def changes_outside(root: Path, before: dict[str, str], *outputs: Path) -> list[str]:
     """What changed under ``root`` since ``before`` (its :func:`tree_hash`) outside ``outputs``:
@@ -77,29 +57,6 @@ def victim(tmp_path: Path) -> Path:
     (folder / "deep").mkdir()
     (folder / "deep" / "notes.txt").write_text("years of work")
     return folder
-
-
-def cli_run(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit status, stdout, stderr); argparse exits become statuses."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(err: str, *fragments: str) -> str:
-    """stderr is exactly one 'error:' line, no traceback, mentioning every fragment."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    line = lines[0]
-    assert line.startswith("error:") and "Traceback" not in err and "\x1b[" not in err, err
-    assert len(line) < 700, line
-    for fragment in fragments:
-        assert fragment.lower() in line.lower(), line
-    return line
 
 
 def write_png(path: Path, seed: int = 0, size: int = 40) -> Path:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-from test_heatmap_lessons import fake_result
-from test_progression import _record
+from helpers import make_record, scored, shortcut_result
 
 from cxrlib.course import conclusions as cc
 
@@ -16,10 +15,12 @@ def test_render_drops_lines_without_values() -> None:
 
 
 def test_progression_follows_the_numbers_either_way() -> None:
-    records = [_record("DN-V0", "v0", 0.33), _record("DN-V1", "v1", 0.8),
-               _record("DN-V2", "v2", 0.7, train_acc=0.95, val_acc=0.7),
-               _record("DN-V2-reg", "v2reg", 0.7, train_acc=0.85, val_acc=0.8),
-               _record("DN-V3", "v3", 0.9)]
+    records = [make_record("DN-V0", variant="v0", test=scored(0.33)),
+               make_record("DN-V1", variant="v1", test=scored(0.8)),
+               make_record("DN-V2", variant="v2", test=scored(0.7), final={"accuracy": 0.95, "val_accuracy": 0.7}),
+               make_record("DN-V2-reg", variant="v2reg", test=scored(0.7),
+                           final={"accuracy": 0.85, "val_accuracy": 0.8}),
+               make_record("DN-V3", variant="v3", test=scored(0.9))]
     text = cc.render(cc.PROGRESSION, cc.progression_facts(records))
     assert "chance is 0.333" in text
     assert "DN-V1 0.800 (+0.470) → DN-V2 0.700 (-0.100) → DN-V2-reg 0.700 (+0.000)" in text
@@ -30,9 +31,10 @@ def test_progression_follows_the_numbers_either_way() -> None:
 
 
 def test_backbones() -> None:
-    records = [_record("DN-V2-reg", "v2reg", 0.7, wall=10.0), _record("DN-V3", "v3", 0.8, wall=40.0),
-               _record("VGG16-frozen", "frozen", 0.5, backbone="vgg16", wall=5.0),
-               _record("X", "frozen", None, backbone="xception")]
+    records = [make_record("DN-V2-reg", variant="v2reg", test=scored(0.7), wall=10.0),
+               make_record("DN-V3", variant="v3", test=scored(0.8), wall=40.0),
+               make_record("VGG16-frozen", backbone="vgg16", variant="frozen", test=scored(0.5), wall=5.0),
+               make_record("X", backbone="xception", variant="frozen")]
     names = ["DN-frozen", "DN-fine-tuned", "VGG16-frozen", "Xception-frozen"]
     text = cc.render(cc.BACKBONES, cc.backbone_facts(records, names))
     assert "**DN-fine-tuned** with 0.800 (95 % bootstrap interval 0.700–0.850)." in text
@@ -62,8 +64,8 @@ def test_heatmaps_on_lesion_tables() -> None:
 def test_heatmaps_without_lesions_and_the_shortcut() -> None:
     table = pd.DataFrame({"n": [80], "border_share": [0.3], "random_border_share": [0.2]},
                          index=pd.Index(["gradcam"], name="method"))
-    text = cc.render(cc.HEATMAPS, cc.heatmap_facts(table, shortcut=fake_result()))
+    text = cc.render(cc.HEATMAPS, cc.heatmap_facts(table, shortcut=shortcut_result()))
     assert "No lesion masks" in text and "in the border band, 0.30" in text
     assert "cost the shortcut model 0.45" in text and "did not show" not in text
-    quiet = cc.render(cc.HEATMAPS, cc.heatmap_facts(shortcut=fake_result(drop=0.0)))
+    quiet = cc.render(cc.HEATMAPS, cc.heatmap_facts(shortcut=shortcut_result(drop=0.0)))
     assert "did not show" in quiet and "cost the shortcut" not in quiet

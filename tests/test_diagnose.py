@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_explain import TRAIN_CLASSES, trained_run  # (the session's shared model)
+from helpers import TRAIN_CLASSES
 
 from cxrlib.apps.cli import main
 from cxrlib.apps.diagnose import find_images, is_pneumonia
@@ -18,9 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Your input ra
 
 
 @pytest.fixture(scope="session")
-def stage1(tmp_path_factory):
-    """(model.keras path, split manifest) of the scratch CNN test_explain.py trains."""
-    run, manifest = trained_run(tmp_path_factory.getbasetemp() / "cxr_trained_scratch")
+def stage1(scratch_run):
+    """(model.keras path, split manifest) of the session's trained scratch CNN (conftest)."""
+    run, manifest = scratch_run
     return run / "model.keras", manifest
 
 

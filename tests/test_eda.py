@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import png_manifest
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -33,7 +34,6 @@ from cxrlib.course.eda import (
     text_like_pixels,
     value_ranges,
 )
-from cxrlib.data.datasets import MANIFEST_COLUMNS
 from cxrlib.data.quality import check_manifest, thumbnail
 from cxrlib.data.splits import sample_per_class
 from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT
@@ -57,18 +57,10 @@ def _with_letter(image: np.ndarray, top: int = 4, left: int = 4, height: int = 1
 
 
 def _manifest(tmp_path: Path, means: dict[str, list[float]]) -> pd.DataFrame:
-    rows = []
-    for label, levels in means.items():
-        for i, level in enumerate(levels):
-            path = tmp_path / label / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.full((40 + i, 50), level, np.uint8)).save(path)
-            rows.append({"path": str(path), "label": label})
-    frame = pd.DataFrame(rows)
-    for column in MANIFEST_COLUMNS:
-        if column not in frame:
-            frame[column] = ""
-    return frame
+    """Flat films of the given grey levels, the i-th of a class 40 + i px high."""
+    return png_manifest(tmp_path, {label: [np.full((40 + i, 50), level, np.uint8)
+                                           for i, level in enumerate(levels)]
+                                   for label, levels in means.items()})
 
 
 # ------------------------------------------------------------------------- the text score

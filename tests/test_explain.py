@@ -1,8 +1,8 @@
 """Heat maps, activation maps and the measured explanations of cxrlib.explain.
 
 Untrained tiny models check shapes, scaling and bookkeeping; one scratch CNN trained on an
-easy synthetic set (shared by the whole session, and by test_diagnose.py through
-:func:`trained_run`) checks that Grad-CAM really finds the lesions; the shortcut experiment
+easy synthetic set (conftest's ``scratch_run``, shared by the whole session with
+test_diagnose.py) checks that Grad-CAM really finds the lesions; the shortcut experiment
 checks that the numbers catch a model cheating with a border marker.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TRAIN_CLASSES
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -45,46 +46,19 @@ from cxrlib.explain.measures import (
     summarise_scores,
 )
 from cxrlib.runs.evaluate import predict
-from cxrlib.spec import NO_AUGMENT, variant_spec
 
-TRAIN_CLASSES = ["COVID", "Normal", "Bacterial Pneumonia"]
 FAST = {"smooth_samples": 3, "max_N": 4, "stride": 8, "patch": 12}
 
 
 # --------------------------------------------------------------------------- shared models
 
 
-def trained_run(base: Path) -> tuple[Path, "object"]:
-    """A scratch CNN trained at 64 px on an easy synthetic set (3 classes, 80 each, lesion
-    masks), in ``base``; returns (run directory, split manifest).
-
-    Called from several test modules with the same ``base`` (under the session's
-    ``getbasetemp()``): the data are generated once and ``train`` reuses the finished run of
-    identical configuration, so the model is trained once per session.
-    """
-    from cxrlib.data.datasets import load_manifest
-    from cxrlib.data.splits import split_manifest
-    from cxrlib.data.synthetic import generate_synthetic
-    from cxrlib.runs.train import train
-
-    data = base / "data"
-    if not (data / "markers.csv").is_file():
-        generate_synthetic(data, per_class=80, size=64, seed=0, classes=TRAIN_CLASSES,
-                           severity=(1.0, 1.3), marker_prob=0.0, vary_size=False, progress=False)
-    manifest = split_manifest(load_manifest(data), val=0.15, test=0.25, seed=0)
-    run = base / "run"
-    spec = variant_spec("scratch", "scratch", image_size=64, epochs=10, batch_size=16,
-                        optimizer="adam", learning_rate=1e-3, seed=0, augment=NO_AUGMENT)
-    train(manifest, TRAIN_CLASSES, spec, run, progress=False, bootstrap=100)
-    return run, manifest
-
-
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """(model, record, prep, split manifest) of the shared trained scratch CNN."""
+def trained(scratch_run):
+    """(model, record, prep, split manifest) of the session's trained scratch CNN."""
     from cxrlib.runs.evaluate import load_run
 
-    run, manifest = trained_run(tmp_path_factory.getbasetemp() / "cxr_trained_scratch")
+    run, manifest = scratch_run
     loaded = load_run(run)
     return loaded.model, loaded.record, loaded.prep, manifest
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import shortcut_result
 from matplotlib.figure import Figure
 
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
@@ -130,24 +131,8 @@ def test_region_scores_use_lung_masks(model, data):
     assert set(scores["lung_region"]) == {"lung mask"}
 
 
-def fake_result(drop: float = 0.45) -> dict:
-    return {"settings": {"classes": ["COVID", "Normal"], "per_class": 60, "epochs": 12,
-                         "method": "gradcam", "shortcut_class": "COVID"},
-            "shortcut": {"accuracy_marked": 0.95, "accuracy_marker_free": 0.95 - drop, "n_marked": 27,
-                         "border_share_marked": 0.5, "border_share_marker_free": 0.41,
-                         "lung_share_marked": 0.42, "lung_share_marker_free": 0.55,
-                         "marker_share_marked": 0.23, "marker_area_share": 0.05,
-                         "marker_pixels_in_view": 1.0},
-            "cropped": {"accuracy_marked": 0.9, "accuracy_marker_free": 0.9, "n_marked": 27,
-                        "border_share_marked": 0.5, "border_share_marker_free": 0.5,
-                        "lung_share_marked": 0.47, "lung_share_marker_free": 0.47,
-                        "marker_share_marked": 0.0, "marker_area_share": 0.0,
-                        "marker_pixels_in_view": 0.0},
-            "border_band_area_share": 0.4375}
-
-
 def test_shortcut_table_and_chart(tmp_path):
-    result = fake_result()
+    result = shortcut_result()
     table = hl.shortcut_table(result)
     assert list(table.index) == ["shortcut", "cropped"]
     assert table.loc["shortcut", "accuracy, marker-free films"] == pytest.approx(0.5)

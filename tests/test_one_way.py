@@ -103,7 +103,6 @@ def test_model_inputs_drop_an_unreadable_film_with_its_reason(films) -> None:
 @pytest.fixture(scope="module")
 def run():
     """An untrained 2-class scratch CNN, loaded as a run."""
-    pytest.importorskip("tf_keras_vis")
     from cxrlib.models.build import build_model
     from cxrlib.runs.evaluate import Run
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from helpers import png_manifest
 
-from cxrlib.data.datasets import MANIFEST_COLUMNS, load_manifest
+from cxrlib.data.datasets import load_manifest
 from cxrlib.data.pipeline import (
     Prep,
     border_crop,
@@ -27,21 +27,14 @@ CLASSES = ["A", "B"]
 
 @pytest.fixture()
 def manifest(tmp_path: Path) -> pd.DataFrame:
+    """Six noise films per class, each 40–80 px wide and high."""
     rng = np.random.default_rng(0)
-    rows = []
-    for label in CLASSES:
-        for i in range(6):
-            size = (int(rng.integers(40, 80)), int(rng.integers(40, 80)))
-            pixels = rng.integers(0, 256, size[::-1], dtype=np.uint8)
-            path = tmp_path / label / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(path)
-            rows.append({"path": str(path), "label": label})
-    frame = pd.DataFrame(rows)
-    for column in MANIFEST_COLUMNS:
-        if column not in frame:
-            frame[column] = ""
-    return frame
+
+    def film() -> np.ndarray:
+        width, height = int(rng.integers(40, 80)), int(rng.integers(40, 80))
+        return rng.integers(0, 256, (height, width), dtype=np.uint8)
+
+    return png_manifest(tmp_path, {label: [film() for _ in range(6)] for label in CLASSES})
 
 
 def _all(ds) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from cxrlib.course.progression import pin_version
 from cxrlib.course.reports import REPORTS
 from cxrlib.course.reproduce import comparison, preset_data, train_preset
 from cxrlib.data.splits import make_split
+from cxrlib.models.backbones import min_input_size
 from cxrlib.models.variants import get_variant
 from cxrlib.runs.records import validate_record
 from cxrlib.spec import flat_items
@@ -76,35 +77,32 @@ def test_the_librarys_changes_are_off_in_every_preset_unless_it_says_why(name: s
             assert run.spec.freeze_bn and "freeze_bn" in run.differs, run.key
 
 
-def test_the_radiography_course_as_reported() -> None:
-    preset = get_preset("radiography")
-    assert preset.version == "v3" and preset.image_size == 224
-    assert (preset.split.val, preset.split.test, preset.split.samples_per_class) == (0.1, 0.2, 1200)
-    assert all(r.spec.optimizer == "sgd" and r.spec.learning_rate == 0.01 and r.spec.decay == 1e-6
-               for r in preset.runs)
-    assert all(r.epochs == 20 for r in preset.runs if r.key != "v0")
-    v2 = preset.run("v2").spec.augment
-    assert v2.flip and v2.brightness == (0.8, 1.25) and v2.zoom == (1.0, 1.2)
-    assert not v2.rotation and not v2.contrast
-    assert preset.run("v1").spec.normalization == "none" and preset.run("v2").spec.normalization == "featurewise"
-    assert presets.run_size(preset, preset.run("xception-finetune")) == 224
-    assert preset.run("vgg16-finetune").reported["test_accuracy"] == 0.3388
-    assert preset.run("v1").reported["val_loss"] == 3.1393
+def test_run_size_raises_a_small_size_to_the_networks_minimum_and_keeps_a_larger_one() -> None:
+    course = get_preset("radiography")
+    small = scaled(course, image_size=32)
+    assert presets.run_size(course, course.run("xception-finetune")) == course.image_size
+    assert presets.run_size(small, small.run("xception-finetune")) == min_input_size("xception") > 32
+    assert presets.run_size(small, small.run("v2")) == 32 == min_input_size("densenet121")
 
 
-def test_run_spec_is_the_preset() -> None:
-    preset = get_preset("siim")
-    spec = run_spec(preset, "phase3-finetune-competition", {"phase1-frozen-union": "/r/p1"})
-    assert (spec.optimizer, spec.learning_rate, spec.epochs) == ("nadam", 0.01, 15)
-    assert spec.init_from == "/r/p1/model.keras" and spec.head == "batchnorm"   # phase 1's, not 2's
-    assert spec.equalize == "hist" and spec.augment.shear == 0.05
-    study = preset.run("study-sgd").spec
-    assert (study.optimizer, study.learning_rate, study.momentum, study.decay, study.epochs) == \
-        ("sgd", 0.2, 0.9, 0.001, 5) and study.head == "linear"
-    small = scaled(preset, image_size=32, epochs=1, weights=None)
-    assert small.run("study-adam").epochs == 1 and small.run("study-adam").spec.early_stopping == 10
-    assert presets.run_size(small, small.run("study-sgd")) == 71   # Xception's minimum
-    assert scaled(get_preset("radiography"), epochs=1).run("v0").epochs == 0
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_run_spec_is_the_run_with_its_size_and_the_model_it_starts_from(name: str) -> None:
+    preset = scaled(get_preset(name), image_size=32, epochs=1, weights=None)
+    folders = {key: f"/r/{key}" for key in preset.keys()}
+    for run in preset.runs:
+        spec = run_spec(preset, run.key, folders)
+        assert spec.image_size == presets.run_size(preset, run)
+        assert spec.init_from == (f"/r/{run.init_from}/model.keras" if run.init_from else run.spec.init_from)
+        assert spec.model_copy(update={"image_size": run.spec.image_size,
+                                       "init_from": run.spec.init_from}) == run.spec
+
+
+def test_scaling_changes_the_epochs_of_trained_runs_only() -> None:
+    for course in PRESETS.values():
+        small = scaled(course, epochs=1)
+        for run, old in zip(small.runs, course.runs):
+            assert run.epochs == (1 if old.epochs else 0), run.key   # V0 stays untrained
+            assert run.spec.early_stopping == old.spec.early_stopping
 
 
 def test_scaling_switches_on_the_librarys_aids_only_without_imagenet_weights() -> None:
@@ -139,15 +137,16 @@ def test_presets_json_has_the_documented_shape(capsys) -> None:
     assert main(["presets", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [p["name"] for p in printed["presets"]] == list(PRESETS)
-    run = printed["presets"][0]["runs"][3]
-    assert run["name"] == "v2reg" and run["reported"]["test_accuracy"] == 0.9569
+    first = next(iter(PRESETS.values()))
+    run, ours = printed["presets"][0]["runs"][3], first.runs[3]
+    assert run["name"] == ours.key and run["reported"] == dict(ours.reported)
     spec = run["spec"]
     for field in ("epochs", "optimizer", "learning_rate", "momentum", "nesterov", "decay",
                   "early_stopping", "class_weight", "init_from"):
         assert field in spec
     assert set(spec["augment"]) >= {"flip", "brightness", "contrast", "zoom", "shear", "rotation"}
     assert set(spec["split"]) >= {"samples_per_class", "test", "val", "official_test"}
-    assert spec["augment"]["zoom"] == [1.0, 1.2]
+    assert spec["augment"]["zoom"] == list(ours.spec.augment.zoom)
 
 
 def test_split_shares_and_version_pin(tmp_path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, cli_run, tree_hash
 
 from cxrlib.data.datasets import load_manifest
 from cxrlib.data.source_task import SOURCE_LABELS, SOURCE_PREVALENCE, source_task_arrays
@@ -258,8 +259,6 @@ def test_cli_pretrain_reuses_the_cache_and_raises_the_size_to_the_minimum(tmp_pa
 # Each test: the exit status, the one line that says what is wrong and what to do, and no file
 # outside the cache changed (the cache itself only as documented). Pretraining is replaced by
 # a stand-in (:func:`stand_in_training`) except where the real one is the point.
-
-from test_bad_input import assert_one_line_error, cli_run, tree_hash  # noqa: E402
 
 STANDARD = ["--backbone", "vgg16", "--image-size", "32"]
 TINY = ["--images", "10", "--epochs", "1"]

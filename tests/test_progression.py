@@ -6,45 +6,20 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers import CLASSES, make_record, scored
 from matplotlib.figure import Figure
 
 from cxrlib.course import progression
 from cxrlib.data.splits import save_split
 from cxrlib.data.synthetic import generate_synthetic
-from cxrlib.runs.records import SCHEMA, read_record, write_record
+from cxrlib.runs.records import read_record, write_record
 from cxrlib.spec import variant_spec
-
-CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return generate_synthetic(tmp_path_factory.mktemp("syn"), per_class=8, size=40, seed=0,
                               classes=CLASSES, progress=False)
-
-
-def _record(name: str, variant: str, test_acc: float | None, train_acc: float = 0.9,
-            val_acc: float = 0.8, created: str = "2024-01-01T00:00:00+00:00",
-            backbone: str = "densenet121", params: int = 8_000_000, wall: float = 10.0) -> dict:
-    epochs = 0 if variant == "v0" else 2
-    history = {} if epochs == 0 else {"loss": [1.0, 0.5], "accuracy": [0.5, train_acc],
-                                      "val_loss": [1.0, 0.6], "val_accuracy": [0.5, val_acc]}
-    test = None if test_acc is None else {"accuracy": test_acc, "auc_macro": 0.9,
-                                          "ci": {"accuracy": [test_acc - 0.1, test_acc + 0.05]}}
-    return {
-        "schema": SCHEMA, "name": name, "created": created,
-        "dataset": {"root": "/d", "layout": "x", "split_file": "split.csv", "classes": CLASSES,
-                    "n_train": 10, "n_val": 3, "n_test": 3},
-        "model": {"backbone": backbone, "variant": variant, "weights": None, "image_size": 64,
-                  "channels": 3, "trainable_params": params // 2, "total_params": params},
-        "prep": {}, "spec": variant_spec(backbone, variant, epochs=epochs).model_dump(mode="json"),
-        "runtime": {},
-        "environment": {k: "x" for k in ("python", "tensorflow", "keras", "cxrlib", "numpy",
-                                         "device", "platform")},
-        "training": {"epochs_run": epochs, "wall_time_s": wall, "history": history, "resumed": False},
-        "final": {"loss": 0.5, "accuracy": train_acc, "val_loss": 0.6, "val_accuracy": val_acc},
-        "test": test, "skipped": [], "artifacts": {"model": "model.keras", "history": "history.csv"},
-    }
 
 
 def test_course_split_makes_saves_then_loads(data: Path, tmp_path: Path) -> None:
@@ -96,7 +71,7 @@ def test_train_or_reuse_tells_reused_from_trained(monkeypatch: pytest.MonkeyPatc
         calls.append(kwargs)
         if (Path(out_dir) / "record.json").is_file():
             return read_record(out_dir)  # what train does for a finished identical run
-        record = _record("DN-V2", "v2", 0.5, created=f"2024-01-0{len(calls)}T00:00:00+00:00")
+        record = make_record("DN-V2", f"2024-01-0{len(calls)}T00:00:00+00:00", test=scored(0.5))
         write_record(out_dir, record)
         return record
 
@@ -112,10 +87,10 @@ def test_train_or_reuse_tells_reused_from_trained(monkeypatch: pytest.MonkeyPatc
 def test_train_or_reuse_a_retrained_run_is_trained(monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:
     out = tmp_path / "run"
-    write_record(out, _record("old", "v2", 0.5, created="2024-01-01T00:00:00+00:00"))
+    write_record(out, make_record("old", "2024-01-01T00:00:00+00:00", test=scored(0.5)))
 
     def fake_train(manifest, classes, spec, out_dir, **kwargs):
-        record = _record("new", "v2", 0.6, created="2024-02-01T00:00:00+00:00")
+        record = make_record("new", "2024-02-01T00:00:00+00:00", test=scored(0.6))
         write_record(out_dir, record)
         return record
 
@@ -125,8 +100,9 @@ def test_train_or_reuse_a_retrained_run_is_trained(monkeypatch: pytest.MonkeyPat
 
 
 def test_runs_table_and_labelled_table() -> None:
-    records = [_record("DN-V2-reg", "v2reg", 0.7, params=7_000_000, wall=12.5),
-               _record("VGG16-frozen", "frozen", None, backbone="vgg16")]
+    records = [make_record("DN-V2-reg", variant="v2reg", test=scored(0.7), wall=12.5,
+                           model={"total_params": 7_000_000}),
+               make_record("VGG16-frozen", backbone="vgg16", variant="frozen")]
     runs = progression.runs_table(records, status=["reused", "trained"])
     assert list(runs["Status"]) == ["reused", "trained"]
     assert runs.loc[0, "Parameters (M)"] == pytest.approx(7.0)
@@ -141,14 +117,15 @@ def test_runs_table_and_labelled_table() -> None:
 
 
 def test_accuracy_ci() -> None:
-    records = [_record("A", "v2", 0.7), _record("B", "v2", None)]
+    records = [make_record("A", test=scored(0.7)), make_record("B")]
     assert progression.accuracy_ci(records) == {"A": pytest.approx((0.6, 0.75))}
     assert set(progression.accuracy_ci(records, ["X", "Y"])) == {"X"}
 
 
 def test_plot_tradeoff(tmp_path: Path) -> None:
-    records = [_record("A", "frozen", 0.7), _record("B", "finetune", 0.8, wall=50.0),
-               _record("C", "frozen", None)]
+    records = [make_record("A", variant="frozen", test=scored(0.7)),
+               make_record("B", variant="finetune", test=scored(0.8), wall=50.0),
+               make_record("C", variant="frozen")]
     table = progression.labelled_table(records, ["A", "B", "C"])
     figure = progression.plot_tradeoff(table, records, save=tmp_path / "t.png")
     assert isinstance(figure, Figure) and (tmp_path / "t.png").stat().st_size > 0

@@ -10,39 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_record
 
 from cxrlib.environment import environment_info
 from cxrlib.runs.records import SCHEMA, RunRecord, find_records, read_record, validate_record, write_record
-from cxrlib.spec import NO_AUGMENT, RunSpec, make_spec, variant_spec
-
-
-def make_record(name: str = "DN-V2", created: str = "2024-05-01T12:00:00+00:00",
-                epochs: int = 3) -> dict:
-    """A small valid record."""
-    return {
-        "schema": SCHEMA, "name": name, "created": created,
-        "dataset": {"root": "/data/covid", "layout": "kaggle-v4", "split_file": "split.csv",
-                    "classes": ["COVID", "Normal", "Viral Pneumonia"],
-                    "n_train": 100, "n_val": 20, "n_test": 30},
-        "model": {"backbone": "densenet121", "variant": "V2", "weights": "imagenet",
-                  "image_size": 224, "channels": 3, "trainable_params": 1000,
-                  "total_params": 7_000_000},
-        "prep": {"crop": False, "equalize": None},
-        "spec": variant_spec("densenet121", "v2", epochs=epochs, optimizer="adam",
-                             learning_rate=1e-3).model_dump(mode="json"),
-        "runtime": {},
-        "environment": {"python": "3.11", "tensorflow": "2.21", "keras": "3.15",
-                        "cxrlib": "0.1.0", "numpy": "2.0", "device": "CPU", "platform": "Linux"},
-        "training": {"epochs_run": epochs, "wall_time_s": 12.5, "resumed": False,
-                     "history": {"loss": [1.0, 0.7, 0.5][:epochs],
-                                 "accuracy": [0.5, 0.7, 0.8][:epochs],
-                                 "val_loss": [1.1, 0.8, 0.6][:epochs],
-                                 "val_accuracy": [0.4, 0.6, 0.75][:epochs]}},
-        "final": {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.75},
-        "test": None,
-        "skipped": [{"path": "bad.png", "error": "truncated"}],
-        "artifacts": {"model": "model.keras", "history": "history.csv"},
-    }
+from cxrlib.spec import NO_AUGMENT, RunSpec, make_spec
 
 
 def test_valid_record_round_trips(tmp_path: Path) -> None:

@@ -10,38 +10,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import make_record
 from matplotlib.figure import Figure
 
 from cxrlib import plots
 from cxrlib.runs.metrics import compute_metrics
-from cxrlib.runs.records import SCHEMA, find_records, write_record
+from cxrlib.runs.records import find_records, write_record
 from cxrlib.runs.report import TABLE_COLUMNS, comparison_table, markdown_table, model_names, write_report
-from cxrlib.spec import variant_spec
 
 CLASSES = ["normal", "pneumonia"]
-
-
-def _record(name: str, created: str, final: dict, epochs: int, wall: float,
-            test: dict | None) -> dict:
-    """A valid record with the given results (the other sections are filler)."""
-    return {
-        "schema": SCHEMA, "name": name, "created": created,
-        "dataset": {"root": "/data", "layout": "class-folders", "split_file": "split.csv",
-                    "classes": CLASSES, "n_train": 40, "n_val": 10, "n_test": 20},
-        "model": {"backbone": "densenet121", "variant": name, "weights": None, "image_size": 64,
-                  "channels": 3, "trainable_params": 10, "total_params": 100},
-        "prep": {},
-        "spec": variant_spec("densenet121", "v2", epochs=epochs).model_dump(mode="json"),
-        "runtime": {},
-        "environment": {key: "x" for key in ("python", "tensorflow", "keras", "cxrlib", "numpy",
-                                             "device", "platform")},
-        "training": {"epochs_run": epochs, "wall_time_s": wall, "resumed": False,
-                     "history": {"loss": list(np.linspace(1, final["loss"], epochs)),
-                                 "accuracy": list(np.linspace(0.5, final["accuracy"], epochs)),
-                                 "val_loss": [0.9] * epochs, "val_accuracy": [0.6] * epochs}},
-        "final": final, "test": test, "skipped": [],
-        "artifacts": {"model": "model.keras", "history": "history.csv"},
-    }
 
 
 @pytest.fixture()
@@ -52,24 +29,21 @@ def runs(tmp_path: Path) -> Path:
     p = np.clip(0.35 * y + 0.65 * rng.random(20), 0, 1)
     test = compute_metrics(y, np.stack([1 - p, p], axis=1), CLASSES, bootstrap=100)
     runs_dir = tmp_path / "runs"
-    write_record(runs_dir / "b", _record(
-        "Later", "2024-06-02T10:00:00+00:00",
-        {"loss": 0.25, "accuracy": 0.95, "val_loss": None, "val_accuracy": None},
-        epochs=2, wall=30.0, test=None))
-    write_record(runs_dir / "a", _record(
-        "Earlier", "2024-06-01T10:00:00+00:00",
-        {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.7},
-        epochs=3, wall=12.25, test=test))
+    write_record(runs_dir / "b", make_record(
+        "Later", "2024-06-02T10:00:00+00:00", classes=CLASSES, epochs=2, wall=30.0,
+        final={"loss": 0.25, "accuracy": 0.95, "val_loss": None, "val_accuracy": None}))
+    write_record(runs_dir / "a", make_record(
+        "Earlier", "2024-06-01T10:00:00+00:00", classes=CLASSES, epochs=3, wall=12.25,
+        final={"loss": 0.5, "accuracy": 0.8, "val_loss": 0.6, "val_accuracy": 0.7}, test=test))
     return runs_dir
 
 
 def test_table_has_the_right_numbers_in_the_right_columns() -> None:
-    first = _record("M1", "2024-01-01T00:00:00", {"loss": 0.4, "accuracy": 0.9, "val_loss": 0.5,
-                                                  "val_accuracy": 0.85}, 3, 10.0,
-                    {"accuracy": 0.8, "auc_macro": 0.88})
-    second = _record("M2", "2023-01-01T00:00:00", {"loss": 0.3, "accuracy": 0.95,
-                                                   "val_loss": None, "val_accuracy": 0.9},
-                     2, 20.5, None)
+    first = make_record("M1", "2024-01-01T00:00:00", epochs=3, wall=10.0,
+                        final={"loss": 0.4, "accuracy": 0.9, "val_loss": 0.5, "val_accuracy": 0.85},
+                        test={"accuracy": 0.8, "auc_macro": 0.88})
+    second = make_record("M2", "2023-01-01T00:00:00", epochs=2, wall=20.5,
+                         final={"loss": 0.3, "accuracy": 0.95, "val_loss": None, "val_accuracy": 0.9})
     table = comparison_table([first, second])
     assert list(table.columns) == TABLE_COLUMNS
     assert table["Model"].tolist() == ["M1", "M2"]  # record order, not date order
@@ -88,14 +62,14 @@ def test_repeated_names_are_told_apart_by_their_run_directory(tmp_path: Path) ->
     runs_dir = tmp_path / "results"
     for folder, name, day in (("05/cnn", "CNN-scratch", 1), ("06/cnn", "CNN-scratch", 2),
                               ("03/v1", "DN-V1", 3)):
-        write_record(runs_dir / folder, _record(name, f"2024-01-0{day}T00:00:00", final, 2, 1.0,
-                                                None))
+        write_record(runs_dir / folder, make_record(name, f"2024-01-0{day}T00:00:00", final=final,
+                                                    epochs=2, wall=1.0))
     records = find_records(runs_dir)
     assert model_names(records) == ["CNN-scratch [05/cnn]", "CNN-scratch [06/cnn]", "DN-V1"]
     written = write_report(runs_dir)
     assert pd.read_csv(written["table.csv"])["Model"].tolist() == model_names(records)
     assert {"figures/CNN-scratch_05_cnn_curves.png", "figures/CNN-scratch_06_cnn_curves.png"} <= set(written)
-    unsaved = [_record("A", "2024", final, 1, 1.0, None)] * 2  # records never read from disk
+    unsaved = [make_record("A", "2024", final=final, epochs=1, wall=1.0)] * 2  # records never read from disk
     assert model_names(unsaved) == ["A [#1]", "A [#2]"]
 
 

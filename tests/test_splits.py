@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import manifest_frame
 
 from cxrlib.data.datasets import MANIFEST_COLUMNS, load_manifest
 from cxrlib.data.splits import (
@@ -28,11 +29,7 @@ def _manifest(counts: dict[str, int], patients_per_class: int | None = None) -> 
         for i in range(n):
             patient = f"{label}-p{i % patients_per_class}" if patients_per_class else ""
             rows.append({"path": f"/data/{label}/{i}.png", "label": label, "patient_id": patient})
-    frame = pd.DataFrame(rows)
-    for column in MANIFEST_COLUMNS:
-        if column not in frame:
-            frame[column] = ""
-    return frame
+    return manifest_frame(rows)
 
 
 def test_sample_per_class_is_balanced_and_seeded() -> None:

@@ -16,7 +16,7 @@ cxrlib notebooks --preset NAME``), scaled for smoke or demo settings by :func:`s
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from cxrlib.course.reports import report_of, results_of
 from cxrlib.errors import InputError
@@ -206,48 +206,59 @@ def _kermany_3class_runs() -> tuple[Run, ...]:
                      augment=NO_AUGMENT, split=Split(test=0.2, val=0.1)), {})])
 
 
-def _findings(preset: str) -> dict[str, Any]:
-    return {name: item.value for name, item in report_of(preset).findings.items()}
+KERMANY_CLASSES = ("Normal", "Bacterial Pneumonia", "Viral Pneumonia")
+"""The three classes of the Kermany courses that tell bacterial from viral pneumonia."""
+UNNORMALISED = "the input normalisation (none: the pixels as read)"
+"""What a preset assumes where its report names no input normalisation."""
+
+
+def _not_in(report: str, *choices: str) -> str:
+    """A preset's ``assumed``: "The first, the second … and the last are not in ``report``."."""
+    listed = ", ".join(choices[:-1]) + " and " + choices[-1]
+    return f"{listed[0].upper()}{listed[1:]} are not in {report}."
+
+
+def _preset(name: str, runs: Callable[[], tuple[Run, ...]], **about: Any) -> Preset:
+    """Preset ``name``: its runs, the findings its report gives beyond single runs, ``about``."""
+    findings = {key: item.value for key, item in report_of(name).findings.items()}
+    return Preset(name=name, runs=runs(), findings=findings, **about)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset(
-        name="radiography", course="COVID-19 Radiography (DenseNet121 course)",
+    _preset(
+        "radiography", _radiography_runs, course="COVID-19 Radiography (DenseNet121 course)",
         notebook="03 04 05", dataset="covid19-radiography",
         classes=("COVID", "Normal", "Viral Pneumonia"), image_size=224,
-        runs=_radiography_runs(), findings=_findings("radiography"),
         assumed="Whether V3 and the fine-tuned backbones start from the frozen run's head is not "
                 "said; they do here (notebook 03 explains why). The heads of the four other "
                 "backbones are V2-reg's ('the same modifications')."),
-    Preset(
-        name="kermany-transfer", course="Kermany pneumonia (scratch CNN vs InceptionV3 vs ResNet50)",
+    _preset(
+        "kermany-transfer", _kermany_transfer_runs,
+        course="Kermany pneumonia (scratch CNN vs InceptionV3 vs ResNet50)",
         notebook="08", dataset="kermany", classes=("Normal", "Pneumonia"), image_size=224,
-        runs=_kermany_transfer_runs(), findings=_findings("kermany-transfer"),
-        assumed="The input normalisation (none: the pixels as read), the augmentation's parameters (flip, zoom ±20 %, rotation ±10°: the common "
-                "ImageDataGenerator settings for this dataset), RMSprop's learning rate (Keras' "
-                "1e-3), the image size (224), frozen backbones, and the scratch CNN's layers (the "
-                "library's five-block CNN: the report shows them only in a figure) are not in the "
-                "report's text."),
-    Preset(
-        name="pneumonia-two-stage", course="Pneumonia two-stage course (VGG16)", notebook="06",
-        dataset="kermany", classes=("Normal", "Bacterial Pneumonia", "Viral Pneumonia"),
-        image_size=224, runs=_two_stage_runs(), findings=_findings("pneumonia-two-stage"),
-        assumed="The optimiser (Adam 1e-3), the epochs (20), the validation share (15 %) and "
-                "the input normalisation (none: the pixels as read) are not in the report."),
-    Preset(
-        name="siim", course="SIIM-FISABIO-RSNA (Xception)", notebook="07", dataset="siim",
-        classes=("No Opacity", "Opacity"), image_size=224, runs=_siim_runs(),
-        findings=_findings("siim"),
-        assumed="The input normalisation (none: the pixels as read), the image size (224), phase 2's optimiser and epochs (Nadam 1e-3, up to 100 "
-                "with early stopping 10, as the other fine-tuning runs), and how the 20 % shares "
-                "were drawn (stratified here) are not in the report."),
-    Preset(
-        name="kermany-3class", course="3-class Kermany scratch course", notebook="08",
-        dataset="kermany", classes=("Normal", "Bacterial Pneumonia", "Viral Pneumonia"),
-        image_size=256, runs=_kermany_3class_runs(), findings=_findings("kermany-3class"),
-        assumed="The optimiser (Adam 1e-3), the epochs (20), the validation share (10 % of the "
-                "rest), the input normalisation (none: the pixels as read) and the two Dropout "
-                "layers' rate (0.5) are not in the report."),
+        assumed=_not_in("the report's text", UNNORMALISED,
+                        "the augmentation's parameters (flip, zoom ±20 %, rotation ±10°: the common "
+                        "ImageDataGenerator settings for this dataset)",
+                        "RMSprop's learning rate (Keras' 1e-3)", "the image size (224)", "frozen backbones",
+                        "the scratch CNN's layers (the library's five-block CNN: the report shows them "
+                        "only in a figure)")),
+    _preset(
+        "pneumonia-two-stage", _two_stage_runs, course="Pneumonia two-stage course (VGG16)",
+        notebook="06", dataset="kermany", classes=KERMANY_CLASSES, image_size=224,
+        assumed=_not_in("the report", "the optimiser (Adam 1e-3)", "the epochs (20)",
+                        "the validation share (15 %)", UNNORMALISED)),
+    _preset(
+        "siim", _siim_runs, course="SIIM-FISABIO-RSNA (Xception)", notebook="07", dataset="siim",
+        classes=("No Opacity", "Opacity"), image_size=224,
+        assumed=_not_in("the report", UNNORMALISED, "the image size (224)",
+                        "phase 2's optimiser and epochs (Nadam 1e-3, up to 100 with early stopping 10, "
+                        "as the other fine-tuning runs)", "how the 20 % shares were drawn (stratified here)")),
+    _preset(
+        "kermany-3class", _kermany_3class_runs, course="3-class Kermany scratch course",
+        notebook="08", dataset="kermany", classes=KERMANY_CLASSES, image_size=256,
+        assumed=_not_in("the report", "the optimiser (Adam 1e-3)", "the epochs (20)",
+                        "the validation share (10 % of the rest)", UNNORMALISED,
+                        "the two Dropout layers' rate (0.5)")),
 ]}
 
 NOTEBOOK_PRESETS: dict[str, tuple[str, ...]] = {

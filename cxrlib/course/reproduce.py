@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from cxrlib.course.presets import FOLDER_VARIABLES, Preset, run_info, run_spec
+from cxrlib.course.presets import FOLDER_VARIABLES, KERMANY_CLASSES, Preset, run_info, run_spec
 from cxrlib.course.progression import pin_version, train_or_reuse
 from cxrlib.data.splits import make_split, sample_per_class
 from cxrlib.environment import env_path
@@ -25,7 +25,6 @@ from cxrlib.spec import Split
 
 log = logging.getLogger(__name__)
 
-KERMANY_CLASSES = ("Normal", "Bacterial Pneumonia", "Viral Pneumonia")
 SIIM_BINARY = {"Negative": "No Opacity", "Typical": "Opacity", "Indeterminate": "Opacity",
                "Atypical": "Opacity"}
 EXTERNAL_BINARY = {"COVID": "Opacity", "Viral Pneumonia": "Opacity", "Lung Opacity": "Opacity",
