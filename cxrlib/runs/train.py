@@ -39,7 +39,7 @@ from cxrlib.data.splits import class_weights as balanced_weights
 from cxrlib.data.splits import save_split, subset
 from cxrlib.environment import environment_info
 from cxrlib.errors import InputError
-from cxrlib.models.backbones import SCRATCH, default_size, min_input_size
+from cxrlib.models.backbones import SCRATCH, check_size, default_size
 from cxrlib.models.variants import get_variant
 from cxrlib.runs.backup import discard_broken_backup, disk_full_is_one_line
 from cxrlib.runs.distributed import share, worker_role
@@ -284,9 +284,7 @@ def check_arguments(spec: RunSpec, classes: Sequence[str], train_df: pd.DataFram
     """Every check that needs no model, before anything is written; ValueError says what to do.
     (The settings' own ranges, such as a batch size of at least 1, are :class:`RunSpec`'s.)"""
     backbone = spec.backbone
-    if image_size < min_input_size(backbone, spec.head):
-        raise InputError(f"{backbone} needs images of at least {min_input_size(backbone, spec.head)} px, "
-                         f"not {image_size}; use a larger --image-size.")
+    check_size(backbone, image_size, spec.head)
     if epochs < 1 and get_variant(spec.variant).training != "none":
         raise InputError(f"epochs must be at least 1, not {epochs} (for an untrained baseline "
                          "use --variant v0).")
