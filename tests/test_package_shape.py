@@ -64,6 +64,17 @@ def test_every_public_name_resolves(package: str) -> None:
         module.no_such_name  # noqa: B018
 
 
+@pytest.mark.parametrize("package", ["cxrlib", "cxrlib.course"])
+def test_no_public_name_is_shadowed_by_a_submodule(package: str) -> None:
+    """Importing ``package.x`` sets the attribute ``x`` to that module, so a public name ``x``
+    must be that module itself, never a function of the same name."""
+    module = importlib.import_module(package)
+    folder = Path(module.__file__).parent
+    submodules = {p.stem for p in folder.glob("*.py")} | {p.name for p in folder.iterdir() if (p / "__init__.py").is_file()}
+    shadowed = sorted(n for n, source in module.API.items() if n in submodules and source != f"{package}.{n}")
+    assert not shadowed
+
+
 def test_import_cxrlib_is_cheap() -> None:
     """``import cxrlib`` and ``import cxrlib.course`` load neither TensorFlow nor Keras."""
     code = ("import sys, json, cxrlib, cxrlib.course; "

@@ -19,8 +19,11 @@ API: dict[str, str] = {
     **dict.fromkeys(("get_preset", "scaled"), "cxrlib.course.presets"),
     **dict.fromkeys(("as_list", "course_split", "preset_run", "train_or_reuse"), "cxrlib.course.progression"),
     "shortcut_experiment": "cxrlib.course.shortcut",
-    **dict.fromkeys(("HEATMAPS", "conclusions", "heatmap_facts"), "cxrlib.course.conclusions"),
-    **{name: f"cxrlib.course.{name}" for name in ("heatmaps", "eda", "pneumonia", "summary", "tables")},
+    **dict.fromkeys(("HEATMAPS", "heatmap_facts"), "cxrlib.course.conclusions"),
+    # a lesson module by its name (never a function of the same name: importing the module would
+    # replace it here), e.g. course.conclusions.conclusions(...)
+    **{name: f"cxrlib.course.{name}" for name in ("conclusions", "heatmaps", "eda", "pneumonia", "summary",
+                                                  "tables")},
 }
 
 __all__ = list(API)
