@@ -213,7 +213,8 @@ def test_resume_needs_the_same_configuration(made, run_copy: Path, capsys, monke
             raise RuntimeError("simulated power cut")
 
     real_fit = training.fit_model
-    monkeypatch.setattr(training, "fit_model", lambda *a: real_fit(*a[:12], [PowerCut()], a[13]))
+    monkeypatch.setattr(training, "fit_model",   # the state saved after every epoch
+                        lambda *a, **k: real_fit(*a[:12], [PowerCut()], a[13], backup_every_s=0))
     code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.5", "--epochs", "3"),
                            capsys)
     assert code == 1 and "simulated power cut" in err
@@ -221,16 +222,17 @@ def test_resume_needs_the_same_configuration(made, run_copy: Path, capsys, monke
     partial = run_copy / run_folder.PARTIAL  # the interrupted run, beside the finished one
     assert (partial / "backup").is_dir()
     before = tree_hash(run_copy)
-    code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.002"), capsys)
+    # neither the interrupted run's settings nor the finished run's (the recipe's 0.002)
+    code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.003"), capsys)
     assert code == 2
     assert_one_line_error(err, "interrupted run with another configuration",
-                          "learning_rate 0.5 → 0.002", "epochs 3 → 1", "--force")
+                          "learning_rate 0.5 → 0.003", "epochs 3 → 1", "--force")
     assert tree_hash(run_copy) == before
-    code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.002", "--force"), capsys)
+    code, _, err = cli_run(train_args(data, run_copy, "--learning-rate", "0.003", "--force"), capsys)
     assert code == 0, err
     assert not partial.exists()  # the stale backup is gone with the finished run
     record = read_record(run_copy)
-    assert record["spec"]["learning_rate"] == 0.002
+    assert record["spec"]["learning_rate"] == 0.003
     assert record["training"]["resumed"] is False
 
 

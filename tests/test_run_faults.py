@@ -51,7 +51,7 @@ def _interrupted(tiny, out: Path) -> Path:
                 raise RuntimeError("power cut")
 
     with pytest.raises(RuntimeError, match="power cut"):
-        training.train(tiny, CLASSES, _spec(), out, callbacks=[Cut()], **KW)
+        training.train(tiny, CLASSES, _spec(), out, callbacks=[Cut()], backup_every_s=0, **KW)
     backup = out / run_folder.PARTIAL / "backup"
     assert (backup / "latest.weights.h5").is_file()
     return out / run_folder.PARTIAL
@@ -153,6 +153,7 @@ def test_a_real_full_disk_while_training_is_one_line_and_the_rerun_starts_clean(
         assert main(["synth", str(data), "--per-class", "20", "--size", "64", "--quiet"]) == 0
         command = [sys.executable, "-m", "cxrlib", "train", "--data", str(data), "--backbone", "scratch",
                    "--variant", "scratch", "--weights", "none", "--image-size", "64", "--epochs", "2",
+                   "--backup-every", "0",
                    "--out", str(disk / "run")]
         env = {**os.environ, "CXR_LOG_DIR": str(tmp_path / "logs")}
         full = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from cxrlib.data.datasets import load_manifest
@@ -19,7 +20,7 @@ from cxrlib.data.synthetic import generate_synthetic
 from cxrlib.models.backbones import BACKBONES
 from cxrlib.models.build import SCRATCH_LAST_CONV, build_model, compile_model, load_model, make_optimizer
 from cxrlib.models.variants import VARIANT_NAMES
-from cxrlib.runs import features, fitting, run_folder
+from cxrlib.runs import backup, features, fitting, run_folder
 from cxrlib.runs import train as training
 from cxrlib.runs.records import find_records, read_record, validate_record
 from cxrlib.runs.report import comparison_table, write_report
@@ -231,7 +232,7 @@ class _Crash(keras.callbacks.Callback):
 def test_interrupted_run_resumes_from_backup(tiny_split, tmp_path) -> None:
     out = tmp_path / "run"
     spec = variant_spec("scratch", "scratch", image_size=32, epochs=4, batch_size=8)
-    kwargs = dict(progress=False, bootstrap=50)
+    kwargs = dict(progress=False, bootstrap=50, backup_every_s=0)   # the state saved every epoch
     with pytest.raises(RuntimeError, match="power cut"):
         training.train(tiny_split, ["COVID", "Normal"], spec, out, callbacks=[_Crash(1)], **kwargs)
     partial = out / run_folder.PARTIAL  # the run in progress stays out of the run folder proper
@@ -244,21 +245,68 @@ def test_interrupted_run_resumes_from_backup(tiny_split, tmp_path) -> None:
     assert not partial.exists() and not (out / run_folder.LOCK_FILE).exists()  # removed once finished
 
 
-def test_resumed_checkpoint_keeps_the_best_model_from_before_the_stop(tmp_path) -> None:
-    model_file = tmp_path / "model.keras"
-    history = {"loss": [0.9, 0.5, 0.7], "val_loss": [0.8, 0.3, float("nan")]}
-    assert fitting.best_checkpoint(model_file, "val_loss", history).best is None  # no model yet
-    model_file.write_bytes(b"the best model, saved before the stop")
-    assert fitting.best_checkpoint(model_file, "val_loss", {}).best is None  # a fresh run
-    assert fitting.best_checkpoint(model_file, "loss", history).best == 0.5
-    checkpoint = fitting.best_checkpoint(model_file, "val_loss", history)
-    assert checkpoint.best == 0.3
-    checkpoint.set_model(build_model("scratch", "scratch", 2, image_size=32, weights=None))
-    checkpoint.on_train_begin()
-    checkpoint.on_epoch_end(3, {"val_loss": 0.4})  # worse than before the stop: kept
-    assert model_file.read_bytes() == b"the best model, saved before the stop"
-    checkpoint.on_epoch_end(4, {"val_loss": 0.2})  # better: replaces it
-    assert load_model(model_file).output_shape == (None, 2)
+def _history(folder: Path, rows: list[tuple[int, float, float]], covered: int) -> None:
+    """A run folder's history.csv (epoch, loss, val_loss) and a saved state covering ``covered``
+    epochs."""
+    pd.DataFrame(rows, columns=["epoch", "loss", "val_loss"]).to_csv(folder / "history.csv", index=False)
+    (folder / "backup").mkdir(exist_ok=True)
+    (folder / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": covered}))
+
+
+def test_a_resumed_run_starts_from_the_best_epoch_its_saved_state_covers(tmp_path) -> None:
+    rows = [(0, 0.9, 0.8), (1, 0.5, 0.3), (2, 0.7, float("nan")), (3, 0.6, 0.1)]
+    _history(tmp_path, rows, covered=3)
+    assert fitting.resumed_best(tmp_path, "val_loss") is None   # no model on disk: a fresh start
+    (tmp_path / "model.keras").write_bytes(b"the best model, saved before the stop")
+    assert fitting.resumed_best(tmp_path, "val_loss") == 0.3    # epoch 3 came after the last save
+    assert fitting.resumed_best(tmp_path, "loss") == 0.5
+    _history(tmp_path, rows, covered=4)
+    assert fitting.resumed_best(tmp_path, "val_loss") == 0.1
+
+
+def _saver_run(tmp_path: Path, values: list[float], keep_best: bool, best: float | None = None,
+               every_s: float = 0.0):
+    """Drive a run saver over epochs with the given validation losses; the model's first kernel
+    is set to the epoch's number, so the saved model tells which epoch it is."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    model = build_model("scratch", "scratch", 2, image_size=32, weights=None)
+    compile_model(model, make_optimizer("adam", 1e-3, 0))
+    saver = backup.run_saver(tmp_path / "model.keras", tmp_path / "backup", "val_loss", keep_best,
+                             best=best, every_s=every_s)
+    saver.set_model(model)
+    saver.on_train_begin()
+    kernel = model.trainable_weights[0]
+    for epoch, value in enumerate(values):
+        kernel.assign(np.full(kernel.shape, float(epoch)))
+        saver.on_epoch_end(epoch, {"val_loss": value})
+    return saver, model
+
+
+def _saved_epoch(path: Path) -> float:
+    return float(np.asarray(load_model(path).trainable_weights[0])[0, 0, 0, 0])
+
+
+def test_the_run_saver_keeps_the_best_epoch_and_the_latest_one(tmp_path) -> None:
+    saver, model = _saver_run(tmp_path / "best", [0.8, 0.3, float("nan"), 0.5], keep_best=True)
+    assert _saved_epoch(tmp_path / "best" / "model.keras") == 1           # the lowest finite loss
+    assert float(np.asarray(model.trainable_weights[0])[0, 0, 0, 0]) == 3  # the model is left as it was
+    meta = json.loads((tmp_path / "best" / "backup" / "training_metadata.json").read_text())
+    assert meta["epoch"] == 4                                            # saved after every epoch
+    _saver_run(tmp_path / "latest", [0.8, 0.3, 0.5], keep_best=False)
+    assert _saved_epoch(tmp_path / "latest" / "model.keras") == 2
+    (tmp_path / "resumed").mkdir()
+    (tmp_path / "resumed" / "model.keras").write_bytes(b"the best model, saved before the stop")
+    saver, _ = _saver_run(tmp_path / "resumed", [0.4, 0.35], keep_best=True, best=0.3)  # worse
+    saver.on_train_end()
+    assert (tmp_path / "resumed" / "model.keras").read_bytes() == b"the best model, saved before the stop"
+
+
+def test_the_run_saver_writes_at_most_every_interval_and_at_the_end(tmp_path) -> None:
+    saver, _ = _saver_run(tmp_path, [0.8, 0.3, 0.5], keep_best=True, every_s=3600)
+    assert not (tmp_path / "model.keras").exists() and not (tmp_path / "backup").exists()
+    saver.on_train_end()                      # the end writes the best epoch's model ...
+    assert _saved_epoch(tmp_path / "model.keras") == 1
+    assert not (tmp_path / "backup").exists()  # ... and a finished fit needs no saved state
 
 
 def test_same_seed_same_split_and_initial_weights(tiny_split) -> None:

@@ -83,6 +83,7 @@ def _train(args: argparse.Namespace) -> int:
                                       seed=spec.seed, split_file=args.split_file)
     record = train(manifest, classes, spec, args.out, reuse=not args.force,
                    mixed_precision=args.mixed_precision, xla=args.xla, strategy=strategy,
+                   backup_every_s=args.backup_every,
                    dataset_info={"samples_per_class": split.samples_per_class,
                                  **({"preset": args.preset, "run": args.run} if args.preset else {})})
     if cluster is not None and not cluster.is_chief:
@@ -157,6 +158,17 @@ def _pair(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a range LOW,HIGH (e.g. 0.8,1.25)") from None
     return low, high
+
+
+def _non_negative_float(text: str) -> float:
+    """An argparse type: a number of at least 0 (finite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds of at least 0")
+    return value
 
 
 def _flag(value: str) -> bool:
@@ -423,6 +435,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         spec.add_argument(flag, default=_UNSET, **options)
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPUs)")
     p.add_argument("--xla", action="store_true", help="compile with XLA")
+    p.add_argument("--backup-every", type=_non_negative_float, default=None, metavar="SECONDS",
+                   help="seconds of training between two saves of the run's state, which an "
+                        "interrupted run resumes from (default 60; 0: after every epoch)")
     p.add_argument("--strategy", choices=("mirrored", "multiworker"),
                    help="mirrored: every GPU of this machine; multiworker: several machines, one "
                         "process each, with TF_CONFIG (docs/multiworker.md); --batch-size is global")

@@ -7,7 +7,13 @@ saved, and a kill during the save. Keras then restores what it can read and skip
 (often the whole optimizer state) with a warning, and the run would say that it resumed.
 
 So a saved state is used only when it loads whole (:func:`backup_problem`); otherwise it is
-discarded with a message and the run starts again (:func:`discard_broken_backup`). A full
+discarded with a message and the run starts again (:func:`discard_broken_backup`).
+
+Saving costs: a DenseNet121's weights and optimizer state take about as long to write as a
+few hundred small films take to train on, so a run that saved after every short epoch spent
+a third of its time writing. :func:`run_saver` writes the state and the run's model at most
+every :data:`BACKUP_EVERY_S` seconds of training (an interrupt loses at most that much), and
+the model once more when the fit ends; the best epoch is held in memory meanwhile. A full
 disk during training ends in one line naming the folder (:func:`disk_full_is_one_line`),
 after the files that were being written when it struck are closed and removed, so that
 h5py's clean-up does not fail again (a traceback per file, then a segfault).
@@ -20,9 +26,12 @@ import errno
 import logging
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 from cxrlib.errors import UserError
 from cxrlib.files import read_json
@@ -32,6 +41,9 @@ log = logging.getLogger(__name__)
 WEIGHTS = "latest.weights.h5"
 METADATA = "training_metadata.json"
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: Seconds of training between two saves of a run's state (0: after every epoch). A group of
+#: workers saves after every epoch, so that all of them hold the same epoch's state.
+BACKUP_EVERY_S = 60.0
 
 
 class DiskFullError(UserError):
@@ -141,3 +153,59 @@ def disk_full_is_one_line(work: Path, out: Path) -> Iterator[None]:
             f"No space left on the disk of {out}: the run stopped, and what it had finished is "
             f"kept in {work}. Free some space there and run the same command again to resume, "
             "or give --out a folder on another disk.") from None
+
+
+def run_saver(model_file: Path, backup: Path, monitor: str, keep_best: bool,
+              best: float | None = None, every_s: float | None = None):
+    """The callback that saves a run as it trains (Keras' ``BackupAndRestore``, throttled).
+
+    At most every ``every_s`` seconds (default :data:`BACKUP_EVERY_S`; 0 after every epoch)
+    it writes ``model_file`` and then the training state in ``backup``, so that the model on
+    disk is always the best (``keep_best``: the lowest finite ``monitor``; ``best`` is the
+    lowest value of the epochs before a resume) or the latest of the epochs the state covers.
+    When the fit ends it writes ``model_file`` once more; an interrupted fit does not.
+    """
+    import keras
+
+    interval = BACKUP_EVERY_S if every_s is None else float(every_s)
+
+    class RunSaver(keras.callbacks.BackupAndRestore):
+        def __init__(self) -> None:
+            super().__init__(str(backup))
+            self.best, self.kept, self.pending, self.saved_at = best, None, False, 0.0
+
+        def on_train_begin(self, logs=None) -> None:
+            super().on_train_begin(logs)
+            self.saved_at = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None) -> None:
+            value = (logs or {}).get(monitor)
+            if not keep_best:
+                self.kept, self.pending = None, True        # the latest: the model as it is
+            elif value is not None and np.isfinite(value) and (self.best is None or value < self.best):
+                self.best, self.kept, self.pending = float(value), self.model.get_weights(), True
+            self._current_epoch, self._last_batch_seen = epoch + 1, 0
+            if time.monotonic() - self.saved_at >= interval:
+                self.write_model()
+                self._save_model()
+                self.saved_at = time.monotonic()
+
+        def on_train_end(self, logs=None) -> None:
+            self.write_model()
+            super().on_train_end(logs)
+
+        def write_model(self) -> None:
+            if not self.pending:
+                return
+            if self.kept is None:
+                self.model.save(model_file)
+            else:   # the best epoch's weights, then back to the current ones
+                current = self.model.get_weights()
+                self.model.set_weights(self.kept)
+                try:
+                    self.model.save(model_file)
+                finally:
+                    self.model.set_weights(current)
+            self.pending = False
+
+    return RunSaver()

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.data.pipeline import make_dataset
+from cxrlib.files import read_json
+from cxrlib.runs.backup import run_saver
 from cxrlib.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -34,11 +36,14 @@ def read_history(path: Path) -> dict[str, list[float]]:
 
 def fit_model(model, train_df, val_df, classes, prep, out: Path, epochs: int, spec: RunSpec,
               label_mode: str, weights_by_class, tensorboard: bool, progress: bool,
-              extra_callbacks: Sequence, skipped: list) -> dict:
-    """``model.fit`` with checkpoint, backup/restore, CSV log and optional early stopping.
+              extra_callbacks: Sequence, skipped: list, backup_every_s: float | None = None) -> dict:
+    """``model.fit`` with the run's saver (model, backup/restore), CSV log and optional early
+    stopping.
 
-    The checkpoint keeps the epoch with the best validation loss (``spec.keep_best``), or
-    every epoch's model in turn, so that the last one is scored (as the courses did)."""
+    The saved model is the epoch with the best validation loss (``spec.keep_best``), or the
+    last epoch's, as the courses scored it. Model and training state are written at most
+    every ``backup_every_s`` seconds and when the fit ends (:func:`cxrlib.runs.backup.run_saver`).
+    """
     import keras
 
     train_ds = make_dataset(train_df, classes, prep, spec.batch_size, training=True,
@@ -47,13 +52,10 @@ def fit_model(model, train_df, val_df, classes, prep, out: Path, epochs: int, sp
     val_ds = (make_dataset(val_df, classes, prep, spec.batch_size, label_mode=label_mode,
                            skip_log=skipped) if not val_df.empty else None)
     monitor = "val_loss" if val_ds is not None else "loss"
-    earlier = read_history(out / "history.csv")  # epochs logged before a resume
-    done = len(earlier.get("loss", []))
-    checkpoint = (best_checkpoint(out / "model.keras", monitor, earlier) if spec.keep_best
-                  else keras.callbacks.ModelCheckpoint(str(out / "model.keras")))
+    done = len(read_history(out / "history.csv").get("loss", []))  # epochs logged before a resume
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / "backup")),
-        checkpoint,
+        run_saver(out / "model.keras", out / "backup", monitor, spec.keep_best,
+                  best=resumed_best(out, monitor), every_s=backup_every_s),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=done > 0),
         *extra_callbacks,
     ]
@@ -73,19 +75,27 @@ def fit_model(model, train_df, val_df, classes, prep, out: Path, epochs: int, sp
     return read_history(out / "history.csv")
 
 
-def best_checkpoint(path: Path, monitor: str, history: dict[str, list[float]]):
-    """A save-best-only ModelCheckpoint that remembers the best value of a resumed run.
+def resumed_best(out: Path, monitor: str) -> float | None:
+    """The best ``monitor`` value of the epochs an interrupted run's saved state covers, when
+    their model is on disk (None otherwise: a fresh run).
 
-    Keras starts every checkpoint at +inf, so after a resume the first epoch would overwrite
-    a better model saved before the stop. Seeded with the best ``monitor`` value in the
-    history (when that model is on disk), only a better epoch replaces it.
+    Keras would start a resumed run's best at +inf, and its first epoch would then replace a
+    better model saved before the stop. Epochs logged after the last save are left out: they
+    are trained again, and their model was never written.
     """
-    import keras
-
-    earlier = [v for v in history.get(monitor, []) if np.isfinite(v)]
-    best = min(earlier) if earlier and path.is_file() else None
-    return keras.callbacks.ModelCheckpoint(str(path), monitor=monitor, save_best_only=True,
-                                           initial_value_threshold=best)
+    covered = read_json(out / "backup" / "training_metadata.json").get("epoch")
+    path = out / "history.csv"
+    if not isinstance(covered, int) or not (out / "model.keras").is_file() or not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, OSError):
+        return None
+    if monitor not in frame or "epoch" not in frame:
+        return None
+    values = frame.loc[frame["epoch"] < covered, monitor].astype(float)
+    values = values[np.isfinite(values)]
+    return float(values.min()) if len(values) else None
 
 
 def score_untrained(model, train_df, val_df, classes, prep, batch_size: int, label_mode: str) -> dict:

@@ -106,7 +106,8 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
           name: str | None = None, dataset_info: dict | None = None, reuse: bool = True,
           progress: bool = True, callbacks: Sequence = (), bootstrap: int = 1000,
           strategy=None, mixed_precision: bool = False, xla: bool = False,
-          run_eagerly: bool = False, tensorboard: bool = False) -> dict:
+          run_eagerly: bool = False, tensorboard: bool = False,
+          backup_every_s: float | None = None) -> dict:
     """Train ``spec`` on the ``train`` split of ``manifest``; return the run's record.
 
     ``spec`` (:class:`cxrlib.spec.RunSpec`) is everything the run is; the record stores it as
@@ -118,8 +119,10 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
     The keyword options change how the run is computed, not what it is: ``strategy``
     (None, ``"mirrored"``, ``"multiworker"`` or a strategy object), ``mixed_precision``,
     ``xla``, ``run_eagerly`` (skips graph tracing: only worth it for a handful of steps),
-    ``tensorboard``, ``progress``, extra Keras ``callbacks``, and ``bootstrap`` resamples for
-    the test intervals. Every setting is checked before anything is written; an impossible
+    ``tensorboard``, ``progress``, extra Keras ``callbacks``, ``bootstrap`` resamples for
+    the test intervals, and ``backup_every_s``, the seconds of training between two saves of
+    the run's state (default :data:`cxrlib.runs.backup.BACKUP_EVERY_S`; 0: every epoch, as
+    a group of workers always does). Every setting is checked before anything is written; an impossible
     one raises ValueError.
 
     ``spec.batch_size`` is the **global** batch, whatever the strategy: each step takes that
@@ -227,7 +230,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
                 with disk_full_is_one_line(work, out):
                     history = fit_model(model, train_df, val_df, classes, prep, work, epochs, spec,
                                         label_mode, weights_by_class, tensorboard, progress, callbacks,
-                                        skipped)
+                                        skipped, backup_every_s=0 if role.workers > 1 else backup_every_s)
             else:
                 history = {}
                 model.save(work / "model.keras")
