@@ -19,7 +19,7 @@ export PYTHONHASHSEED ?= 0
 # at the common advice instead of the course's 0.01, which scrambles a few hundred films' features.
 DEMO_DIRS := -p RESULTS_DIR $(abspath $(OUT))/results -p FIGURES_DIR $(CURDIR)/figures
 DEMO_DATA := -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 -p EPOCHS 10 -p WEIGHTS synthetic
-# 03-05 fine-tune; 08 has no FINETUNE_LR (a parameter no notebook of a run defines is an error)
+# 03-05 fine-tune; 00-02 and 08 have no FINETUNE_LR (a parameter no notebook of a run defines is an error)
 DEMO_TUNE := $(DEMO_DATA) -p FINETUNE_LR 0.001
 
 .PHONY: install lint test test-fast nbval demo notebooks notebooks-smoke bench clean
@@ -72,7 +72,7 @@ demo: $(STAMP)
 	$(BIN)/python -m cxrlib pretrain --backbone course --image-size 64 > $(PRETRAIN_LOG) 2>&1 & pre=$$!; \
 	trap 'kill $$pre 2>/dev/null' INT TERM; \
 	echo "Pretraining the five backbones in the background (log: $(PRETRAIN_LOG))."; \
-	$(NOTEBOOKS) --only 00 01 02 $(DEMO_TUNE) && \
+	$(NOTEBOOKS) --only 00 01 02 $(DEMO_DATA) && \
 	$(NOTEBOOKS) --only 06 07 -p BACKBONE scratch -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 \
 		-p EPOCHS 8 -p WEIGHTS none && \
 	$(NOTEBOOKS) --only 03 $(DEMO_TUNE) && \
