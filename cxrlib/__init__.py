@@ -5,7 +5,7 @@ packages, in layers that import only downwards (``tests/test_architecture.py``; 
 has the data flow):
 
 - base: ``files`` (atomic writes), ``environment`` (versions, devices), ``plots``, and the
-  Keras-free registries ``models.backbones`` and ``models.variants``.
+  Keras-free registries ``backbones`` and ``variants``.
 - ``data``: decoding, dataset layouts → one manifest, the synthetic default, integrity
   checks, splits, and the ``tf.data`` pipeline (the one way from files to model inputs).
 - ``models``: flat Keras models for every backbone × variant, optimisers and schedules.

@@ -223,13 +223,13 @@ variant's optimiser) with decoupled weight decay, a cosine schedule to 0 and lab
 
 def variant_spec(backbone: str, variant: str, **settings: Any) -> RunSpec:
     """The library's spec for ``backbone`` × ``variant``: the variant's registry defaults
-    (:mod:`cxrlib.models.variants`: optimiser, learning rate, decay, epochs, and
+    (:mod:`cxrlib.variants`: optimiser, learning rate, decay, epochs, and
     :data:`LIBRARY_AUGMENT` where it augments), then ``settings`` over them.
 
     The from-scratch CNN has no pretrained weights: its ``weights`` default is None, and its
     defaults are :data:`SCRATCH_RECIPE` (real films without ImageNet).
     """
-    from cxrlib.models.variants import get_variant
+    from cxrlib.variants import get_variant
 
     recipe = get_variant(variant)
     defaults: dict[str, Any] = {

@@ -4,7 +4,7 @@ layer imports only the layers below it.
     base  →  data  →  models  →  runs  →  explain  →  apps  →  course
 
 The base holds what every layer may use: ``files``, ``environment``, ``plots`` and the two
-Keras-free registries (``models.backbones``, ``models.variants``: tables of names, sizes and
+Keras-free registries (``backbones``, ``variants``: tables of names, sizes and
 defaults, which the data pipeline needs for a backbone's normalisation). ``cxrlib.apps.cli``
 is the one library module allowed to reach the course layer (its ``notebooks`` command runs
 the course). Imports inside functions count as much as those at the
@@ -21,13 +21,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "cxrlib"
 ORDER = ("base", "data", "models", "runs", "explain", "apps", "course")
 ALLOWED_UPWARD = {("cxrlib.apps.cli", "course")}
-REGISTRIES = {"cxrlib.models.backbones", "cxrlib.models.variants"}
 
 
 def layer(module: str) -> str:
     """The layer of a dotted ``cxrlib`` module name."""
-    if module in REGISTRIES:
-        return "base"
     if module == "cxrlib.__main__":
         return "apps"
     parts = module.split(".")

@@ -8,16 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxrlib.backbones import min_input_size
 from cxrlib.course import presets
 from cxrlib.course.presets import COURSE_FAITHFUL, PRESETS, get_preset, run_spec, scaled
 from cxrlib.course.progression import pin_version
 from cxrlib.course.reports import REPORTS
 from cxrlib.course.reproduce import comparison, preset_data, train_preset
 from cxrlib.data.splits import make_split
-from cxrlib.models.backbones import min_input_size
-from cxrlib.models.variants import get_variant
 from cxrlib.runs.records import validate_record
 from cxrlib.spec import flat_items
+from cxrlib.variants import get_variant
 
 FOLDER_VARIABLES = ("COVID_DIR", "KERMANY_DIR", "SIIM_DIR", "EXTERNAL_DIR")
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from helpers import assert_one_line_error, cli_run, tree_hash
 
+from cxrlib.backbones import get_backbone, resolve_weights
 from cxrlib.data.datasets import load_manifest
 from cxrlib.data.source_task import SOURCE_LABELS, SOURCE_PREVALENCE, source_task_arrays
 from cxrlib.data.splits import split_manifest
 from cxrlib.data.synthetic import generate_synthetic
-from cxrlib.models.backbones import get_backbone, resolve_weights
 from cxrlib.models.build import HEAD_NORM, build_model
 from cxrlib.runs import pretrain
 from cxrlib.runs import train as training
@@ -52,7 +52,7 @@ def test_source_task_is_reproducible_and_multilabel() -> None:
 
 def _save_as_synthetic(backbone: str, size: int, cache) -> tuple[keras.Model, str]:
     """A random backbone saved where ``weights='synthetic'`` looks for it (no pretraining)."""
-    from cxrlib.models.backbones import application
+    from cxrlib.backbones import application
 
     base = application(backbone)(include_top=False, weights=None, input_shape=(size, size, 3))
     path = pretrain.save_entry(base, pretrain.weights_path(backbone, size, cache=cache),
@@ -126,7 +126,7 @@ def test_batchnorm_recalibration_sets_the_moving_statistics_to_the_batch_average
 
 
 def test_batchnorm_twin_folds_back_into_the_plain_backbone_exactly() -> None:
-    from cxrlib.models.backbones import application
+    from cxrlib.backbones import application
 
     base = application("vgg16")(include_top=False, weights=None, input_shape=(32, 32, 3))
     twin, pairs = pretrain.batchnorm_twin(base)

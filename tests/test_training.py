@@ -14,17 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxrlib.backbones import BACKBONES
 from cxrlib.data.datasets import load_manifest
 from cxrlib.data.splits import split_manifest
 from cxrlib.data.synthetic import generate_synthetic
-from cxrlib.models.backbones import BACKBONES
 from cxrlib.models.build import SCRATCH_LAST_CONV, build_model, compile_model, load_model, make_optimizer
-from cxrlib.models.variants import VARIANT_NAMES
 from cxrlib.runs import backup, features, fitting, run_folder
 from cxrlib.runs import train as training
 from cxrlib.runs.records import find_records, read_record, validate_record
 from cxrlib.runs.report import comparison_table, write_report
 from cxrlib.spec import variant_spec
+from cxrlib.variants import VARIANT_NAMES
 
 CLASSES_EASY = ["Bacterial Pneumonia", "COVID", "Normal"]
 

@@ -284,8 +284,8 @@ def _presets(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     import os
 
+    from cxrlib.backbones import fit_size
     from cxrlib.course.setup import COURSE_BACKBONES
-    from cxrlib.models.backbones import fit_size
     from cxrlib.runs.pretrain import PRETRAIN_BATCH, check_settings, describe, ensure_pretrained, is_standard
 
     if args.cache:
@@ -414,9 +414,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from cxrlib.backbones import BACKBONES
     from cxrlib.data.datasets import LAYOUTS
-    from cxrlib.models.backbones import BACKBONES
-    from cxrlib.models.variants import VARIANT_NAMES
+    from cxrlib.variants import VARIANT_NAMES
 
     p = sub.add_parser("train", help="train one run spec (a backbone x variant, or a course preset's run); "
                                      "writes RUN_DIR/record.json and model.keras")
@@ -454,7 +454,7 @@ def _add_presets(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    from cxrlib.models.backbones import BACKBONES
+    from cxrlib.backbones import BACKBONES
     from cxrlib.runs.pretrain import PRETRAIN_EPOCHS, PRETRAIN_IMAGES
 
     p = sub.add_parser("pretrain", help="pretrain a backbone on the synthetic source task (weights 'synthetic')")

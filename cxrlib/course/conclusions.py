@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from cxrlib.models.variants import canonical_variant
 from cxrlib.runs.records import record_float
+from cxrlib.variants import canonical_variant
 
 PROGRESSION = """
 - {v0} (the untrained softmax) scores **{v0_test:.3f}** on the test set; chance is {chance:.3f}.

@@ -299,7 +299,7 @@ def scaled(preset: Preset, image_size: int | None = None, epochs: int | None = N
 def run_size(preset: Preset, run: Run) -> int:
     """The run's input size (the spec's, else the preset's), raised to what its network
     accepts (InceptionV3 75 px, Xception 71, the flat CNN 94)."""
-    from cxrlib.models.backbones import fit_size
+    from cxrlib.backbones import fit_size
 
     return fit_size(run.backbone, run.spec.image_size or preset.image_size, run.spec.head)
 

@@ -28,8 +28,8 @@ from matplotlib.figure import Figure
 from cxrlib.course.presets import RADIOGRAPHY_VERSIONS
 from cxrlib.data.splits import load_split, make_split, sample_per_class, save_split
 from cxrlib.files import read_json, write_json_atomic
-from cxrlib.models.variants import canonical_variant
 from cxrlib.spec import RunSpec, Split
+from cxrlib.variants import canonical_variant
 
 if TYPE_CHECKING:
     from cxrlib.course.presets import Preset

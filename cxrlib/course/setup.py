@@ -33,7 +33,7 @@ ALIAS_LABELS: dict[str, str] = {"frozen": "frozen", "finetune": "fine-tuned"}
 
 def run_name(backbone: str, variant: str) -> str:
     """The course's short model name: ``DN-V2-reg``, ``ResNet50-fine-tuned``, ``CNN-scratch``."""
-    from cxrlib.models.variants import get_variant
+    from cxrlib.variants import get_variant
 
     label = ALIAS_LABELS.get(variant) or get_variant(variant).label
     return f"{BACKBONE_LABELS.get(backbone, backbone)}-{label}"
@@ -98,7 +98,7 @@ def usable_weights(weights: str | None, backbone: str) -> str | None:
     ``"synthetic"`` is returned as it is, with a note on what those weights are: they are
     pretrained (and cached) when a model first needs them, at that model's input size.
     """
-    from cxrlib.models.backbones import (
+    from cxrlib.backbones import (
         SCRATCH,
         SYNTHETIC,
         WeightsUnavailableError,
@@ -123,7 +123,7 @@ def usable_weights(weights: str | None, backbone: str) -> str | None:
                                  cache_subdir="models")
         return weights
     except (WeightsUnavailableError, FileNotFoundError, Exception) as error:  # noqa: B014
-        from cxrlib.models.backbones import missing_weights_message
+        from cxrlib.backbones import missing_weights_message
 
         message = str(error) if isinstance(error, (WeightsUnavailableError, FileNotFoundError)) \
             else missing_weights_message(backbone)

@@ -14,12 +14,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from cxrlib.backbones import SCRATCH
 from cxrlib.data.images import read_image
 from cxrlib.data.pipeline import Prep, border_crop, model_inputs, resize
 from cxrlib.explain.maps import default_layer, heatmap
 from cxrlib.explain.masks import border_mask
 from cxrlib.explain.measures import border_share, energy_inside, lung_share
-from cxrlib.models.backbones import SCRATCH
 from cxrlib.runs.evaluate import Run, load_run, predict
 from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT, Split, variant_spec
 

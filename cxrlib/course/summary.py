@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from cxrlib.files import read_json
-from cxrlib.models.variants import canonical_variant
 from cxrlib.runs.records import record_float
+from cxrlib.variants import canonical_variant
 
 LESSON_PRESET = "radiography"
 # (row, run key in the preset, backbone, variant): DenseNet121's frozen run is V2-reg

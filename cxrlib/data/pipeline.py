@@ -37,8 +37,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from cxrlib.backbones import preprocess_function
 from cxrlib.data.images import ImageReadError, plain_format, read_image
-from cxrlib.models.backbones import preprocess_function
 from cxrlib.spec import NORMALIZATIONS, Augment
 
 log = logging.getLogger(__name__)

@@ -56,7 +56,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cxrlib.models.backbones import BACKBONES, preprocess_function
+from cxrlib.backbones import BACKBONES, preprocess_function
 from cxrlib.runs.evaluate import predict
 
 METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "scorecam", "fastscorecam", "saliency",

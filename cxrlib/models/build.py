@@ -36,8 +36,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from cxrlib.errors import InputError
-from cxrlib.models.backbones import (
+from cxrlib.backbones import (
     SCRATCH,
     WeightsUnavailableError,
     application,
@@ -46,9 +45,10 @@ from cxrlib.models.backbones import (
     missing_weights_message,
     resolve_weights,
 )
-from cxrlib.models.variants import get_variant
+from cxrlib.errors import InputError
 from cxrlib.spec import HEADS
 from cxrlib.text import one_line
+from cxrlib.variants import get_variant
 
 log = logging.getLogger(__name__)
 

@@ -49,9 +49,7 @@ from typing import Iterator
 
 import numpy as np
 
-from cxrlib.errors import InputError, UserError
-from cxrlib.files import read_json, replacing, sha256_file, write_json_atomic, write_npz_atomic
-from cxrlib.models.backbones import (
+from cxrlib.backbones import (
     SCRATCH,
     SYNTHETIC,
     check_size,
@@ -59,6 +57,8 @@ from cxrlib.models.backbones import (
     get_backbone,
     resolve_weights,
 )
+from cxrlib.errors import InputError, UserError
+from cxrlib.files import read_json, replacing, sha256_file, write_json_atomic, write_npz_atomic
 from cxrlib.text import one_line
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ def _model(backbone: str, image_size: int, n_labels: int):
     """
     import keras
 
-    from cxrlib.models.backbones import application
+    from cxrlib.backbones import application
 
     base = application(backbone)(include_top=False, weights=None,
                                  input_shape=(image_size, image_size, 3))

@@ -34,13 +34,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from cxrlib.backbones import SCRATCH, check_size, default_size
 from cxrlib.data.pipeline import Prep, with_crop_reference, with_norm_stats
 from cxrlib.data.splits import class_weights as balanced_weights
 from cxrlib.data.splits import save_split, subset
 from cxrlib.environment import environment_info
 from cxrlib.errors import InputError
-from cxrlib.models.backbones import SCRATCH, check_size, default_size
-from cxrlib.models.variants import get_variant
 from cxrlib.runs.backup import discard_broken_backup, disk_full_is_one_line
 from cxrlib.runs.distributed import share, worker_role
 from cxrlib.runs.evaluate import evaluate
@@ -56,6 +55,7 @@ from cxrlib.runs.run_folder import (
     publish_run,
 )
 from cxrlib.spec import RunSpec
+from cxrlib.variants import get_variant
 
 log = logging.getLogger(__name__)
 
