@@ -58,29 +58,17 @@ nbval: $(STAMP)
 
 # It ends with what it showed (cxrlib/course/summary.py): the lesson's table, whether each
 # lesson held, how long it took and what to open next.
-# The five backbones are pretrained in a background process (its log in OUT/pretrain.log)
-# while the notebooks run, those that do not use them first (00-02, and 06-07 with the
-# from-scratch CNN): much of a notebook's time is one core's work (a kernel starting, graphs
-# traced, figures drawn), which leaves the other core to the pretraining. A notebook that
-# needs a backbone not yet cached waits for it, or pretrains it itself: each cache entry is
-# locked while it is written, so none is pretrained twice. An interrupt stops both.
-PRETRAIN_LOG = $(OUT)/pretrain.log
-NOTEBOOKS    = $(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks $(DEMO_DIRS)
+NOTEBOOKS = $(BIN)/python -m cxrlib notebooks --out $(OUT)/notebooks $(DEMO_DIRS)
 demo: DEMO_START := $(shell date +%s)
 demo: $(STAMP)
-	@mkdir -p $(OUT); \
-	$(BIN)/python -m cxrlib pretrain --backbone course --image-size 64 > $(PRETRAIN_LOG) 2>&1 & pre=$$!; \
-	trap 'kill $$pre 2>/dev/null' INT TERM; \
-	echo "Pretraining the five backbones in the background (log: $(PRETRAIN_LOG))."; \
-	$(NOTEBOOKS) --only 00 01 02 $(DEMO_DATA) && \
+	$(BIN)/python -m cxrlib pretrain --backbone course --image-size 64
+	$(NOTEBOOKS) --only 00 01 02 $(DEMO_DATA)
+	$(NOTEBOOKS) --only 03 $(DEMO_TUNE)
+	$(NOTEBOOKS) --only 04 $(DEMO_TUNE) -p FINETUNE_BACKBONES densenet121
+	$(NOTEBOOKS) --only 05 $(DEMO_TUNE) -p SCORE_IMAGES 48
 	$(NOTEBOOKS) --only 06 07 -p BACKBONE scratch -p IMAGE_SIZE 64 -p SAMPLES_PER_CLASS 100 \
-		-p EPOCHS 8 -p WEIGHTS none && \
-	$(NOTEBOOKS) --only 03 $(DEMO_TUNE) && \
-	$(NOTEBOOKS) --only 04 $(DEMO_TUNE) -p FINETUNE_BACKBONES densenet121 && \
-	$(NOTEBOOKS) --only 05 $(DEMO_TUNE) -p SCORE_IMAGES 48 && \
-	$(NOTEBOOKS) --only 08 $(DEMO_DATA) || { kill $$pre 2>/dev/null; exit 1; }; \
-	wait $$pre || { echo "error: pretraining failed; the end of $(PRETRAIN_LOG):" >&2; \
-		tail -n 5 $(PRETRAIN_LOG) >&2; exit 1; }
+		-p EPOCHS 8 -p WEIGHTS none
+	$(NOTEBOOKS) --only 08 $(DEMO_DATA)
 	$(BIN)/python -m cxrlib report $(OUT)/results --out $(OUT)/report --summary \
 		--notebooks $(OUT)/notebooks --figures figures --started $(DEMO_START)
 
