@@ -178,7 +178,8 @@ def load_cxrlib(paths: list[str], labels: list[str], by_class: Path, size: int, 
     """One training epoch of the cxrlib pipeline (decode to uint8 in memory, shuffle, batch, preprocess)."""
     import pandas as pd
 
-    from cxrlib.data.pipeline import Prep, make_dataset
+    from cxrlib.data.pipeline import make_dataset
+    from cxrlib.data.prepare import Prep
 
     manifest = pd.DataFrame({"path": paths, "label": labels})
     ds = make_dataset(manifest, CLASSES, Prep(size, "densenet121"), batch, training=True)

@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cxrlib.data.datasets import load_manifest  # noqa: E402
-from cxrlib.data.pipeline import Prep, load_arrays, make_dataset  # noqa: E402
+from cxrlib.data.pipeline import load_arrays, make_dataset  # noqa: E402
+from cxrlib.data.prepare import Prep  # noqa: E402
 from cxrlib.data.synthetic import generate_synthetic  # noqa: E402
 from cxrlib.environment import environment_info  # noqa: E402
 from cxrlib.files import write_json_atomic  # noqa: E402

@@ -33,7 +33,7 @@ def pooled_features(backbone: str, weights: str | None, image_size: int, data: s
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(pooled features (N, D), integer labels (N,)) of every image in ``data``."""
     from cxrlib.data.datasets import load_manifest
-    from cxrlib.data.pipeline import Prep
+    from cxrlib.data.prepare import Prep
     from cxrlib.models.build import build_model
     from cxrlib.runs.features import extract_features
     from cxrlib.runs.pretrain import weights_source

@@ -38,7 +38,8 @@ API: dict[str, str] = {
     "check_manifest": "cxrlib.data.quality",
     **dict.fromkeys(("make_split", "prepare_split", "split_manifest", "sample_per_class", "save_split",
                      "load_split", "subset", "split_summary"), "cxrlib.data.splits"),
-    **dict.fromkeys(("Prep", "model_inputs", "make_dataset"), "cxrlib.data.pipeline"),
+    "Prep": "cxrlib.data.prepare",
+    **dict.fromkeys(("model_inputs", "make_dataset"), "cxrlib.data.pipeline"),
     # a run: what it is, training it, loading it, predicting and scoring
     **dict.fromkeys(("RunSpec", "Split", "variant_spec", "updated"), "cxrlib.spec"),
     **dict.fromkeys(("train", "run_dir"), "cxrlib.runs.train"),

@@ -22,7 +22,7 @@ from PIL import Image
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
 from cxrlib.course.shortcut import shortcut_experiment
-from cxrlib.data.pipeline import Prep, prepare_image
+from cxrlib.data.prepare import Prep, prepare_image
 from cxrlib.explain.figures import activation_comparison, gallery, overlay, plot_overlay
 from cxrlib.explain.maps import (
     METHODS,

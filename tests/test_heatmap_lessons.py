@@ -19,7 +19,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
 from cxrlib.course import heatmaps as hl
 from cxrlib.course.shortcut import shortcut_experiment
-from cxrlib.data.pipeline import Prep, model_inputs
+from cxrlib.data.pipeline import model_inputs
+from cxrlib.data.prepare import Prep
 
 CLASSES = ["COVID", "Normal"]
 FAST = hl.method_options(max_n=3, smooth_samples=2, patch=12, stride=16)

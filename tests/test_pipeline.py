@@ -11,15 +11,8 @@ import pytest
 from helpers import png_manifest
 
 from cxrlib.data.datasets import load_manifest
-from cxrlib.data.pipeline import (
-    Prep,
-    border_crop,
-    crop_reference_of,
-    equalize,
-    load_arrays,
-    make_dataset,
-    prepare_image,
-)
+from cxrlib.data.pipeline import load_arrays, make_dataset
+from cxrlib.data.prepare import Prep, border_crop, crop_reference_of, equalize, prepare_image
 from cxrlib.spec import LIBRARY_AUGMENT, NO_AUGMENT
 
 CLASSES = ["A", "B"]

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cxrlib.data.images import plain_format
-from cxrlib.data.pipeline import (
+from cxrlib.data.prepare import (
     Prep,
     _prepare_robust,
     border_crop_box,

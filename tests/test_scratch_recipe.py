@@ -12,8 +12,10 @@ import keras
 import numpy as np
 import pytest
 
+from cxrlib.data.augment import augment_batch
 from cxrlib.data.datasets import load_manifest
-from cxrlib.data.pipeline import Prep, augment_batch, make_dataset
+from cxrlib.data.pipeline import make_dataset
+from cxrlib.data.prepare import Prep
 from cxrlib.data.splits import split_manifest
 from cxrlib.data.synthetic import generate_synthetic
 from cxrlib.models.build import compile_model, make_optimizer

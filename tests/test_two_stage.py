@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib.data.pipeline import Prep, prep_from_record
+from cxrlib.data.prepare import Prep, prep_from_record
 from cxrlib.runs import two_stage
 from cxrlib.runs.evaluate import Run, load_run
 from cxrlib.runs.metrics import class_probabilities

@@ -273,9 +273,9 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int
 
 def crop_box_overlay(image: np.ndarray, reference: tuple[int, int],
                      color: tuple[int, int, int] = (255, 200, 0)) -> np.ndarray:
-    """An RGB copy of ``image`` with the rectangle that :func:`cxrlib.data.pipeline.border_crop`
+    """An RGB copy of ``image`` with the rectangle that :func:`cxrlib.data.prepare.border_crop`
     keeps drawn on it."""
-    from cxrlib.data.pipeline import border_crop_box
+    from cxrlib.data.prepare import border_crop_box
 
     h, w = image.shape[:2]
     top, left, kh, kw = border_crop_box(h, w, reference)
@@ -315,7 +315,7 @@ def plot_statistic_by_class(frames: pd.DataFrame | dict[str, pd.DataFrame], colu
 def equalization_figure(image: np.ndarray, methods: Sequence[str | None] = (None, "hist", "clahe"),
                         save: str | os.PathLike | None = None) -> Figure:
     """The same image under each equalisation method (top) with its pixel histogram (bottom)."""
-    from cxrlib.data.pipeline import equalize
+    from cxrlib.data.prepare import equalize
 
     figure = new_figure(3.2 * len(methods), 5.6)
     axes = figure.subplots(2, len(methods), squeeze=False, height_ratios=[3, 1.4])
@@ -334,7 +334,8 @@ def value_ranges(manifest: pd.DataFrame, classes: Sequence[str], image_size: int
     """What each backbone's ``preprocess_input`` makes of the same images: one row per
     backbone with min, max, mean, std and the mean of each input channel, measured on up to
     ``n`` images through :func:`cxrlib.data.pipeline.load_arrays` (``preprocess=True``)."""
-    from cxrlib.data.pipeline import Prep, load_arrays
+    from cxrlib.data.pipeline import load_arrays
+    from cxrlib.data.prepare import Prep
 
     rows = manifest.sample(n=min(n, len(manifest)), random_state=seed)
     table = []
@@ -369,8 +370,8 @@ def duplicate_gallery(pairs: pd.DataFrame, n: int = 4,
 
 def augmented_copies(image: np.ndarray, augment, n: int = 8, seed: int = 0) -> np.ndarray:
     """``n`` random augmentations of one uint8 grayscale image, as the training pipeline makes
-    them (:func:`cxrlib.data.pipeline.augment_batch`): uint8 (n, H, W)."""
-    from cxrlib.data.pipeline import augment_batch
+    them (:func:`cxrlib.data.augment.augment_batch`): uint8 (n, H, W)."""
+    from cxrlib.data.augment import augment_batch
 
     batch = np.repeat(np.asarray(image, np.float32)[None, ..., None], n, axis=0)
     x = augment_batch(batch, augment, seed)

@@ -29,7 +29,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cxrlib.data.images import read_image
-from cxrlib.data.pipeline import Prep, model_inputs
+from cxrlib.data.pipeline import model_inputs
+from cxrlib.data.prepare import Prep
 from cxrlib.data.splits import sample_per_class
 from cxrlib.explain.figures import overlay
 from cxrlib.explain.maps import heatmap, random_maps

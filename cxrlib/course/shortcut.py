@@ -16,7 +16,8 @@ import pandas as pd
 
 from cxrlib.backbones import SCRATCH
 from cxrlib.data.images import read_image
-from cxrlib.data.pipeline import Prep, border_crop, model_inputs, resize
+from cxrlib.data.pipeline import model_inputs
+from cxrlib.data.prepare import Prep, border_crop, resize
 from cxrlib.explain.maps import default_layer, heatmap
 from cxrlib.explain.masks import border_mask
 from cxrlib.explain.measures import border_share, energy_inside, lung_share

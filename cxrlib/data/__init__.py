@@ -5,6 +5,9 @@
 - ``synthetic``: the procedural default dataset (no download needed), also in SIIM format.
 - ``quality``: integrity and duplicate checks (``cxr data check``).
 - ``splits``: balanced sampling, class weights, patient-grouped stratified splits.
-- ``pipeline``: ``Prep`` (how files become inputs) and the ``tf.data`` pipeline; the one way
-  from files to model inputs.
+- ``prepare``: ``Prep`` (how files become inputs) and files → pixels (decode, crop, equalise,
+  resize), the one definition.
+- ``augment``: training augmentation; ``normalise``: each backbone's input normalisation.
+- ``pipeline``: the ``tf.data`` pipeline and ``model_inputs``, the one way from files to model
+  inputs.
 """

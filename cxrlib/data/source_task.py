@@ -69,7 +69,7 @@ def render_source_film(rng: np.random.Generator, size: int) -> tuple[np.ndarray,
     :func:`cxrlib.data.synthetic.generate_synthetic` does) and resized to ``size`` the way the
     input pipeline resizes files.
     """
-    from cxrlib.data.pipeline import resize
+    from cxrlib.data.prepare import resize
 
     findings = rng.uniform(size=len(SOURCE_LABELS)) < SOURCE_PREVALENCE
     h, w = (max(MIN_SIZE, round(size * f)) for f in rng.uniform(0.85, 1.25, size=2))

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxrlib.data.pipeline import Prep, model_inputs
+from cxrlib.data.pipeline import model_inputs
+from cxrlib.data.prepare import Prep
 from cxrlib.data.splits import sample_per_class
 from cxrlib.explain.maps import heatmap, resize_maps
 from cxrlib.runs.evaluate import predict

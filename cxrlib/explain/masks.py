@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from cxrlib.data.images import read_image
-from cxrlib.data.pipeline import Prep, border_crop, resize
+from cxrlib.data.prepare import Prep, border_crop, resize
 
 CENTRAL_REGION = (0.15, 0.85, 0.12, 0.88)
 """(top, bottom, left, right) fractions of the frame: where the lungs of a centred PA film

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.data.images import ImageReadError
-from cxrlib.data.pipeline import Prep, model_inputs
+from cxrlib.data.pipeline import model_inputs
+from cxrlib.data.prepare import Prep
 from cxrlib.explain.maps import heatmap, random_maps
 from cxrlib.explain.masks import BORDER_BAND, border_mask, central_mask, mask_like, prepare_mask
 from cxrlib.runs.evaluate import predict

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.data.datasets import canonical_class, load_manifest
-from cxrlib.data.pipeline import Prep, make_dataset, prep_from_record
+from cxrlib.data.pipeline import make_dataset
+from cxrlib.data.prepare import Prep, prep_from_record
 from cxrlib.data.splits import load_split
 from cxrlib.errors import InputError
 from cxrlib.runs.metrics import class_probabilities

@@ -11,7 +11,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.data.pipeline import Prep, make_dataset
+from cxrlib.data.pipeline import make_dataset
+from cxrlib.data.prepare import Prep
 from cxrlib.files import write_npz_atomic
 from cxrlib.runs.fitting import epoch_bar, read_history
 from cxrlib.runs.run_folder import config_key, data_fingerprint

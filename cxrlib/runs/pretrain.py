@@ -393,7 +393,8 @@ def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = 64,
 def _inputs(images: np.ndarray, backbone: str) -> np.ndarray:
     """uint8 grayscale films → the backbone's preprocessed 3-channel float inputs, as every
     model input is made (:func:`cxrlib.data.pipeline.input_array`)."""
-    from cxrlib.data.pipeline import Prep, input_array
+    from cxrlib.data.pipeline import input_array
+    from cxrlib.data.prepare import Prep
 
     return input_array(images, Prep(images.shape[-1], backbone))
 

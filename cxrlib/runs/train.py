@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from cxrlib.backbones import SCRATCH, check_size, default_size
-from cxrlib.data.pipeline import Prep, with_crop_reference, with_norm_stats
+from cxrlib.data.pipeline import with_norm_stats
+from cxrlib.data.prepare import Prep, with_crop_reference
 from cxrlib.data.splits import class_weights as balanced_weights
 from cxrlib.data.splits import save_split, subset
 from cxrlib.environment import environment_info
