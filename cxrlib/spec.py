@@ -4,7 +4,7 @@
 size and channels; preprocessing (border crop, equalisation, normalisation); augmentation;
 the optimiser and its schedule; epochs, early stopping, batch size, class weights, the
 model it starts from; and how the data was split. ``train(manifest, classes, spec, out)``
-takes it, the CLI maps its flags onto it (:data:`cxrlib.apps.cli.TRAIN_FLAGS`), a course
+takes it, the CLI maps its flags onto it (:data:`cxrlib.apps.train_flags.TRAIN_FLAGS`), a course
 preset is a list of named specs, and every run record stores it as it is.
 
 The defaults are the **library's**, not any course's: a course's settings live in its

@@ -109,7 +109,8 @@ def test_from_scratch_on_real_radiographs_beats_chance(covid_sample: Path, tmp_p
 def test_train_flags_map_onto_the_spec_in_one_place() -> None:
     """Every flag of TRAIN_FLAGS sets its field; a flag not given keeps the spec's value; a
     preset run is the starting point with --preset/--run."""
-    from cxrlib.apps.cli import TRAIN_FLAGS, build_parser, spec_from_args
+    from cxrlib.apps.cli import build_parser, spec_from_args
+    from cxrlib.apps.train_flags import TRAIN_FLAGS
     from cxrlib.course.presets import get_preset
     from cxrlib.spec import flat_items, variant_spec
 

@@ -10,18 +10,22 @@ log file that holds its traceback, and exit status 1.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
-import os
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from cxrlib.errors import InputError, UserError
-from cxrlib.spec import HEADS, NORMALIZATIONS, OPTIMIZERS, SCHEDULES
+from cxrlib.apps.failures import check_out, log_traceback, user_error_message
+from cxrlib.apps.train_flags import (
+    TRAIN_FLAGS,
+    UNSET,
+    check_split_file,
+    dest,
+    non_negative_float,
+    positive_int,
+)
+from cxrlib.errors import InputError
 from cxrlib.text import one_line
 
 log = logging.getLogger("cxrlib")
@@ -76,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
 
     spec = spec_from_args(args)
     if args.split_file:
-        _check_split_file(args)
+        check_split_file(args)
     strategy, cluster = _train_strategy(args.strategy)
     split = spec.split
     manifest, classes = prepare_split(args.data, split, layout=args.layout, classes=args.classes,
@@ -114,125 +118,10 @@ def _train_strategy(name: str | None):
     return multiworker_strategy(cluster), cluster
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _check_split_file(args: argparse.Namespace) -> None:
-    """``--split-file`` fixes the images and their split: refuse the flags it would ignore, and a
-    ``--data`` that is not the folder the split was made from."""
-    ignored = [flag for flag in ("--samples-per-class", "--val", "--test", "--official-test")
-               if getattr(args, _dest(flag)) is not _UNSET]
-    if ignored:
-        raise InputError(f"--split-file fixes the images and their split, so {', '.join(ignored)} "
-                         "would be ignored; drop them, or drop --split-file to split again.")
-    from cxrlib.data.splits import load_split
-
-    split = load_split(args.split_file)
-    data = Path(args.data).resolve()
-    outside = [p for p in split["path"].astype(str) if not Path(p).resolve().is_relative_to(data)]
-    if outside:
-        raise InputError(f"--split-file {args.split_file} lists images outside --data {args.data} "
-                         f"(e.g. {outside[0]}); give the --data folder the split was made from.")
-
-
-def _none_or(kind: Callable) -> Callable:
-    """An argparse type: ``none`` → None, anything else ``kind(text)``."""
-    def parse(text: str):
-        return None if text.lower() == "none" else kind(text)
-    parse.__name__ = getattr(kind, "__name__", "value")
-    return parse
-
-
-def _pair(text: str) -> tuple[float, float]:
-    """An argparse type: ``LOW,HIGH`` → (low, high)."""
-    try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a range LOW,HIGH (e.g. 0.8,1.25)") from None
-    return low, high
-
-
-def _non_negative_float(text: str) -> float:
-    """An argparse type: a number of at least 0 (finite)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds of at least 0")
-    return value
-
-
-def _flag(value: str) -> bool:
-    """An argparse type: yes/no, true/false, on/off, 1/0."""
-    if value.lower() in ("yes", "true", "on", "1"):
-        return True
-    if value.lower() in ("no", "false", "off", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"{value!r} is not yes or no")
-
-
-#: The train command's flags for the run spec (cxrlib.spec.RunSpec): flag → (spec field,
-#: argparse options). The one place the CLI maps flags onto the spec: a flag not given leaves
-#: the spec's value (the variant's library default, or the preset run's with --preset).
-TRAIN_FLAGS: dict[str, tuple[str, dict]] = {
-    "--weights": ("weights", dict(type=_none_or(str), help="imagenet, synthetic (pretrained by cxrlib "
-                                  "on synthetic films), none, or a weights file")),
-    "--image-size": ("image_size", dict(type=positive_int, help="input size (default: the backbone's)")),
-    "--channels": ("channels", dict(type=int, choices=(1, 3), help="1: grayscale input adapter")),
-    "--head": ("head", dict(choices=HEADS)),
-    "--binary": ("binary", dict(type=_flag, help="yes: one sigmoid unit (two classes)")),
-    "--crop": ("crop", dict(type=_flag, help="yes: the proportional border crop")),
-    "--equalize": ("equalize", dict(type=_none_or(str), choices=("hist", "clahe", None))),
-    "--normalization": ("normalization", dict(choices=NORMALIZATIONS)),
-    "--flip": ("augment.flip", dict(type=_flag)),
-    "--brightness": ("augment.brightness", dict(type=_none_or(_pair), metavar="LOW,HIGH")),
-    "--contrast": ("augment.contrast", dict(type=_none_or(_pair), metavar="LOW,HIGH")),
-    "--zoom": ("augment.zoom", dict(type=_none_or(_pair), metavar="LOW,HIGH",
-                                    help="field-of-view scale range; above 1 zooms out")),
-    "--shear": ("augment.shear", dict(type=_none_or(float), metavar="DEGREES")),
-    "--rotation": ("augment.rotation", dict(type=_none_or(float), metavar="DEGREES")),
-    "--gamma": ("augment.gamma", dict(type=_none_or(_pair), metavar="LOW,HIGH",
-                                      help="exponent range: 255·(x/255)^γ")),
-    "--optimizer": ("optimizer", dict(choices=OPTIMIZERS)),
-    "--learning-rate": ("learning_rate", dict(type=float)),
-    "--momentum": ("momentum", dict(type=float, help="SGD momentum")),
-    "--nesterov": ("nesterov", dict(type=_flag)),
-    "--decay": ("decay", dict(type=float, help="inverse-time decay rate per step")),
-    "--clipnorm": ("clipnorm", dict(type=_none_or(float))),
-    "--schedule": ("schedule", dict(choices=SCHEDULES, help="cosine: the rate to 0 over the run")),
-    "--weight-decay": ("weight_decay", dict(type=float, help="decoupled weight decay")),
-    "--label-smoothing": ("label_smoothing", dict(type=float)),
-    "--epochs": ("epochs", dict(type=positive_int)),
-    "--early-stopping": ("early_stopping", dict(type=_none_or(positive_int), metavar="PATIENCE")),
-    "--keep-best": ("keep_best", dict(type=_flag, help="yes: score the best validation epoch")),
-    "--head-norm": ("head_norm", dict(type=_flag, help="yes: standardise the frozen heads' features")),
-    "--freeze-bn": ("freeze_bn", dict(type=_flag, help="yes: pretrained BatchNorm in inference mode")),
-    "--batch-size": ("batch_size", dict(type=positive_int)),
-    "--class-weight": ("class_weight", dict(type=_flag, help="yes: weight the loss n_total/(k*n_class)")),
-    "--init-from": ("init_from", dict(help="copy matching weights from this .keras model first")),
-    "--seed": ("seed", dict(type=int)),
-    "--samples-per-class": ("split.samples_per_class", dict(type=positive_int,
-                                                            help="balanced sample of N per class")),
-    "--val": ("split.val", dict(type=float, help="validation share of what the test leaves")),
-    "--test": ("split.test", dict(type=float, help="test share")),
-    "--official-test": ("split.official_test", dict(type=_flag, help="yes: keep the data's own "
-                                                    "test split (Kermany); --test is then unused")),
-}
-
-
 def spec_from_args(args: argparse.Namespace) -> "RunSpec":  # noqa: F821
     """The run spec of ``cxr train``: the preset run's (``--preset``/``--run``) or the
     variant's library default (:func:`cxrlib.spec.variant_spec`), with every flag given
-    mapped onto it (:data:`TRAIN_FLAGS`)."""
+    mapped onto it (:data:`cxrlib.apps.train_flags.TRAIN_FLAGS`)."""
     from cxrlib.spec import updated, variant_spec
 
     if args.preset:
@@ -253,16 +142,9 @@ def spec_from_args(args: argparse.Namespace) -> "RunSpec":  # noqa: F821
         if not (args.backbone and args.variant):
             raise InputError("give --backbone and --variant, or --preset NAME --run KEY.")
         spec = variant_spec(args.backbone, args.variant)
-    given = {field: getattr(args, _dest(flag)) for flag, (field, _) in TRAIN_FLAGS.items()
-             if getattr(args, _dest(flag)) is not _UNSET}
+    given = {field: getattr(args, dest(flag)) for flag, (field, _) in TRAIN_FLAGS.items()
+             if getattr(args, dest(flag)) is not UNSET}
     return updated(spec, given) if given else spec
-
-
-_UNSET = object()
-
-
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
 
 
 @command("presets")
@@ -432,10 +314,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     spec = p.add_argument_group("run spec", "each flag not given keeps the spec's value "
                                             "(`cxr presets` prints a preset's)")
     for flag, (_, options) in TRAIN_FLAGS.items():
-        spec.add_argument(flag, default=_UNSET, **options)
+        spec.add_argument(flag, default=UNSET, **options)
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPUs)")
     p.add_argument("--xla", action="store_true", help="compile with XLA")
-    p.add_argument("--backup-every", type=_non_negative_float, default=None, metavar="SECONDS",
+    p.add_argument("--backup-every", type=non_negative_float, default=None, metavar="SECONDS",
                    help="seconds of training between two saves of the run's state, which an "
                         "interrupted run resumes from (default 60; 0: after every epoch)")
     p.add_argument("--strategy", choices=("mirrored", "multiworker"),
@@ -551,51 +433,6 @@ def _handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
     return COMMANDS[name]
 
 
-def log_dir() -> Path:
-    """Where internal errors' tracebacks go: ``$CXR_LOG_DIR``, else ``~/.cache/cxrlib/logs``."""
-    from cxrlib.environment import user_folder
-
-    return user_folder("CXR_LOG_DIR", "logs")
-
-
-def _log_traceback(argv: Sequence[str] | None) -> Path | None:
-    """Write the current exception's traceback (and the command line) to a new log file."""
-    from cxrlib.files import write_text_atomic
-
-    try:
-        path = log_dir() / f"cxr-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        return write_text_atomic(path, f"cxr {' '.join(sys.argv[1:] if argv is None else argv)}\n\n"
-                                 + traceback.format_exc())
-    except OSError:
-        return None
-
-
-def _check_out(args: argparse.Namespace) -> None:
-    """Refuse an output path that exists as a file before any work starts."""
-    out = getattr(args, "out", None)
-    if out and Path(out).exists() and not Path(out).is_dir():
-        raise NotADirectoryError(f"The output path {out} is a file; give a folder path.")
-
-
-#: The errors the user can fix: cxrlib's own, the file system's plain answers about a path
-#: they gave, and a bad flag. Every other exception is a bug (exit 1, traceback in a log file).
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError,
-    argparse.ArgumentError, argparse.ArgumentTypeError)
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def user_error_message(error: BaseException, args: argparse.Namespace) -> str | None:
-    """The one line to print for an error the user can fix, or None for an internal error."""
-    if isinstance(error, OSError) and error.errno in _DISK_FULL:
-        where = Path(error.filename).parent if error.filename else getattr(args, "out", None)
-        return (f"the disk is full: cannot write in {where or 'the output folder'}; free some "
-                "space there, or give an output folder on another disk.")
-    if isinstance(error, USER_ERRORS):
-        return one_line(error)
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 done, 2 a user error, 1 an internal error)."""
     args = build_parser().parse_args(argv)
@@ -604,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:   # TensorFlow's Python INFO lines (a multi-worker run logs every collective)
         logging.getLogger("tensorflow").setLevel(logging.WARNING)
     try:
-        _check_out(args)
+        check_out(args)
         return _handler(args)(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -614,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is not None:
             print(f"error: {message}", file=sys.stderr)
             return 2
-        where = _log_traceback(argv)
+        where = log_traceback(argv)
         print(f"error: internal error ({type(error).__name__}: {one_line(error, 200)}); "
               + (f"full traceback in {where}" if where else "no log could be written")
               + ". Please report it.", file=sys.stderr)
