@@ -73,15 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from cxrlib.files import write_json_atomic
-    from cxrlib.runs import pretrain
+    from cxrlib.runs import pretrain, pretrain_cache
     from cxrlib.runs.metrics import paired_accuracy_gain
 
     size, n = args.image_size, args.train_per_class
     cache = Path(args.cache)
     weights = {}
     for seed in args.pretrain_seeds:
-        path = pretrain.weights_path("densenet121", size, seed, cache)
-        if not (path.is_file() and pretrain.info_path(path).is_file()):
+        path = pretrain_cache.weights_path("densenet121", size, seed, cache)
+        if not (path.is_file() and pretrain_cache.info_path(path).is_file()):
             path = pretrain.pretrain("densenet121", size, cache=cache, seed=seed, progress=False)
         weights[seed] = path
     rows = []
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed, path in weights.items():
                 pretrained = v1_correct(manifest, str(path), size, Path(tmp) / f"run-{target}-{seed}")
                 row = {"target_seed": target, "pretrain_seed": seed,
-                       "source_validation_loss": pretrain.describe(path).get("validation_loss"),
+                       "source_validation_loss": pretrain_cache.describe(path).get("validation_loss"),
                        "random": round(float(random.mean()), 4),
                        "synthetic": round(float(pretrained.mean()), 4),
                        **_rounded(paired_accuracy_gain(pretrained, random))}

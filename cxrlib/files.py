@@ -6,7 +6,7 @@ the target in one step (``os.replace``). Until that rename the previous file is 
 anything fails the temporary file is removed and the error re-raised, so a crash or a full
 disk never leaves half a file where a good one was. A temporary file is named
 ``.<target name>.<random><suffix>``, so one that a killed process left behind is recognisably
-that target's (:func:`cxrlib.runs.pretrain` removes its own stale ones).
+that target's (:mod:`cxrlib.runs.pretrain_cache` removes its own stale ones).
 """
 
 from __future__ import annotations

@@ -89,14 +89,14 @@ def test_feature_probe_script_writes_its_measurement(tmp_path) -> None:
 def test_transfer_gain_script_uses_the_cached_weights_and_writes_a_paired_gain(tmp_path) -> None:
     import keras
 
-    from cxrlib.runs import pretrain
+    from cxrlib.runs import pretrain_cache
 
     cache = tmp_path / "cache"
-    weights = pretrain.weights_path("densenet121", 32, seed=5, cache=cache)
+    weights = pretrain_cache.weights_path("densenet121", 32, seed=5, cache=cache)
     weights.parent.mkdir(parents=True)
     keras.applications.DenseNet121(include_top=False, weights=None,
                                    input_shape=(32, 32, 3)).save_weights(weights)
-    pretrain.info_path(weights).write_text(json.dumps({"validation_loss": 0.5}))
+    pretrain_cache.info_path(weights).write_text(json.dumps({"validation_loss": 0.5}))
     saved = weights.read_bytes()
     out = tmp_path / "gain.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transfer_gain.py"),

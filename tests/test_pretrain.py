@@ -22,7 +22,7 @@ from cxrlib.data.source_task import SOURCE_LABELS, SOURCE_PREVALENCE, source_tas
 from cxrlib.data.splits import split_manifest
 from cxrlib.data.synthetic import generate_synthetic
 from cxrlib.models.build import HEAD_NORM, build_model
-from cxrlib.runs import pretrain
+from cxrlib.runs import pretrain, pretrain_cache
 from cxrlib.runs import train as training
 from cxrlib.runs.evaluate import per_film_correct
 from cxrlib.runs.metrics import paired_accuracy_gain
@@ -55,8 +55,8 @@ def _save_as_synthetic(backbone: str, size: int, cache) -> tuple[keras.Model, st
     from cxrlib.backbones import application
 
     base = application(backbone)(include_top=False, weights=None, input_shape=(size, size, 3))
-    path = pretrain.save_entry(base, pretrain.weights_path(backbone, size, cache=cache),
-                               pretrain.entry_info(backbone, size))
+    path = pretrain_cache.save_entry(base, pretrain_cache.weights_path(backbone, size, cache=cache),
+                                     pretrain_cache.entry_info(backbone, size))
     return base, str(path)
 
 
@@ -64,7 +64,7 @@ def test_synthetic_weights_load_from_the_cache_layer_by_layer(tmp_path, monkeypa
     monkeypatch.setenv("CXR_PRETRAINED_DIR", str(tmp_path))
     base, path = _save_as_synthetic("densenet121", 32, tmp_path)
     assert weights_source("densenet121", "synthetic", 32) == {
-        "file": path, "info": str(pretrain.info_path(path))}
+        "file": path, "info": str(pretrain_cache.info_path(path))}
     with pytest.raises(ValueError, match="weights_source"):   # the registry never pretrains
         resolve_weights("densenet121", "synthetic")
     for channels in (3, 1):
@@ -212,9 +212,9 @@ def test_pretraining_on_the_source_task_transfers_to_a_fresh_target(scarce_targe
     monkeypatch.setenv("CXR_PRETRAINED_DIR", str(tmp_path / "cache"))
     classes = ["COVID", "Normal", "Viral Pneumonia"]
     path = pretrain.pretrain("densenet121", TRANSFER_SIZE, progress=False)   # the default budget
-    info = pretrain.describe(path)
+    info = pretrain_cache.describe(path)
     assert info["source_task"]["labels"] == list(SOURCE_LABELS)
-    assert info["images"] == pretrain.PRETRAIN_IMAGES and info["epochs"] == pretrain.PRETRAIN_EPOCHS
+    assert info["images"] == pretrain_cache.PRETRAIN_IMAGES and info["epochs"] == pretrain_cache.PRETRAIN_EPOCHS
     # it learnt the source task: validation loss 10 % under that of guessing the base rate
     p = SOURCE_PREVALENCE
     assert info["validation_loss"] < 0.9 * -(p * np.log(p) + (1 - p) * np.log(1 - p))
@@ -228,7 +228,7 @@ def test_pretraining_on_the_source_task_transfers_to_a_fresh_target(scarce_targe
         assert correct[weights].mean() == pytest.approx(record["test"]["accuracy"])
         if weights:
             assert record["model"]["weights_file"] == str(path)
-            assert record["model"]["weights_info"] == str(pretrain.info_path(path))
+            assert record["model"]["weights_info"] == str(pretrain_cache.info_path(path))
     assert len(correct[None]) >= 290
     paired = paired_accuracy_gain(correct["synthetic"], correct[None])
     (low, high), gain = paired["ci"], paired["gain"]
@@ -244,15 +244,15 @@ def test_cli_pretrain_reuses_the_cache_and_raises_the_size_to_the_minimum(tmp_pa
 
     monkeypatch.setenv("CXR_PRETRAINED_DIR", str(tmp_path / "elsewhere"))
     for backbone, size in (("densenet121", 64), ("inceptionv3", 75)):
-        pretrain.save_entry(tiny_model(), pretrain.weights_path(backbone, size, cache=tmp_path),
-                            {**pretrain.entry_info(backbone, size), "wall_time_s": 2.0})
+        pretrain_cache.save_entry(tiny_model(), pretrain_cache.weights_path(backbone, size, cache=tmp_path),
+                                  {**pretrain_cache.entry_info(backbone, size), "wall_time_s": 2.0})
     monkeypatch.setattr(pretrain, "_train", lambda *a, **k: pytest.fail("the cache was not reused"))
     for backbone in ("densenet121", "inceptionv3"):
         assert main(["pretrain", "--backbone", backbone, "--image-size", "64", "--cache", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "densenet121 at 64 px" in out and "inceptionv3 at 75 px" in out
-    assert f"{pretrain.PRETRAIN_IMAGES} films" in out and "2.0 s" in out
-    assert pretrain.cache_dir() == tmp_path   # later look-ups in this process use --cache
+    assert f"{pretrain_cache.PRETRAIN_IMAGES} films" in out and "2.0 s" in out
+    assert pretrain_cache.cache_dir() == tmp_path   # later look-ups in this process use --cache
 
 
 # --------------------------------------------------------------------------- the cache: nothing lost
@@ -289,7 +289,7 @@ def trained(monkeypatch) -> list[tuple]:
 
     def stand_in_training(backbone, image_size, n_images, epochs, seed, batch_size, target, progress):
         calls.append((backbone, image_size, n_images, epochs))
-        info = pretrain.entry_info(backbone, image_size, seed, n_images, epochs, batch_size)
+        info = pretrain_cache.entry_info(backbone, image_size, seed, n_images, epochs, batch_size)
         return tiny_model(), {**info, "wall_time_s": 0.5}
 
     monkeypatch.setattr(pretrain, "_train", stand_in_training)
@@ -307,8 +307,8 @@ def tiny_data(tmp_path_factory):
 
 def standard_entry(cache, backbone: str = "vgg16", size: int = 32):
     """A valid standard cache entry (a tiny stand-in model), as ``weights='synthetic'`` finds it."""
-    return pretrain.save_entry(tiny_model(), pretrain.weights_path(backbone, size, cache=cache),
-                               {**pretrain.entry_info(backbone, size), "wall_time_s": 0.5})
+    return pretrain_cache.save_entry(tiny_model(), pretrain_cache.weights_path(backbone, size, cache=cache),
+                                     {**pretrain_cache.entry_info(backbone, size), "wall_time_s": 0.5})
 
 
 def train_synthetic(data, out) -> list:
@@ -343,15 +343,15 @@ def test_other_settings_are_cached_under_their_own_name(cache, victim, trained, 
     before = tree_hash(victim)
     code, out, _ = cli_run(["pretrain", *STANDARD, *TINY], capsys)
     assert code == 0 and trained == [("vgg16", 32, 10, 1)]
-    other = pretrain.weights_path("vgg16", 32, cache=cache, n_images=10, epochs=1)
-    assert cache_files(cache) == sorted([other.name, pretrain.info_path(other).name])
+    other = pretrain_cache.weights_path("vgg16", 32, cache=cache, n_images=10, epochs=1)
+    assert cache_files(cache) == sorted([other.name, pretrain_cache.info_path(other).name])
     assert f"--weights synthetic does not load it: give --weights {other}" in out
-    assert not pretrain.weights_path("vgg16", 32, cache=cache).exists()
+    assert not pretrain_cache.weights_path("vgg16", 32, cache=cache).exists()
     # train --weights synthetic does not take them: it pretrains the standard budget (here the
     # stand-in) and records that file
     source = weights_source("vgg16", "synthetic", 32)
-    assert trained[-1] == ("vgg16", 32, pretrain.PRETRAIN_IMAGES, pretrain.PRETRAIN_EPOCHS)
-    assert source["file"] == str(pretrain.weights_path("vgg16", 32, cache=cache))
+    assert trained[-1] == ("vgg16", 32, pretrain_cache.PRETRAIN_IMAGES, pretrain_cache.PRETRAIN_EPOCHS)
+    assert source["file"] == str(pretrain_cache.weights_path("vgg16", 32, cache=cache))
     assert tree_hash(victim) == before
 
 
@@ -361,13 +361,13 @@ def _truncate(path) -> None:
 
 def _claim(key, value):
     def edit(path) -> None:
-        info_file = pretrain.info_path(path)
+        info_file = pretrain_cache.info_path(path)
         info_file.write_text(json.dumps({**json.loads(info_file.read_text()), key: value}))
     return edit
 
 
 def _garbage_json(path) -> None:
-    pretrain.info_path(path).write_text("{not json")
+    pretrain_cache.info_path(path).write_text("{not json")
 
 
 def _old_json(path) -> None:   # what cxrlib wrote before the hash: nothing ties it to the file
@@ -380,7 +380,7 @@ DAMAGE = {"truncated weights": (_truncate, "truncated"),
           "another film count": (_claim("images", 7), "images 7 (not 1200)"),
           "garbage JSON": (_garbage_json, "not readable JSON"),
           "no hash": (_old_json, "sha256"),
-          "no JSON": (lambda path: pretrain.info_path(path).unlink(), "is missing")}
+          "no JSON": (lambda path: pretrain_cache.info_path(path).unlink(), "is missing")}
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -407,17 +407,17 @@ def test_pretrain_rebuilds_a_damaged_entry_and_says_why(cache, victim, trained, 
     assert code == 0 and err == ""
     [why] = [line for line in out.splitlines() if "cannot be used" in line]
     assert reason in why and "pretraining it again" in why
-    assert len(trained) == 1 and pretrain.entry_problem(path, pretrain.entry_info("vgg16", 32)) is None
-    assert f"{path} ({pretrain.PRETRAIN_IMAGES} films, {pretrain.PRETRAIN_EPOCHS} epochs" in out
+    assert len(trained) == 1 and pretrain_cache.entry_problem(path, pretrain_cache.entry_info("vgg16", 32)) is None
+    assert f"{path} ({pretrain_cache.PRETRAIN_IMAGES} films, {pretrain_cache.PRETRAIN_EPOCHS} epochs" in out
     assert tree_hash(victim) == before
 
 
 def test_weights_renamed_to_another_size_are_not_used_at_that_size(cache, trained, tiny_data,
                                                                    tmp_path, capsys) -> None:
     small = standard_entry(cache, size=32)
-    large = pretrain.weights_path("vgg16", 48, cache=cache)
+    large = pretrain_cache.weights_path("vgg16", 48, cache=cache)
     small.rename(large)
-    pretrain.info_path(small).rename(pretrain.info_path(large))
+    pretrain_cache.info_path(small).rename(pretrain_cache.info_path(large))
     code, _, err = cli_run([*train_synthetic(tiny_data, tmp_path / "run")[:-4], "--image-size", "48",
                             "--epochs", "1", "--out", tmp_path / "run"], capsys)
     assert code == 2
@@ -428,8 +428,8 @@ def test_weights_renamed_to_another_size_are_not_used_at_that_size(cache, traine
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "other films"])
 def test_a_damaged_films_file_is_named_and_made_again(cache, victim, capsys, damage) -> None:
-    images, labels = pretrain.source_films(10, 32, 0, cache, progress=False)
-    path = pretrain.films_path(10, 32, 0, cache)
+    images, labels = pretrain_cache.source_films(10, 32, 0, cache, progress=False)
+    path = pretrain_cache.films_path(10, 32, 0, cache)
     if damage == "truncated":
         _truncate(path)
     elif damage == "empty":
@@ -438,7 +438,7 @@ def test_a_damaged_films_file_is_named_and_made_again(cache, victim, capsys, dam
         np.savez_compressed(path, images=images[:5], labels=labels[:5])
     before = tree_hash(victim)
     capsys.readouterr()
-    again, again_labels = pretrain.source_films(10, 32, 0, cache, progress=False)
+    again, again_labels = pretrain_cache.source_films(10, 32, 0, cache, progress=False)
     [line] = capsys.readouterr().out.splitlines()
     assert str(path) in line and "generating the films again" in line
     np.testing.assert_array_equal(again, images)
@@ -451,16 +451,16 @@ def test_a_damaged_films_file_is_named_and_made_again(cache, victim, capsys, dam
 def test_a_real_tiny_pretraining_records_its_hash_and_remakes_a_truncated_films_file(
         cache, victim, capsys) -> None:
     """The real pretraining, end to end, at the smallest settings (VGG16, 32 px, 10 films)."""
-    films = pretrain.films_path(10, 32, 0, cache)
+    films = pretrain_cache.films_path(10, 32, 0, cache)
     films.parent.mkdir(parents=True)
     films.write_bytes(b"PK\x03\x04 half a zip")
     before = tree_hash(victim)
     code, out, err = cli_run(["pretrain", *STANDARD, *TINY, "--quiet"], capsys)
     assert code == 0 and err == ""
     assert f"{films} cannot be used" in out
-    path = pretrain.weights_path("vgg16", 32, cache=cache, n_images=10, epochs=1)
-    assert pretrain.entry_problem(path, pretrain.entry_info("vgg16", 32, 0, 10, 1)) is None
-    info = pretrain.describe(path)
+    path = pretrain_cache.weights_path("vgg16", 32, cache=cache, n_images=10, epochs=1)
+    assert pretrain_cache.entry_problem(path, pretrain_cache.entry_info("vgg16", 32, 0, 10, 1)) is None
+    info = pretrain_cache.describe(path)
     assert info["images"] == 10 and info["validation_images"] == 1 and len(info["history"]["loss"]) == 1
     with np.load(films) as data:
         assert data["images"].shape == (10, 32, 32)
@@ -474,7 +474,7 @@ STAND_IN_PROCESS = """
 import os, sys, time
 from pathlib import Path
 import keras
-from cxrlib.runs import pretrain
+from cxrlib.runs import pretrain, pretrain_cache
 from cxrlib.apps.cli import main
 
 log, seconds, ready, wanted = sys.argv[1], float(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
@@ -484,7 +484,7 @@ def stand_in(backbone, image_size, n_images, epochs, seed, batch_size, target, p
         handle.write(f"{os.getpid()}\\n")
     time.sleep(seconds)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    return model, {**pretrain.entry_info(backbone, image_size, seed, n_images, epochs, batch_size),
+    return model, {**pretrain_cache.entry_info(backbone, image_size, seed, n_images, epochs, batch_size),
                    "wall_time_s": seconds}
 
 pretrain._train = stand_in
@@ -492,7 +492,7 @@ if os.environ.get("HANG_BEFORE_JSON"):   # the weights' temporary file is writte
     def hang(*args, **kwargs):
         print("saving", flush=True)
         time.sleep(600)
-    pretrain.write_json_atomic = hang
+    pretrain_cache.write_json_atomic = hang
 (ready / f"{os.getpid()}").touch()
 while len(list(ready.iterdir())) < wanted:
     time.sleep(0.05)
@@ -518,9 +518,9 @@ def test_two_concurrent_pretrains_of_one_entry_do_the_work_once(cache, victim, t
     assert len((tmp_path / "trained.log").read_text().split()) == 1     # pretrained once
     waited = [out for out, _ in outputs if "waiting for it" in out]
     assert len(waited) == 1 and "pretraining it now" not in waited[0]  # the other one found it cached
-    path = pretrain.weights_path("vgg16", 32, cache=cache)
+    path = pretrain_cache.weights_path("vgg16", 32, cache=cache)
     assert all(f"vgg16 at 32 px: {path} (1200 films" in out for out, _ in outputs)
-    assert pretrain.entry_problem(path, pretrain.entry_info("vgg16", 32)) is None
+    assert pretrain_cache.entry_problem(path, pretrain_cache.entry_info("vgg16", 32)) is None
     assert tree_hash(victim) == before
 
 
@@ -532,14 +532,14 @@ def test_a_file_left_by_a_pretrain_killed_while_saving_is_removed_by_the_next(
     finally:
         run.kill()   # SIGKILL: no clean-up of its own
         run.communicate(timeout=60)
-    path = pretrain.weights_path("vgg16", 32, cache=cache)
+    path = pretrain_cache.weights_path("vgg16", 32, cache=cache)
     [partial] = [p for p in cache.iterdir() if p.name.startswith(f".{path.name}.")]
     assert partial.stat().st_size > 0 and cache_files(cache) == [partial.name]
     before = tree_hash(victim)
     code, out, err = cli_run(["pretrain", *STANDARD], capsys)   # the lock died with its process
     assert code == 0 and err == "" and f"Removed {partial}" in out and len(trained) == 1
-    assert cache_files(cache) == sorted([path.name, pretrain.info_path(path).name])
-    assert pretrain.entry_problem(path, pretrain.entry_info("vgg16", 32)) is None
+    assert cache_files(cache) == sorted([path.name, pretrain_cache.info_path(path).name])
+    assert pretrain_cache.entry_problem(path, pretrain_cache.entry_info("vgg16", 32)) is None
     assert tree_hash(victim) == before
 
 
@@ -566,7 +566,7 @@ def test_a_full_disk_while_rebuilding_keeps_the_old_entry(cache, victim, trained
                                                           capsys) -> None:
     standard_entry(cache)
     before = cache_hash(cache), tree_hash(victim)
-    monkeypatch.setattr(pretrain, "write_json_atomic", _disk_full)
+    monkeypatch.setattr(pretrain_cache, "write_json_atomic", _disk_full)
     code, _, err = cli_run(["pretrain", *STANDARD, "--force"], capsys)
     assert code == 2
     assert_one_line_error(err, f"No space left on the disk of {cache}")
@@ -575,7 +575,7 @@ def test_a_full_disk_while_rebuilding_keeps_the_old_entry(cache, victim, trained
 
 def test_too_little_free_space_is_refused_before_pretraining(cache, victim, monkeypatch, capsys) -> None:
     usage = shutil.disk_usage(victim)
-    monkeypatch.setattr(pretrain.shutil, "disk_usage", lambda path: usage._replace(free=2_000_000))
+    monkeypatch.setattr(pretrain_cache.shutil, "disk_usage", lambda path: usage._replace(free=2_000_000))
     monkeypatch.setattr(pretrain, "source_films", lambda *a, **k: pytest.fail("films made"))
     before = tree_hash(victim)
     code, _, err = cli_run(["pretrain", *STANDARD], capsys)   # the real pretraining: it stops first
@@ -585,8 +585,8 @@ def test_too_little_free_space_is_refused_before_pretraining(cache, victim, monk
 
 
 def test_a_given_weights_file_records_its_json_only_when_the_json_describes_it(tmp_path, caplog) -> None:
-    path = pretrain.save_entry(tiny_model(), tmp_path / "mine.weights.h5", {"note": "mine"})
-    info = str(pretrain.info_path(path))
+    path = pretrain_cache.save_entry(tiny_model(), tmp_path / "mine.weights.h5", {"note": "mine"})
+    info = str(pretrain_cache.info_path(path))
     assert weights_source("vgg16", str(path)) == {"file": str(path), "info": info}
     _truncate(path)   # the JSON now describes another file: the run record must not cite it
     assert weights_source("vgg16", str(path)) == {"file": str(path), "info": None}

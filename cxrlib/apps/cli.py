@@ -168,7 +168,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     from cxrlib.backbones import fit_size
     from cxrlib.course.setup import COURSE_BACKBONES
-    from cxrlib.runs.pretrain import PRETRAIN_BATCH, check_settings, describe, ensure_pretrained, is_standard
+    from cxrlib.runs.pretrain import check_settings, ensure_pretrained
+    from cxrlib.runs.pretrain_cache import PRETRAIN_BATCH, describe, is_standard
 
     if args.cache:
         os.environ["CXR_PRETRAINED_DIR"] = args.cache   # so that later look-ups find them too
@@ -337,7 +338,7 @@ def _add_presets(sub: argparse._SubParsersAction) -> None:
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     from cxrlib.backbones import BACKBONES
-    from cxrlib.runs.pretrain import PRETRAIN_EPOCHS, PRETRAIN_IMAGES
+    from cxrlib.runs.pretrain_cache import PRETRAIN_EPOCHS, PRETRAIN_IMAGES
 
     p = sub.add_parser("pretrain", help="pretrain a backbone on the synthetic source task (weights 'synthetic')")
     p.add_argument("--backbone", required=True, choices=sorted(BACKBONES) + ["course"],

@@ -6,5 +6,6 @@
 - ``metrics``: accuracy, AUC, confusion, operating points, bootstrap intervals.
 - ``report``: tables and figures built from run records.
 - ``pretrain``: the ``synthetic`` weights: backbones pretrained by cxrlib on a synthetic source
-  task, cached per backbone and size (the offline stand-in for ImageNet in ``make demo``).
+  task (the offline stand-in for ImageNet in ``make demo``); ``pretrain_cache``: their checked
+  cache, per backbone and size (names, checks, locks, saving).
 """
