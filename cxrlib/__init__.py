@@ -33,7 +33,8 @@ _quiet.install()   # before anything imports TensorFlow: no C++ start-up lines (
 API: dict[str, str] = {
     # data: files → manifest → split → model inputs
     **dict.fromkeys(("load_manifest", "detect_layout", "class_names"), "cxrlib.data.datasets"),
-    **dict.fromkeys(("read_image", "probe_image", "ImageReadError"), "cxrlib.data.images"),
+    **dict.fromkeys(("read_image", "probe_image"), "cxrlib.data.images"),
+    "ImageReadError": "cxrlib.data.pixels",
     "generate_synthetic": "cxrlib.data.synthetic",
     "check_manifest": "cxrlib.data.quality",
     **dict.fromkeys(("make_split", "prepare_split", "split_manifest", "sample_per_class", "save_split",

@@ -637,7 +637,7 @@ def test_a_decompression_bomb_is_a_logged_skip_in_every_command(made, run_copy: 
                                                                capsys) -> None:
     import pandas as pd
 
-    from cxrlib.data.images import MAX_PIXELS
+    from cxrlib.data.pixels import MAX_PIXELS
 
     data = Path(shutil.copytree(made[0], tmp_path / "data"))
     bomb = write_png_bomb(data / "COVID" / "images" / "COVID-99.png", 20000)

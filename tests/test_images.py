@@ -12,14 +12,8 @@ from PIL import Image, ImageFile
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from cxrlib.data.images import (
-    IMAGE_SUFFIXES,
-    ImageReadError,
-    is_image_path,
-    probe_image,
-    read_image,
-    read_image_with_info,
-)
+from cxrlib.data.images import IMAGE_SUFFIXES, is_image_path, probe_image, read_image, read_image_with_info
+from cxrlib.data.pixels import ImageReadError
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3

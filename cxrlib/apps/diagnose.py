@@ -201,7 +201,8 @@ def _figure_row(result: dict[str, Any], classes: Sequence[str], stage2, figure: 
 def _original(path: Path) -> np.ndarray | None:
     """The film as read (8-bit grey, before the crop and the resize), for the figure's first
     panel; None when it can no longer be read (the figure then shows the model's input)."""
-    from cxrlib.data.images import ImageReadError, read_image
+    from cxrlib.data.images import read_image
+    from cxrlib.data.pixels import ImageReadError
 
     try:
         return read_image(str(path))

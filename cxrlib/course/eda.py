@@ -28,7 +28,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-from cxrlib.data.images import ImageReadError, read_image
+from cxrlib.data.images import read_image
+from cxrlib.data.pixels import ImageReadError
 from cxrlib.data.splits import sample_per_class
 from cxrlib.explain.masks import BORDER_BAND, border_mask
 from cxrlib.plots import finish_figure, image_grid, new_figure

@@ -1,6 +1,8 @@
 """Data: from files on disk to model inputs.
 
-- ``images``: robust decoding of any radiograph file (8/16-bit, RGB(A), palette, JPEG, DICOM).
+- ``images``: robust decoding of any radiograph file (8/16-bit, RGB(A), palette, JPEG, DICOM),
+  DICOM through ``dicom``; ``pixels``: what the decoders share (the read error, the pixel limit,
+  uint8 grayscale).
 - ``datasets``: every supported dataset layout, read into one manifest (a DataFrame).
 - ``synthetic``: the procedural default dataset (no download needed), also in SIIM format.
 - ``quality``: integrity and duplicate checks (``cxr data check``).

@@ -32,7 +32,8 @@ from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
-from cxrlib.data.images import IMAGE_SUFFIXES, ImageReadError, probe_image
+from cxrlib.data.images import IMAGE_SUFFIXES, probe_image
+from cxrlib.data.pixels import ImageReadError
 from cxrlib.errors import InputError, UserError
 from cxrlib.text import one_line
 

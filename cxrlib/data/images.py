@@ -9,17 +9,18 @@ into the same thing: a 2-D ``uint8`` array of shape ``(H, W)``.
 - Colour (``RGB``, ``CMYK``, ``YCbCr``, palette ``P``) is converted to luminance
   (ITU-R 601-2 weights); images with alpha (``RGBA``, ``LA``, ``PA``) are first
   composited over black.
-- DICOM (by suffix, or by the ``DICM`` magic at byte 128) goes through pydicom:
+- DICOM (by suffix, or by the ``DICM`` magic at byte 128) goes through pydicom
+  (:mod:`cxrlib.data.dicom`):
   pydicom's modality LUT (RescaleSlope/RescaleIntercept or a LUT sequence), then the VOI window
   (WindowCenter/WindowWidth, first value) or a VOI LUT sequence when present, otherwise
   min-max; MONOCHROME1 is inverted so that bone is bright; multi-frame gives the
   first frame; colour DICOM gives luminance.
 
 Anything that cannot be read (missing, empty, truncated, not an image, DICOM without
-pixel data) raises :class:`ImageReadError`, whose message names the path and reason.
+pixel data) raises :class:`cxrlib.data.pixels.ImageReadError`, whose message names the path and reason.
 
-One pixel limit, :data:`MAX_PIXELS`, holds for every file cxrlib opens, whichever decoder
-reads it (PIL, pydicom, or TF's in :mod:`cxrlib.data.pipeline`): :func:`check_pixels` refuses
+One pixel limit, :data:`cxrlib.data.pixels.MAX_PIXELS`, holds for every file cxrlib opens, whichever
+decoder reads it (PIL, pydicom, or TF's in :mod:`cxrlib.data.prepare`): ``check_pixels`` refuses
 a larger image from its header, before a pixel is decoded. A 20000 × 20000 PNG of zeros is
 431 KB on disk and 400 MB (several GB while decoding) in memory: a decompression bomb.
 """
@@ -31,66 +32,38 @@ import logging
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from cxrlib.errors import InputError
+from cxrlib.data.dicom import is_dicom, probe_dicom, read_dicom
+from cxrlib.data.pixels import (
+    MAX_PIXELS,
+    ImageReadError,
+    check_pixels,
+    luminance,
+    scale_to_uint8,
+    to_uint8,
+    too_large,
+    validated,
+)
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
 )
-DICOM_SUFFIXES: frozenset[str] = frozenset({".dcm", ".dicom"})
-
-_DICOM_MAGIC_OFFSET = 128
-_DICOM_MAGIC = b"DICM"
-LUMA_WEIGHTS = tuple(np.float32(w) for w in (0.299, 0.587, 0.114))  # ITU-R 601-2
 _HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S"})
 _truncation_lock = threading.Lock()
 _open_lock = threading.Lock()
-
-#: The most pixels (width × height × frames) cxrlib decodes from one file. The largest
-#: radiographs (a 43 × 43 cm detector at 0.1 mm) are about 4300 × 4300 = 18.5 M pixels; a file
-#: beyond this is a decompression bomb or a scan far finer than any model here needs.
-MAX_PIXELS = 50_000_000
-
-
-class ImageReadError(InputError):
-    """A file that cannot be read as an image; str() names the path and the reason."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(str(path), reason)
-        self.path = str(path)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"cannot read image {self.path}: {self.reason}"
 
 
 def is_image_path(path: str | Path) -> bool:
     """True when the file suffix is a supported image suffix (case-insensitive)."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
-
-
-def check_pixels(path: str | Path, height: int, width: int, frames: int = 1) -> None:
-    """ImageReadError when an image of ``height`` × ``width`` (× ``frames``) pixels is over
-    :data:`MAX_PIXELS`: the one pixel limit, checked from the header before any decoding."""
-    pixels = int(height) * int(width) * max(1, int(frames))
-    if pixels > MAX_PIXELS:
-        size = f"{width} × {height}" + (f" × {frames} frames" if frames > 1 else "")
-        raise ImageReadError(path, _too_large(f"{size} = {pixels:,} pixels"))
-
-
-def _too_large(size: str) -> str:
-    """The reason for an image over the pixel limit; ``size`` says how large it is."""
-    return (f"image too large ({size}; the limit is {MAX_PIXELS:,}): a decompression bomb or "
-            "a far finer scan than needed; downscale it (4096 px on the long side is plenty) "
-            "or remove it")
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -107,16 +80,16 @@ def probe_image(path: str | Path) -> dict[str, Any]:
     file may pass this check; use :func:`read_image` to be sure.
     """
     p = _check_file(path)
-    if _is_dicom(p):
-        return _probe_dicom(p)
+    if is_dicom(p):
+        return probe_dicom(p)
     return _probe_pil(p)
 
 
 def read_image_with_info(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode a file once and return ``(uint8 image, header info as in probe_image)``."""
     p = _check_file(path)
-    if _is_dicom(p):
-        return _read_dicom(p)
+    if is_dicom(p):
+        return read_dicom(p)
     return _read_pil(p)
 
 
@@ -136,21 +109,6 @@ def _check_file(path: str | Path) -> Path:
     except OSError as exc:
         raise ImageReadError(p, f"cannot access file ({exc})") from exc
     return p
-
-
-def _has_dicom_magic(path: Path) -> bool:
-    """True when the file carries the 'DICM' magic after the 128-byte preamble."""
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(_DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC))
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot open file ({exc})") from exc
-    return head[_DICOM_MAGIC_OFFSET:] == _DICOM_MAGIC
-
-
-def _is_dicom(path: Path) -> bool:
-    """DICOM by suffix or by magic bytes (files without suffix exist)."""
-    return path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_magic(path)
 
 
 # ----------------------------------------------------------------------- plain files
@@ -331,7 +289,7 @@ def _read_pil(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise
     except Exception as exc:  # OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise ImageReadError(path, _pil_reason(exc)) from exc
-    return _validated(path, gray), info
+    return validated(path, gray), info
 
 
 def _pil_reason(exc: Exception) -> str:
@@ -340,7 +298,7 @@ def _pil_reason(exc: Exception) -> str:
         return "not a recognised image format"
     if isinstance(exc, Image.DecompressionBombError):  # PIL's message: "Image size (N pixels) ..."
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        return _too_large(f"{int(pixels[1]):,} pixels" if pixels else "over PIL's own limit")
+        return too_large(f"{int(pixels[1]):,} pixels" if pixels else "over PIL's own limit")
     text = str(exc) or type(exc).__name__
     if "truncated" in text.lower() or isinstance(exc, (EOFError, SyntaxError)):
         return f"truncated or corrupt image data ({text})"
@@ -361,12 +319,12 @@ def pil_to_gray(img: Image.Image) -> np.ndarray:
         return pil_to_gray(img.convert("RGBA" if has_alpha else "RGB"))
     if mode in {"LA", "La"}:
         la = np.asarray(img.convert("LA"), dtype=np.float32)
-        return _to_uint8(la[..., 0] * (la[..., 1] / 255.0))
+        return to_uint8(la[..., 0] * (la[..., 1] / 255.0))
     if mode in {"RGBA", "RGBa", "PA"}:
         rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
-        return _to_uint8(_luminance(rgba[..., :3]) * (rgba[..., 3] / 255.0))
+        return to_uint8(luminance(rgba[..., :3]) * (rgba[..., 3] / 255.0))
     rgb = img if mode == "RGB" else img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
-    return _to_uint8(_luminance(np.asarray(rgb, dtype=np.float32)))
+    return to_uint8(luminance(np.asarray(rgb, dtype=np.float32)))
 
 
 def _pil_high_depth_array(img: Image.Image) -> np.ndarray:
@@ -375,206 +333,3 @@ def _pil_high_depth_array(img: Image.Image) -> np.ndarray:
     if arr.ndim != 2 or arr.dtype == object:  # older Pillow: go through getdata()
         arr = np.array(img.getdata(), dtype=np.float64).reshape(img.height, img.width)
     return arr
-
-
-# ----------------------------------------------------------------------------- DICOM
-
-
-def _dcmread(path: Path, stop_before_pixels: bool) -> Any:
-    """pydicom.dcmread with errors turned into ImageReadError."""
-    import pydicom  # local import: pydicom is only needed for DICOM files
-
-    try:
-        return pydicom.dcmread(str(path), force=True, stop_before_pixels=stop_before_pixels)
-    except Exception as exc:
-        reason = f"not a readable DICOM file ({type(exc).__name__}: {exc})"
-        raise ImageReadError(path, reason) from exc
-
-
-def _dicom_info(path: Path, ds: Any) -> dict[str, Any]:
-    """Header fields of a DICOM dataset, in the probe_image format."""
-    rows, cols = ds.get("Rows"), ds.get("Columns")
-    if rows is None or cols is None:
-        raise ImageReadError(path, "DICOM has no Rows/Columns (not an image)")
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    mode = f"DICOM:{photometric}"
-    return {"width": int(cols), "height": int(rows), "mode": mode, "format": "DICOM"}
-
-
-def _probe_dicom(path: Path) -> dict[str, Any]:
-    """Read only the DICOM header (no pixel data)."""
-    ds = _dcmread(path, stop_before_pixels=True)
-    info = _dicom_info(path, ds)
-    check_pixels(path, info["height"], info["width"], _frames(ds))
-    return info
-
-
-def _frames(ds: Any) -> int:
-    """How many frames a DICOM dataset declares (1 when it does not say, or says nonsense)."""
-    frames = _first_float(ds.get("NumberOfFrames"))
-    return int(frames) if frames is not None and frames >= 1 else 1
-
-
-def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode a DICOM file into uint8 grayscale with modality LUT, VOI window and polarity."""
-    ds = _dcmread(path, stop_before_pixels=False)
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        if "Rows" not in ds and "SOPClassUID" not in ds:
-            raise ImageReadError(path, "not a valid DICOM file (no image attributes)")
-        raise ImageReadError(path, "DICOM has no pixel data")
-    info = _dicom_info(path, ds)
-    check_pixels(path, info["height"], info["width"], _frames(ds))
-    try:
-        pixels = np.asarray(ds.pixel_array)
-    except Exception as exc:  # missing decoder plugin, corrupt or truncated pixel data
-        raise ImageReadError(
-            path, f"cannot decode DICOM pixel data ({type(exc).__name__}: {exc})"
-        ) from exc
-    try:
-        gray = dicom_to_gray(ds, pixels)
-    except ImageReadError:
-        raise
-    except Exception as exc:
-        reason = f"cannot convert DICOM pixels ({type(exc).__name__}: {exc})"
-        raise ImageReadError(path, reason) from exc
-    return _validated(path, gray), info
-
-
-def _first_frame(ds: Any, pixels: np.ndarray) -> np.ndarray:
-    """Drop the frame axis of a multi-frame pixel array (keep the first frame)."""
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if n_frames > 1 or pixels.ndim == (4 if samples > 1 else 3):
-        return pixels[0]
-    return pixels
-
-
-def dicom_to_gray(ds: Any, pixels: np.ndarray) -> np.ndarray:
-    """Turn decoded DICOM pixels (from ``ds.pixel_array``) into uint8 grayscale."""
-    pixels = _first_frame(ds, pixels)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    if pixels.ndim == 3:  # colour (RGB; pydicom>=3 also converts YBR to RGB)
-        luma = _luminance(pixels.astype(np.float32))
-        return _to_uint8(luma) if pixels.dtype == np.uint8 else scale_to_uint8(luma)
-    values = np.asarray(_pydicom_luts()[0](pixels, ds), dtype=np.float32)
-    padding = _padding_mask(ds, pixels)
-    if padding is not None:  # scale the picture only: padding would stretch the range
-        values = np.where(padding, values[~padding].min(), values)
-    gray = _apply_voi(ds, values)
-    if photometric == "MONOCHROME1":
-        gray = 255 - gray
-    if padding is not None:
-        gray[padding] = 0  # shown as black background, as viewers do
-    return gray
-
-
-def _padding_mask(ds: Any, pixels: np.ndarray) -> np.ndarray | None:
-    """Pixels outside the acquired image (PixelPaddingValue, up to PixelPaddingRangeLimit).
-
-    None when the file declares no padding, or when every pixel would be padding.
-    """
-    value = _first_float(ds.get("PixelPaddingValue"))
-    if value is None:
-        return None
-    limit = _first_float(ds.get("PixelPaddingRangeLimit"))
-    low, high = (value, value) if limit is None else sorted((value, limit))
-    mask = (pixels >= low) & (pixels <= high)
-    return mask if mask.any() and not mask.all() else None
-
-
-def _first_float(value: Any) -> float | None:
-    """First value of a (possibly multi-valued) DICOM numeric element, or None."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, (str, bytes, int, float)) and hasattr(value, "__len__"):
-        if len(value) == 0:
-            return None
-        value = value[0]
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _pydicom_luts() -> tuple[Callable, Callable]:
-    """pydicom's ``apply_modality_lut`` and ``apply_voi_lut`` (pydicom 3, or 2.x's location)."""
-    try:
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut  # pydicom >= 3
-    except ImportError:  # pragma: no cover - pydicom 2.x
-        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
-    return apply_modality_lut, apply_voi_lut
-
-
-def _apply_voi(ds: Any, values: np.ndarray) -> np.ndarray:
-    """Apply the VOI window (or VOI LUT sequence) to modality values; min-max otherwise.
-
-    The window is :func:`window_to_uint8`, not pydicom's ``apply_voi_lut``, which maps it onto
-    the stored bit depth's range (then re-scaled to 0..255 here) and prefers a LUT sequence."""
-    center = _first_float(ds.get("WindowCenter"))
-    width = _first_float(ds.get("WindowWidth"))
-    if center is not None and width is not None and width > 0:
-        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
-        return window_to_uint8(values, center, width, function)
-    if "VOILUTSequence" in ds:
-        try:
-            return scale_to_uint8(_pydicom_luts()[1](values, ds))
-        except Exception as exc:
-            logger.debug("VOI LUT sequence could not be applied (%s); using min-max", exc)
-    return scale_to_uint8(values)
-
-
-def window_to_uint8(
-    values: np.ndarray, center: float, width: float, function: str = "LINEAR"
-) -> np.ndarray:
-    """DICOM VOI windowing (PS3.3 C.11.2.1.2) of modality values onto 0..255."""
-    x = values.astype(np.float32)
-    if function == "LINEAR_EXACT":
-        out = (x - center) / width + 0.5
-    elif function == "SIGMOID":
-        out = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
-    else:  # LINEAR (default); width 1 is a hard threshold
-        if width <= 1.0:
-            out = (x > center - 0.5).astype(np.float32)
-        else:
-            out = (x - (center - 0.5)) / (width - 1.0) + 0.5
-    return _to_uint8(np.clip(out, 0.0, 1.0) * 255.0)
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def _luminance(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 601-2 luma of an (..., 3) float32 array.
-
-    Written as three float32 multiplies and two adds in this order, so that the in-graph
-    decoder of :mod:`cxrlib.data.pipeline` (which computes the same expression) gives the
-    same pixels bit for bit.
-    """
-    r, g, b = LUMA_WEIGHTS
-    return rgb[..., 0] * r + rgb[..., 1] * g + rgb[..., 2] * b
-
-
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Round and clip float values in 0..255 to uint8."""
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
-def scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Min-max scale any numeric array onto 0..255 (constant → zeros; NaN/inf → min)."""
-    arr = np.asarray(values, dtype=np.float32)
-    finite = np.isfinite(arr)
-    if not finite.any():
-        return np.zeros(arr.shape, dtype=np.uint8)
-    lo, hi = float(arr[finite].min()), float(arr[finite].max())
-    if not finite.all():
-        arr = np.where(finite, arr, lo)
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    return _to_uint8((arr - lo) * (255.0 / (hi - lo)))
-
-
-def _validated(path: Path, gray: np.ndarray) -> np.ndarray:
-    """Check that a decoded image is a non-empty 2-D uint8 array."""
-    if gray.ndim != 2 or gray.size == 0:
-        raise ImageReadError(path, f"decoded to an unexpected shape {gray.shape}")
-    return np.ascontiguousarray(gray, dtype=np.uint8)

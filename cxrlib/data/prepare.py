@@ -22,7 +22,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.data.images import ImageReadError, plain_format, read_image
+from cxrlib.data.images import plain_format, read_image
+from cxrlib.data.pixels import ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +153,10 @@ def _resize_graph(image, size: int, interpolation: str, plan: str):
 
 
 def _luma_graph(rgb):
-    """ITU-R 601-2 luma of a uint8 (H, W, 3) tensor, computed exactly as images._luminance."""
+    """ITU-R 601-2 luma of a uint8 (H, W, 3) tensor, computed exactly as pixels.luminance."""
     import tensorflow as tf
 
-    from cxrlib.data.images import LUMA_WEIGHTS
+    from cxrlib.data.pixels import LUMA_WEIGHTS
 
     x = tf.cast(rgb, tf.float32)
     r, g, b = (float(w) for w in LUMA_WEIGHTS)

@@ -33,7 +33,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from cxrlib.data.images import ImageReadError, read_image_with_info
+from cxrlib.data.images import read_image_with_info
+from cxrlib.data.pixels import ImageReadError
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.data.images import ImageReadError
 from cxrlib.data.pipeline import model_inputs
+from cxrlib.data.pixels import ImageReadError
 from cxrlib.data.prepare import Prep
 from cxrlib.explain.maps import heatmap, random_maps
 from cxrlib.explain.masks import BORDER_BAND, border_mask, central_mask, mask_like, prepare_mask
