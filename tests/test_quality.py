@@ -11,13 +11,8 @@ import pytest
 from PIL import Image
 
 import cxrlib.data.quality as quality
-from cxrlib.data.quality import (
-    check_manifest,
-    format_check_report,
-    hamming_pairs,
-    perceptual_hash,
-    thumbnail,
-)
+from cxrlib.data.check_report import format_check_report
+from cxrlib.data.quality import check_manifest, hamming_pairs, perceptual_hash, thumbnail
 
 
 def _smooth(seed: int, size: int = 64) -> np.ndarray:

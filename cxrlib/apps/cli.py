@@ -54,8 +54,9 @@ def _synth(args: argparse.Namespace) -> int:
 
 @command("data check")
 def _data_check(args: argparse.Namespace) -> int:
+    from cxrlib.data.check_report import format_check_report
     from cxrlib.data.datasets import load_manifest
-    from cxrlib.data.quality import check_manifest, format_check_report
+    from cxrlib.data.quality import check_manifest
 
     manifest = load_manifest(args.dir, layout=args.layout)
     report = check_manifest(manifest, progress=not args.json)

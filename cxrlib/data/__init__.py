@@ -5,7 +5,7 @@
   uint8 grayscale).
 - ``datasets``: every supported dataset layout, read into one manifest (a DataFrame).
 - ``synthetic``: the procedural default dataset (no download needed), also in SIIM format.
-- ``quality``: integrity and duplicate checks (``cxr data check``).
+- ``quality``: integrity and duplicate checks (``cxr data check``); ``check_report``: their report as text.
 - ``splits``: balanced sampling, class weights, patient-grouped stratified splits.
 - ``prepare``: ``Prep`` (how files become inputs) and files → pixels (decode, crop, equalise,
   resize), the one definition.
