@@ -51,7 +51,7 @@ def _check_saved_model(out, mixed: bool) -> None:
     policies = {layer.dtype_policy.name for layer in model.layers}
     assert ("mixed_float16" in policies) == mixed     # the model computed in float16
     assert model.output.dtype == "float32"            # its softmax in float32
-    x = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype("float32")
+    x = np.random.default_rng(0).uniform(-1, 1, (3, *model.input_shape[1:])).astype("float32")
     probs = model.predict(x, verbose=0)
     assert probs.dtype == np.float32 and np.all(np.isfinite(probs))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-3)

@@ -88,18 +88,28 @@ def test_a_backup_that_does_not_load_whole_is_discarded_with_a_message(tiny, tmp
 
 
 def test_a_whole_backup_passes_the_check_and_a_damaged_one_leaves_the_model_as_it_was(tiny, tmp_path) -> None:
+    import keras
     import numpy as np
 
     from cxrlib.models.build import build_model, compile_model, make_optimizer
 
     partial = _interrupted(tiny, tmp_path / "run")
-    model = build_model("scratch", "scratch", 2, image_size=32, weights=None, seed=0)
-    compile_model(model, make_optimizer("adam", 1e-3, 0))
+    spec = _spec()      # the model and optimizer the run trained (the scratch recipe's)
+    channels = spec.channels
+
+    def optimizer():
+        return make_optimizer(spec.optimizer, spec.learning_rate, spec.decay, momentum=spec.momentum,
+                              nesterov=spec.nesterov, clipnorm=spec.clipnorm, schedule=spec.schedule,
+                              total_steps=10, weight_decay=spec.weight_decay)
+
+    model = build_model("scratch", "scratch", 2, image_size=32, weights=None, channels=channels)
+    compile_model(model, optimizer())
     assert backup_problem(model, partial / "backup") is None   # the epoch-2 state loads whole
     before = [w.copy() for w in model.get_weights()]
     _drop_optimizer(partial / "backup")
-    fresh = build_model("scratch", "scratch", 2, image_size=32, weights=None, seed=1)
-    compile_model(fresh, make_optimizer("adam", 1e-3, 0))
+    keras.utils.set_random_seed(1)
+    fresh = build_model("scratch", "scratch", 2, image_size=32, weights=None, channels=channels)
+    compile_model(fresh, optimizer())
     start = [w.copy() for w in fresh.get_weights()]
     assert "does not load whole" in backup_problem(fresh, partial / "backup")
     assert all(np.array_equal(a, b) for a, b in zip(start, fresh.get_weights()))  # put back
