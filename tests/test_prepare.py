@@ -172,3 +172,27 @@ def test_headers_are_walked_past_large_neutral_blocks(tmp_path) -> None:
     assert errors == ["", ""]
     for image, path in zip(images, [png, jpeg]):
         np.testing.assert_array_equal(image, _prepare_robust(str(path), Prep(24)))
+
+
+def test_resize_takes_a_height_and_width_and_nearest_copies_pixels() -> None:
+    """The one resize of images and masks: a (height, width) target, and nearest upsampling
+    by a whole factor repeats each pixel exactly (a mask keeps its values)."""
+    mask = np.array([[0, 255, 0], [255, 0, 255]], np.uint8)
+    doubled = resize(mask, (4, 6), "nearest")
+    assert doubled.shape == (4, 6)
+    np.testing.assert_array_equal(doubled, np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1))
+    wide = resize(np.full((40, 40), 7, np.uint8), (10, 30), "bilinear")
+    assert wide.shape == (10, 30) and (wide == 7).all()
+    assert resize(mask, (2, 3), "nearest") is mask      # already there: untouched
+    with pytest.raises(ValueError, match="interpolation"):
+        resize(mask, 4, "cubic-ish")
+
+
+def test_mask_like_resizes_a_mask_through_the_pipelines_resize() -> None:
+    from cxrlib.explain.masks import mask_like
+
+    mask = np.zeros((8, 8), bool)
+    mask[:4, :4] = True
+    small = mask_like(mask, (4, 4, 3))
+    assert small.dtype == bool and small.shape == (4, 4)
+    np.testing.assert_array_equal(small, np.array([[1, 1, 0, 0]] * 2 + [[0, 0, 0, 0]] * 2, bool))

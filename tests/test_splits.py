@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from helpers import manifest_frame
 
-from cxrlib.data.datasets import MANIFEST_COLUMNS, load_manifest
+from cxrlib.data.datasets import load_manifest
+from cxrlib.data.manifest import MANIFEST_COLUMNS
 from cxrlib.data.splits import (
     class_weights,
     load_split,

@@ -3,7 +3,8 @@
 A *manifest* is a pandas DataFrame with one row per image and the columns in
 :data:`MANIFEST_COLUMNS`. Everything after this module (splits, the input pipeline,
 training, the integrity check) reads the manifest and never a folder layout, so adding
-a dataset means adding one reader here and nothing else.
+a dataset means adding one reader (here, or in a module of its own as :mod:`cxrlib.data.siim`
+is, on :mod:`cxrlib.data.manifest`) and nothing else.
 
 Supported layouts (detected, or named with ``layout=``):
 
@@ -22,9 +23,7 @@ Text columns are strings, ``""`` where unknown, so that a manifest survives a CS
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import re
 from pathlib import Path
@@ -32,16 +31,19 @@ from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
-from cxrlib.data.images import IMAGE_SUFFIXES, probe_image
-from cxrlib.data.pixels import ImageReadError
-from cxrlib.errors import InputError, UserError
-from cxrlib.text import one_line
+from cxrlib.data.manifest import (
+    KNOWN_CLASSES,
+    DatasetError,
+    canonical_class,
+    images_in,
+    manifest_frame,
+    subdirs,
+)
+from cxrlib.data.siim import read_siim
+from cxrlib.errors import InputError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "path", "label", "patient_id", "source", "subtype", "mask_path", "mask_kind", "split",
-)
 LAYOUTS: tuple[str, ...] = ("covid19-radiography", "kermany", "siim", "folders")
 
 KAGGLE_SOURCES: dict[str, tuple[str, str]] = {
@@ -50,39 +52,6 @@ KAGGLE_SOURCES: dict[str, tuple[str, str]] = {
     "kermany": ("dataset", "paultimothymooney/chest-xray-pneumonia"),
     "siim": ("competition", "siim-covid19-detection"),
 }
-
-_CANONICAL: dict[str, str] = {
-    "covid": "COVID", "covid19": "COVID", "covid-19": "COVID", "covid_19": "COVID",
-    "normal": "Normal", "no finding": "Normal",
-    "viral pneumonia": "Viral Pneumonia", "viralpneumonia": "Viral Pneumonia",
-    "viral_pneumonia": "Viral Pneumonia", "virus": "Viral Pneumonia", "viral": "Viral Pneumonia",
-    "bacterial pneumonia": "Bacterial Pneumonia", "bacterialpneumonia": "Bacterial Pneumonia",
-    "bacterial_pneumonia": "Bacterial Pneumonia", "bacteria": "Bacterial Pneumonia",
-    "bacterial": "Bacterial Pneumonia",
-    "lung_opacity": "Lung Opacity", "lung opacity": "Lung Opacity", "lungopacity": "Lung Opacity",
-    "pneumonia": "Pneumonia",
-}
-
-_SIIM_STUDY_CLASSES: dict[str, str] = {
-    "Negative for Pneumonia": "Negative",
-    "Typical Appearance": "Typical",
-    "Indeterminate Appearance": "Indeterminate",
-    "Atypical Appearance": "Atypical",
-}
-
-
-class DatasetError(UserError, FileNotFoundError):
-    """A dataset directory that is missing, empty or not in a layout cxrlib knows."""
-
-
-def canonical_class(name: str) -> str:
-    """Normalise a class name: ``NORMAL``/``normal`` → ``Normal``, ``Covid-19`` → ``COVID``.
-
-    Unknown names are returned stripped but otherwise unchanged.
-    """
-    key = re.sub(r"\s+", " ", str(name).strip()).lower()
-    return _CANONICAL.get(key, _CANONICAL.get(key.replace(" ", ""), str(name).strip()))
-
 
 def how_to_get(layout: str) -> str:
     """Instructions for downloading a dataset, for error messages and the notebooks."""
@@ -97,39 +66,9 @@ def how_to_get(layout: str) -> str:
             "See data/README.md.")
 
 
-def _visible(path: Path) -> bool:
-    """False for hidden files and macOS archive debris (``__MACOSX``, ``._x.png``)."""
-    return not any(part.startswith((".", "__MACOSX")) for part in path.parts[-3:])
-
-
-def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
-    """Image files in a folder, sorted, hidden files skipped."""
-    if not folder.is_dir():
-        return []
-    walker = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in walker
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and _visible(p))
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    """Visible sub-directories, sorted."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
-
-
-def _manifest(rows: list[dict]) -> pd.DataFrame:
-    """Rows → a manifest with every column present and text columns as strings."""
-    frame = pd.DataFrame(rows)
-    for column in MANIFEST_COLUMNS:
-        if column not in frame:
-            frame[column] = ""
-    extra = [c for c in frame.columns if c not in MANIFEST_COLUMNS]
-    frame = frame[list(MANIFEST_COLUMNS) + extra].fillna("")
-    return frame.reset_index(drop=True)
-
-
 def _is_class_folder(folder: Path) -> bool:
     """True for a folder that holds images itself or in ``images/`` (a class, not a wrapper)."""
-    return bool(_images_in(folder) or _images_in(folder / "images"))
+    return bool(images_in(folder) or images_in(folder / "images"))
 
 
 def _descend(root: Path) -> Path:
@@ -138,10 +77,10 @@ def _descend(root: Path) -> Path:
     A single folder that holds images is a class (a one-class dataset), not a wrapper.
     """
     while True:
-        subdirs = _subdirs(root)
-        if (len(subdirs) == 1 and not _images_in(root) and not list(root.glob("*.csv"))
-                and not _is_class_folder(subdirs[0])):
-            root = subdirs[0]
+        folders = subdirs(root)
+        if (len(folders) == 1 and not images_in(root) and not list(root.glob("*.csv"))
+                and not _is_class_folder(folders[0])):
+            root = folders[0]
         else:
             return root
 
@@ -150,7 +89,7 @@ def _image_dir(class_dir: Path) -> Path:
     """Where a class's images are: ``<class>/images/`` when present (loose ones are reported)."""
     if not (class_dir / "images").is_dir():
         return class_dir
-    loose = _images_in(class_dir)
+    loose = images_in(class_dir)
     if loose:
         log.warning("%d image file(s) directly in %s (e.g. %s) are left out: this layout reads "
                     "%s/images/ only; move them there to use them.", len(loose), class_dir,
@@ -175,12 +114,12 @@ def detect_layout(root: str | Path) -> str:
         return "siim"
     if _find_kermany_root(root) is not None:
         return "kermany"
-    subdirs = _subdirs(_descend(root))
-    known = [d for d in subdirs if canonical_class(d.name) in set(_CANONICAL.values())]
+    folders = subdirs(_descend(root))
+    known = [d for d in folders if canonical_class(d.name) in KNOWN_CLASSES]
     has_covid = any(canonical_class(d.name) == "COVID" for d in known)
-    if has_covid and all((d / "images").is_dir() or _images_in(d) for d in known):
+    if has_covid and all((d / "images").is_dir() or images_in(d) for d in known):
         return "covid19-radiography"
-    if any(_images_in(d) or _images_in(d / "images") for d in subdirs):
+    if any(images_in(d) or images_in(d / "images") for d in folders):
         return "folders"
     raise DatasetError(
         f"No dataset layout recognised in {root}. Expected one of: class folders with images "
@@ -229,11 +168,11 @@ def read_covid19_radiography(root: Path) -> pd.DataFrame:
     root = _descend(root)
     synthetic = (root / "synthetic.json").is_file()
     rows = []
-    for class_dir in _subdirs(root):
+    for class_dir in subdirs(root):
         image_dir = _image_dir(class_dir)
         mask_dir = class_dir / "masks"
         sources = _covid_metadata_sources(class_dir)
-        for path in _images_in(image_dir):
+        for path in images_in(image_dir):
             mask = mask_dir / path.name
             rows.append({
                 "path": str(path.resolve()),
@@ -242,7 +181,7 @@ def read_covid19_radiography(root: Path) -> pd.DataFrame:
                 "mask_path": str(mask.resolve()) if mask.is_file() else "",
                 "mask_kind": ("lesion" if synthetic else "lung") if mask.is_file() else "",
             })
-    return _manifest(rows)
+    return manifest_frame(rows)
 
 
 _KERMANY_PATIENT = [
@@ -279,8 +218,8 @@ def read_kermany(root: Path) -> pd.DataFrame:
                            "that holds train/, val/ and test/, or use --layout auto.")
     rows = []
     for split in ("train", "val", "test"):
-        for class_dir in _subdirs(base / split) if (base / split).is_dir() else []:
-            for path in _images_in(class_dir):
+        for class_dir in subdirs(base / split) if (base / split).is_dir() else []:
+            for path in images_in(class_dir):
                 rows.append({
                     "path": str(path.resolve()),
                     "label": canonical_class(class_dir.name),
@@ -289,204 +228,20 @@ def read_kermany(root: Path) -> pd.DataFrame:
                     "subtype": kermany_subtype(path.name),
                     "split": split,
                 })
-    return _manifest(rows)
-
-
-def read_siim(root: Path, target: str = "study") -> pd.DataFrame:
-    """Read SIIM-FISABIO-RSNA: study-level classes (``target="study"``) or binary opacity.
-
-    Image files are matched by image id anywhere under the root: the original DICOM tree
-    (``train/<study>/<series>/<image>.dcm``) or a resized PNG/JPEG copy (``train/<image>.png``).
-    The image-level boxes are kept, as JSON, in a ``boxes`` column for drawing, in the pixel
-    frame of the file found: the competition lists them in the original DICOM's pixels, so for
-    a resized copy they are scaled by the copy's size over the original's, which such copies
-    give in a metadata CSV (``image_id, dim0, dim1``: original rows and columns, as in the
-    widely used resized Kaggle sets). A copy without one keeps the listed boxes, with a warning.
-    """
-    if target not in ("study", "opacity"):
-        raise InputError(f"target must be 'study' or 'opacity', not {target!r}")
-    study = _siim_study_labels(root / "train_study_level.csv")
-    image_csv = root / "train_image_level.csv"
-    image = _read_siim_csv(image_csv, ("id", "StudyInstanceUID", "label"))
-    image["line"] = range(2, len(image) + 2)  # the CSV's line, for messages (line 1: header)
-    image["StudyInstanceUID"] = image["StudyInstanceUID"].astype(str)
-    merged = image.merge(study, on="StudyInstanceUID", how="left")
-    files = {p.stem: p for p in _images_in(root, recursive=True)}
-    originals = _siim_original_sizes(root)
-    synthetic = (root / "synthetic.json").is_file()  # cxrlib's own set is drawn at size
-    rows, missing, unscaled, orphans = [], 0, 0, []
-    for record in merged.to_dict("records"):
-        image_id = str(record["id"]).replace("_image", "")
-        where = f"{image_csv} line {record['line']} (id {record['id']})"
-        boxes = _parse_siim_boxes(record.get("boxes"), where)
-        path = files.get(image_id)
-        if path is None:
-            missing += 1
-            continue
-        if not isinstance(record["study_label"], str):
-            orphans.append(where)
-            continue
-        if boxes and path.suffix.lower() != ".dcm":
-            if image_id in originals:
-                boxes = _scale_boxes(boxes, path, originals[image_id])
-            elif not synthetic:
-                unscaled += 1
-        rows.append({
-            "path": str(path.resolve()),
-            "label": ("Opacity" if str(record["label"]).startswith("opacity") else "No Opacity")
-            if target == "opacity" else record["study_label"],
-            "patient_id": record["StudyInstanceUID"],
-            "source": "siim",
-            "subtype": record["study_label"],
-            "boxes": json.dumps(boxes),
-        })
-    if missing:
-        log.warning("SIIM: %d of %d images listed in train_image_level.csv have no file under %s.",
-                    missing, len(merged), root)
-    if orphans:
-        log.warning("SIIM: %d images belong to no study of train_study_level.csv (first: %s); "
-                    "left out.", len(orphans), orphans[0])
-    if unscaled:
-        log.warning("SIIM: %d resized images have boxes in the original DICOM's pixels and no "
-                    "metadata CSV (image_id, dim0, dim1) under %s to rescale them: drawn boxes "
-                    "will be misplaced.", unscaled, root)
-    return _manifest(rows)
-
-
-def _read_siim_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
-    """One of SIIM's CSVs, checked for ``columns``; a DatasetError or InputError naming it."""
-    if not path.is_file():
-        raise DatasetError(f"{path.parent} is not in the SIIM layout: it has no {path.name}. "
-                           "Point at the folder that holds train_study_level.csv and "
-                           "train_image_level.csv, or use --layout auto.")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (ValueError, pd.errors.EmptyDataError) as error:  # ParserError, UnicodeDecodeError
-        raise InputError(f"Cannot read {path} as a CSV ({error}); restore the competition's "
-                         "file.") from error
-    absent = [c for c in columns if c not in frame.columns]
-    if absent:
-        raise InputError(f"{path} has no column {', '.join(map(repr, absent))} (it has "
-                         f"{list(frame.columns)}); restore the competition's file, or name the "
-                         "columns as it does.")
-    return frame
-
-
-def _siim_study_labels(path: Path) -> pd.DataFrame:
-    """``StudyInstanceUID`` and ``study_label`` of every study in ``train_study_level.csv``.
-
-    Each row must mark exactly one of the study class columns with 1; an InputError names the
-    file and the line otherwise.
-    """
-    study = _read_siim_csv(path, ("id",))
-    class_columns = [c for c in _SIIM_STUDY_CLASSES if c in study.columns]
-    if not class_columns:
-        raise InputError(f"{path} has none of the study class columns {list(_SIIM_STUDY_CLASSES)} "
-                         f"(it has {list(study.columns)}); restore the competition's file.")
-    marks = study[class_columns].apply(pd.to_numeric, errors="coerce")
-    bad = marks.isna().any(axis=1) | (marks == 1).sum(axis=1).ne(1)
-    if bad.any():
-        i = int(bad.to_numpy().argmax())
-        raise InputError(f"{path} line {i + 2} (id {study['id'].iloc[i]}): the class columns "
-                         f"{class_columns} must hold one 1 and otherwise 0, not "
-                         f"{study[class_columns].iloc[i].tolist()}; fix that row.")
-    return pd.DataFrame({
-        "StudyInstanceUID": study["id"].str.replace("_study", "", regex=False),
-        "study_label": marks.idxmax(axis=1).map(_SIIM_STUDY_CLASSES)})
-
-
-def _siim_original_sizes(root: Path) -> dict[str, tuple[float, float]]:
-    """Original (rows, columns) per image id, from a resized copy's metadata CSV; {} if none.
-
-    A row whose ``dim0`` or ``dim1`` is not a positive number is an InputError naming the
-    table and the line.
-    """
-    tables = [p for p in (*root.glob("*.csv"), *root.glob("*/*.csv"))
-              if p.name not in ("train_study_level.csv", "train_image_level.csv",
-                                "sample_submission.csv")]
-    sizes: dict[str, tuple[float, float]] = {}
-    for table in tables:
-        try:
-            frame = pd.read_csv(table, dtype=str, keep_default_na=False)
-        except (OSError, ValueError, pd.errors.ParserError) as error:
-            log.warning("SIIM: could not read %s (%s); skipped.", table, error)
-            continue
-        if not {"image_id", "dim0", "dim1"} <= set(frame.columns):
-            continue
-        for line, (image_id, rows, cols) in enumerate(
-                zip(frame["image_id"], frame["dim0"], frame["dim1"]), start=2):
-            where = f"{table} line {line} (image_id {image_id})"
-            sizes[str(image_id).replace("_image", "")] = (_positive(rows, "dim0", where),
-                                                          _positive(cols, "dim1", where))
-    return sizes
-
-
-def _positive(text: str, name: str, where: str) -> float:
-    """``text`` as a positive finite number, or an InputError naming ``where`` and ``name``."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        raise InputError(f"{where}: {name} must be a positive number (the original image's "
-                         f"size in pixels), not {text!r}; fix that row.")
-    return value
-
-
-def _scale_boxes(boxes: list[dict], path: Path, original: tuple[float, float]) -> list[dict]:
-    """Boxes from the original image's pixels into those of the resized file at ``path``."""
-    try:
-        header = probe_image(path)  # the header only; no decoding
-    except ImageReadError:  # an unreadable file is reported when it is loaded
-        return boxes
-    sy, sx = header["height"] / original[0], header["width"] / original[1]
-    return [{"x": b["x"] * sx, "y": b["y"] * sy, "width": b["width"] * sx,
-             "height": b["height"] * sy} for b in boxes]
-
-
-_BOX_KEYS = ("x", "y", "width", "height")
-
-
-def _parse_siim_boxes(text: object, where: str) -> list[dict]:
-    """The ``boxes`` column (a Python-literal list of ``{'x', 'y', 'width', 'height'}`` dicts,
-    empty for none) → plain JSON-able dicts; an InputError naming ``where`` when it is not that."""
-    import ast
-
-    if text is None or str(text).strip() in ("", "nan", "[]"):
-        return []
-    try:
-        boxes = ast.literal_eval(str(text))
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        boxes = None
-    if not isinstance(boxes, (list, tuple)) or not all(isinstance(b, dict) for b in boxes):
-        raise InputError(f"{where}: boxes must be a list of {{'x', 'y', 'width', 'height'}} "
-                         f"dicts, not {one_line(text, 80)}; fix that row (empty for no box).")
-    return [{key: _box_number(box, key, where) for key in _BOX_KEYS} for box in boxes]
-
-
-def _box_number(box: dict, key: str, where: str) -> float:
-    """``box[key]`` as a finite number, or an InputError naming ``where`` and the key."""
-    try:
-        value = float(box[key])
-    except (KeyError, TypeError, ValueError):
-        value = float("nan")
-    if not math.isfinite(value):
-        raise InputError(f"{where}: box {key!r} must be a number, not {box.get(key)!r}; fix that "
-                         "row.")
-    return value
+    return manifest_frame(rows)
 
 
 def read_folders(root: Path) -> pd.DataFrame:
     """Read a plain class-folder tree; ``<class>/images/`` sub-folders are accepted too."""
     rows = []
-    for class_dir in _subdirs(_descend(root)):
+    for class_dir in subdirs(_descend(root)):
         image_dir = _image_dir(class_dir)
         label = canonical_class(class_dir.name)
         subtype = label if label in ("Bacterial Pneumonia", "Viral Pneumonia") else ""
-        for path in _images_in(image_dir):
+        for path in images_in(image_dir):
             rows.append({"path": str(path.resolve()), "label": label, "subtype": subtype,
                          "source": root.name})
-    return _manifest(rows)
+    return manifest_frame(rows)
 
 
 _READERS: dict[str, Callable[..., pd.DataFrame]] = {

@@ -48,16 +48,6 @@ class Prep:
         return asdict(self)
 
 
-def prep_from_record(record: dict) -> Prep:
-    """The :class:`Prep` a run recorded (JSON turns the crop reference tuple into a list)."""
-    fields = dict(record["prep"])
-    if fields.get("crop_reference") is not None:
-        fields["crop_reference"] = tuple(int(v) for v in fields["crop_reference"])
-    if fields.get("norm_stats") is not None:
-        fields["norm_stats"] = tuple(float(v) for v in fields["norm_stats"])
-    return Prep(**fields)
-
-
 def border_crop_box(height: int, width: int, reference: tuple[int, int]) -> tuple[int, int, int, int]:
     """(top, left, kept height, kept width) of :func:`border_crop` for an image of that size."""
     w_max, h_max = reference
@@ -118,7 +108,7 @@ def _to_uint8_graph(x):
     return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
 
 
-def resize_plan(height: int, width: int, size: int, interpolation: str) -> str:
+def resize_plan(height: int, width: int, size: int | tuple[int, int], interpolation: str) -> str:
     """How an (H, W) image reaches size×size: ``"same"`` (already there), ``"interpolate"``,
     or ``"reduce"``: first average whole k×k blocks (``area`` resize to H//k, W//k, k the
     integer part of the reduction, 2 or more), then interpolate the remaining factor (< 2).
@@ -129,26 +119,33 @@ def resize_plan(height: int, width: int, size: int, interpolation: str) -> str:
     (masks) never averages. Decided in Python from the size, so that each traced
     function holds one plan and no per-image branch.
     """
-    if (height, width) == (size, size):
+    target = _target(size)
+    if (height, width) == target:
         return "same"
-    if interpolation != "nearest" and max(height, width) // size >= 2:
+    if interpolation != "nearest" and max(height // target[0], width // target[1]) >= 2:
         return "reduce"
     return "interpolate"
 
 
-def _resize_graph(image, size: int, interpolation: str, plan: str):
-    """uint8 (H, W) tensor → uint8 (size, size) by ``plan`` (:func:`resize_plan`): the one
-    resize of every image and mask."""
+def _target(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a resize target given as one side or as (height, width)."""
+    return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+
+
+def _resize_graph(image, size: int | tuple[int, int], interpolation: str, plan: str):
+    """uint8 (H, W) tensor → uint8 (size, size), or (height, width) when ``size`` is a pair,
+    by ``plan`` (:func:`resize_plan`): the one resize of every image and mask."""
     import tensorflow as tf
 
+    target = _target(size)
     if plan != "same":
         x = tf.cast(image[..., None], tf.float32)
         if plan == "reduce":
             shape = tf.shape(x)[:2]
-            x = tf.image.resize(x, shape // tf.maximum(shape // size, 1), method="area")
-        image = _to_uint8_graph(tf.image.resize(x, (size, size),
+            x = tf.image.resize(x, shape // tf.maximum(shape // target, 1), method="area")
+        image = _to_uint8_graph(tf.image.resize(x, target,
                                                 method=INTERPOLATIONS[interpolation]))[..., 0]
-    image.set_shape((size, size))
+    image.set_shape(target)
     return image
 
 
@@ -235,13 +232,27 @@ def _from_array(prep: Prep, plan: str):
                        input_signature=[tf.TensorSpec((None, None), tf.uint8)], autograph=False)
 
 
-def resize(image: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
-    """Resize a uint8 (H, W) image to ``size``×``size`` exactly as the pipeline does."""
+def resize(image: np.ndarray, size: int | tuple[int, int],
+           interpolation: str = "bilinear") -> np.ndarray:
+    """Resize a uint8 (H, W) image to ``size``×``size``, or to (height, width) when ``size``
+    is a pair, exactly as the pipeline does: the one resize of images and masks alike."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, "
+                         f"not {interpolation!r}")
     plan = resize_plan(*image.shape[:2], size, interpolation)
     if plan == "same":
         return image
-    return _from_array(Prep(size, interpolation=interpolation), plan)(
+    return _resizer(_target(size), interpolation, plan)(
         np.ascontiguousarray(image, np.uint8)).numpy()
+
+
+@functools.lru_cache(maxsize=64)
+def _resizer(target: tuple[int, int], interpolation: str, plan: str):
+    """A TF function of :func:`_resize_graph` alone (no crop, no equalisation)."""
+    import tensorflow as tf
+
+    return tf.function(lambda image: _resize_graph(image, target, interpolation, plan),
+                       input_signature=[tf.TensorSpec((None, None), tf.uint8)], autograph=False)
 
 
 def _prepare_robust(path: str, prep: Prep) -> np.ndarray:

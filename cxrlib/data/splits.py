@@ -22,7 +22,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cxrlib.data.datasets import MANIFEST_COLUMNS, class_names, load_manifest
+from cxrlib.data.datasets import class_names, load_manifest
+from cxrlib.data.manifest import MANIFEST_COLUMNS
 from cxrlib.errors import InputError
 from cxrlib.files import write_csv_atomic
 from cxrlib.spec import Split

@@ -151,7 +151,10 @@ def normalise_maps(maps: np.ndarray) -> np.ndarray:
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of (N, h, w) maps to (N, H, W)."""
+    """Bilinear resize of (N, h, w) float maps to (N, H, W).
+
+    Not :func:`cxrlib.data.prepare.resize`, which is for uint8 pixels and masks: a heat map
+    is float, and rounding it to 256 levels would band the smooth upsampled overlay."""
     maps = np.asarray(maps, dtype=np.float32)
     if maps.shape[1:] == tuple(size):
         return maps

@@ -25,16 +25,12 @@ def prepare_mask(mask_path: str | os.PathLike, prep: Prep,
     than its image (the real v4 database: 256 px masks, 299 px images) is first scaled to
     the image's size, read from ``image_path``'s header.
     """
-    from PIL import Image
-
     mask = read_image(mask_path)
     if image_path is not None:
         from cxrlib.data.images import probe_image
 
         info = probe_image(image_path)
-        size = (int(info["height"]), int(info["width"]))
-        if mask.shape[:2] != size:
-            mask = np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
+        mask = resize(mask, (int(info["height"]), int(info["width"])), "nearest")
     if prep.crop:
         if prep.crop_reference is None:
             raise ValueError("crop=True needs crop_reference=(w_max, h_max).")
@@ -43,14 +39,13 @@ def prepare_mask(mask_path: str | os.PathLike, prep: Prep,
 
 
 def mask_like(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A boolean mask resized (nearest) to ``shape``."""
-    mask = np.asarray(mask)
-    if mask.shape != tuple(shape):
-        from PIL import Image
-
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
-            (shape[1], shape[0]), Image.NEAREST)) > 127
-    return mask.astype(bool)
+    """A boolean mask resized (nearest, by the pipeline's :func:`~cxrlib.data.prepare.resize`)
+    to ``shape``'s first two sides."""
+    mask = np.asarray(mask).astype(bool)
+    target = (int(shape[0]), int(shape[1]))
+    if mask.shape != target:
+        mask = resize(mask.astype(np.uint8) * 255, target, "nearest") > 127
+    return mask
 
 
 #: The border band, the outer 12 % of each side, where burned-in text and markers live: the
