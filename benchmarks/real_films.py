@@ -151,11 +151,11 @@ def one_run(spec, seed: int, data: Path, work: Path, other) -> dict[str, Any]:
     started = time.perf_counter()
     record = train(manifest, classes, spec, run_dir, reuse=False, progress=False, bootstrap=200)
     wall = time.perf_counter() - started
-    figures = {"seed": seed, "val": kept_val_accuracy(record["training"]["history"]),
-               "test": float(record["test"]["accuracy"]), "n_test": record["dataset"]["n_test"],
-               "epochs_run": record["training"]["epochs_run"],
-               "train_s": float(record["training"]["wall_time_s"]), "run_s": wall,
-               "params": record["model"]["total_params"]}
+    figures = {"seed": seed, "val": kept_val_accuracy(record.training.history),
+               "test": float(record.test.accuracy), "n_test": record.dataset.n_test,
+               "epochs_run": record.training.epochs_run,
+               "train_s": float(record.training.wall_time_s), "run_s": wall,
+               "params": record.model.total_params}
     figures.update(other_source_scores(run_dir, other))
     return figures
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cxrlib.apps.cli import main
 from cxrlib.data.datasets import MANIFEST_COLUMNS
-from cxrlib.runs.records import SCHEMA
+from cxrlib.runs.records import SCHEMA, RunRecord, to_record
 from cxrlib.spec import variant_spec
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
@@ -50,12 +50,13 @@ def png_manifest(folder: Path, films: Mapping[str, Sequence[np.ndarray]]) -> pd.
 
 # --------------------------------------------------------------------------- records
 
-def make_record(name: str = "DN-V2", created: str = "2024-05-01T12:00:00+00:00", *,
+def record_data(name: str = "DN-V2", created: str = "2024-05-01T12:00:00+00:00", *,
                 backbone: str = "densenet121", variant: str = "v2",
                 classes: Sequence[str] = CLASSES, epochs: int = 3, wall: float = 12.5,
                 final: Mapping[str, float | None] | None = None, test: dict | None = None,
                 **sections: Mapping[str, Any]) -> dict:
-    """A valid run record with these results; the rest is filler.
+    """The JSON of a valid run record with these results (``record.json`` as a dict, to damage
+    or to write by hand); the rest is filler.
 
     ``final`` is merged over :data:`FINAL`; the history has ``epochs`` entries per metric,
     ending at ``final``'s (flat where that is null). ``sections`` (``dataset=``, ``model=``,
@@ -73,7 +74,7 @@ def make_record(name: str = "DN-V2", created: str = "2024-05-01T12:00:00+00:00",
         "model": {"backbone": backbone, "variant": variant, "weights": "imagenet",
                   "image_size": 224, "channels": 3, "trainable_params": 1000,
                   "total_params": 7_000_000},
-        "prep": {"crop": False, "equalize": None},
+        "prep": {"image_size": 224, "crop": False, "equalize": None},
         "spec": variant_spec(backbone, variant, epochs=epochs).model_dump(mode="json"),
         "runtime": {},
         "environment": {"python": "3.11", "tensorflow": "2.21", "keras": "3.15",
@@ -89,11 +90,23 @@ def make_record(name: str = "DN-V2", created: str = "2024-05-01T12:00:00+00:00",
     return record
 
 
-def scored(accuracy: float, **more: Any) -> dict:
-    """A record's ``test`` section: ``accuracy``, a macro AUC of 0.9 and the bootstrap interval
-    (accuracy - 0.1, accuracy + 0.05); ``more`` added."""
-    return {"accuracy": accuracy, "auc_macro": 0.9,
-            "ci": {"accuracy": [accuracy - 0.1, accuracy + 0.05]}, **more}
+def make_record(*args: Any, **kwargs: Any) -> RunRecord:
+    """:func:`record_data` as the typed record that :func:`cxrlib.runs.records.read_record`
+    and :func:`cxrlib.runs.train.train` hand back."""
+    return to_record(record_data(*args, **kwargs))
+
+
+def scored(accuracy: float, classes: Sequence[str] = CLASSES, **more: Any) -> dict:
+    """A record's ``test`` section as :func:`cxrlib.runs.metrics.compute_metrics` writes it, with
+    ``accuracy``, a macro AUC of 0.9 and the bootstrap interval (accuracy - 0.1, accuracy + 0.05)
+    on 30 films of ``classes``; ``more`` replaces keys."""
+    k = len(classes)
+    return {"classes": list(classes), "n": 30, "accuracy": accuracy, "loss": 0.5,
+            "per_class": {c: {"precision": accuracy, "recall": accuracy, "specificity": accuracy,
+                              "f1": accuracy, "support": 30 // k, "auc": 0.9} for c in classes},
+            "auc_macro": 0.9, "confusion_matrix": [[30 // k if i == j else 0 for j in range(k)]
+                                                  for i in range(k)],
+            "ci": {"accuracy": [accuracy - 0.1, accuracy + 0.05], "auc_macro": [0.85, 0.95]}, **more}
 
 
 def shortcut_result(drop: float = 0.45) -> dict:

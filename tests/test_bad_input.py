@@ -160,7 +160,7 @@ def test_a_failed_new_run_never_replaces_the_finished_one(made, run_copy: Path, 
     assert tree_hash(run_copy, skip=(run_folder.PARTIAL,)) == before
     assert not (run_copy / run_folder.LOCK_FILE).exists()
     shutil.copy(run_copy / "record.json", run_copy / run_folder.PARTIAL / "record.json")
-    assert [r["_dir"] for r in find_records(run_copy)] == [str(run_copy)]  # not a half-moved one
+    assert [r.folder for r in find_records(run_copy)] == [run_copy]  # not a half-moved one
 
 
 def _hold_run_lock(out: Path) -> subprocess.Popen:
@@ -232,8 +232,8 @@ def test_resume_needs_the_same_configuration(made, run_copy: Path, capsys, monke
     assert code == 0, err
     assert not partial.exists()  # the stale backup is gone with the finished run
     record = read_record(run_copy)
-    assert record["spec"]["learning_rate"] == 0.003
-    assert record["training"]["resumed"] is False
+    assert record.spec.learning_rate == 0.003
+    assert record.training.resumed is False
 
 
 def test_evaluate_split_test_refuses_another_folder(made, run_copy: Path, tmp_path: Path,
@@ -312,7 +312,7 @@ def test_samples_per_class_zero_is_refused_not_all(made, tmp_path: Path, capsys)
 
 def test_scratch_run_records_no_imagenet_weights(made) -> None:
     _, run = made
-    assert read_record(run)["model"]["weights"] is None
+    assert read_record(run).model.weights is None
     with pytest.raises(ValueError, match="no pretrained weights"):
         training.train(_split_of(made), CLASSES,
                        variant_spec("scratch", "scratch", weights="some.h5", image_size=32, epochs=1),
@@ -325,7 +325,7 @@ def test_scratch_with_the_default_weights_records_none(made, tmp_path: Path, cap
     argv = train_args(data, tmp_path / "run")
     del argv[argv.index("--weights"):argv.index("--weights") + 2]
     assert cli_run(argv, capsys)[0] == 0
-    assert read_record(tmp_path / "run")["model"]["weights"] is None
+    assert read_record(tmp_path / "run").model.weights is None
 
 
 def _split_of(made):
@@ -663,9 +663,9 @@ def test_a_decompression_bomb_is_a_logged_skip_in_every_command(made, run_copy: 
 
     code, _, err = cli_run(train_args(data, tmp_path / "run"), capsys)
     assert code == 0, err
-    skipped = read_record(tmp_path / "run")["skipped"]
-    assert {s["path"] for s in skipped} == {str(bomb.resolve())}
-    assert all(f.lower() in s["error"].lower() for s in skipped for f in reason)
+    skipped = read_record(tmp_path / "run").skipped
+    assert {s.path for s in skipped} == {str(bomb.resolve())}
+    assert all(f.lower() in s.error.lower() for s in skipped for f in reason)
     assert changes_outside(tmp_path, before, tmp_path / "dx", tmp_path / "run") == []
 
 
@@ -855,10 +855,12 @@ def test_a_failing_notebook_names_the_cell_its_error_and_the_executed_copy(
 
 def _two_classes(record: dict) -> None:
     """The test section of a two-class run, with a valid rising ROC curve."""
+    scores = {"precision": 0.75, "recall": 0.75, "specificity": 0.75, "f1": 0.75, "support": 3, "auc": 0.8}
     record["test"].update(classes=["COVID", "Normal"], confusion_matrix=[[2, 1], [0, 3]],
-                          roc={"fpr": [0.0, 0.25, 1.0], "tpr": [0.0, 0.75, 1.0]},
-                          per_class={"Normal": {"auc": 0.8}},
-                          operating_point={"threshold": 0.5, "sensitivity": 0.75, "specificity": 0.75})
+                          roc={"fpr": [0.0, 0.25, 1.0], "tpr": [0.0, 0.75, 1.0], "thresholds": [1.0, 0.5, 0.0]},
+                          per_class={"COVID": scores, "Normal": scores},
+                          operating_point={"threshold": 0.5, "sensitivity": 0.75, "specificity": 0.75,
+                                           "target": 0.99})
 
 
 def _garbage(section: str, value, two_classes: bool = False):
@@ -873,19 +875,33 @@ def _garbage(section: str, value, two_classes: bool = False):
     return change
 
 
+# a test section of the right types that cannot be drawn: the report leaves out that figure
 REPORT_GARBAGE = {
-    "ci a string": (_garbage("ci", "garbage"), "accuracy interval", "test.ci is 'garbage'", "comparison"),
     "ci backwards": (_garbage("ci.accuracy", [0.9, 0.1]), "accuracy interval", "not [low, high]",
                      "comparison"),
-    "confusion of text": (_garbage("confusion_matrix", [["a", "b", "c"]] * 3), "confusion matrix",
-                          "not a 3 x 3 table of counts", "confusion"),
-    "roc of garbage": (_garbage("roc.fpr", [0.0, "x", 2.0], two_classes=True), "ROC curve",
-                       "test.roc.fpr", "roc"),
+    "confusion of the wrong size": (_garbage("confusion_matrix", [[1, 2], [3, 4]]), "confusion matrix",
+                                    "not a 3 x 3 table of counts", "confusion"),
+    "confusion with a negative count": (_garbage("confusion_matrix", [[1, 0, 0], [0, -1, 0], [0, 0, 1]]),
+                                        "confusion matrix", "not a 3 x 3 table of counts", "confusion"),
+    "roc beyond 1": (_garbage("roc.fpr", [0.0, 0.5, 2.0], two_classes=True), "ROC curve",
+                     "test.roc.fpr", "roc"),
     "roc falling": (_garbage("roc.tpr", [0.0, 0.9, 0.2], two_classes=True), "ROC curve",
                     "falls somewhere", "roc"),
+    "operating point beyond 1": (_garbage("operating_point.sensitivity", 1.5, two_classes=True),
+                                 "ROC operating point", "not a threshold", None),
+}
+
+# a test section of the wrong types: the record itself is refused, the report written without it
+REFUSED_GARBAGE = {
+    "ci a string": (_garbage("ci", "garbage"), "test.ci: Input should be a valid dictionary"),
+    "confusion of text": (_garbage("confusion_matrix", [["a", "b", "c"]] * 3),
+                          "test.confusion_matrix.0.0: Input should be a valid integer"),
+    "roc of garbage": (_garbage("roc.fpr", [0.0, "x", 2.0], two_classes=True),
+                       "test.roc.fpr.1: Input should be a valid number"),
     "operating point of text": (_garbage("operating_point", {"threshold": "high", "sensitivity": 0.7,
-                                                            "specificity": 0.6}, two_classes=True),
-                                "ROC operating point", "not a threshold", None),
+                                                            "specificity": 0.6, "target": 0.99},
+                                         two_classes=True),
+                                "test.operating_point.threshold: Input should be a valid number"),
 }
 
 
@@ -918,6 +934,23 @@ def test_report_leaves_out_a_bad_section_and_writes_the_rest(made, tmp_path: Pat
         assert not any("_bad_" in n and n.endswith(f"_{figure}.png") for n in figures), figures
     assert any("_bad_" in n and n.endswith("_curves.png") for n in figures)
     assert changes_outside(tmp_path, before, tmp_path / "report") == []
+
+
+@pytest.mark.parametrize("damage", REFUSED_GARBAGE)
+def test_report_refuses_a_record_of_the_wrong_types_and_writes_the_rest(made, tmp_path: Path, capsys,
+                                                                       caplog, damage) -> None:
+    change, problem = REFUSED_GARBAGE[damage]
+    runs, bad_record = runs_with(made, tmp_path, change)
+    caplog.set_level("WARNING")
+    code, _, err = cli_run(["report", runs, "--out", tmp_path / "report"], capsys)
+    assert code == 0 and "error" not in err.lower()
+    warned = [r.getMessage() for r in caplog.records if r.name == "cxrlib.runs.records"]
+    assert warned and all(str(bad_record) in w and any(line.startswith(f"- {problem}")
+                                                       for line in w.splitlines()) for w in warned)
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "[good]" not in table and "[bad]" not in table    # one run: its name is not repeated
+    figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
+    assert any(n.endswith("_confusion.png") for n in figures)
 
 
 def test_report_draws_a_valid_two_class_roc(made, tmp_path: Path, capsys, caplog) -> None:

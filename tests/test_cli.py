@@ -58,10 +58,10 @@ def test_train_writes_record_and_model(trained) -> None:
     _, run = trained
     assert (run / "model.keras").is_file() and (run / "split.csv").is_file()
     record = read_record(run)
-    assert record["model"]["backbone"] == "scratch" and record["model"]["image_size"] == 32
-    assert record["spec"]["seed"] == 0 and record["training"]["epochs_run"] == 2
-    assert record["dataset"]["n_train"] + record["dataset"]["n_val"] + record["dataset"]["n_test"] == 30
-    assert record["dataset"]["samples_per_class"] == 10
+    assert record.model.backbone == "scratch" and record.model.image_size == 32
+    assert record.spec.seed == 0 and record.training.epochs_run == 2
+    assert record.dataset.n_train + record.dataset.n_val + record.dataset.n_test == 30
+    assert record.dataset.samples_per_class == 10
 
 
 def test_evaluate_on_own_test_split_and_on_a_foreign_folder(trained, tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_evaluate_on_own_test_split_and_on_a_foreign_folder(trained, tmp_path: P
     assert main(["evaluate", "--model", str(run / "model.keras"), "--data", str(data),
                  "--split", "test", "--out", str(tmp_path / "own")]) == 0
     own = json.loads((tmp_path / "own" / "metrics.json").read_text())
-    assert own["n"] == read_record(run)["dataset"]["n_test"]
+    assert own["n"] == read_record(run).dataset.n_test
     for key in ("accuracy", "auc_macro", "confusion_matrix", "classes", "per_class"):
         assert key in own
     # a folder the model never saw, with other spellings of the class names and an extra class
@@ -80,7 +80,7 @@ def test_evaluate_on_own_test_split_and_on_a_foreign_folder(trained, tmp_path: P
     assert main(["evaluate", "--model", str(run / "model.keras"), "--data", str(foreign),
                  "--split", "all", "--out", str(tmp_path / "foreign-eval")]) == 0
     metrics = json.loads((tmp_path / "foreign-eval" / "metrics.json").read_text())
-    assert metrics["classes"] == read_record(run)["dataset"]["classes"]
+    assert metrics["classes"] == read_record(run).dataset.classes
     assert metrics["n"] == 36  # every image of the three known classes; Cardiomegaly left out
     assert sum(map(sum, metrics["confusion_matrix"])) == 36
 
@@ -101,9 +101,9 @@ def test_from_scratch_on_real_radiographs_beats_chance(covid_sample: Path, tmp_p
     assert main(["train", "--data", str(covid_sample), "--backbone", "scratch", "--variant", "scratch",
                  "--weights", "none", "--image-size", "64", "--epochs", "8", "--batch-size", "32",
                  "--samples-per-class", "150", "--seed", "0", "--out", str(run)]) == 0
-    test = read_record(run)["test"]
-    assert test["n"] >= 60
-    assert test["accuracy"] >= 0.6 and test["ci"]["accuracy"][0] > 1 / 3  # chance is 1/3
+    test = read_record(run).test
+    assert test.n >= 60
+    assert test.accuracy >= 0.6 and test.ci.accuracy[0] > 1 / 3  # chance is 1/3
 
 
 def test_train_flags_map_onto_the_spec_in_one_place() -> None:

@@ -190,10 +190,10 @@ def _check_published(out: Path, tmp_path: Path, epochs: int) -> dict:
                                                      "split.csv"]
     assert len(find_records(out.parent)) == 1
     record = read_record(out)
-    runtime = record["runtime"]
-    assert runtime["strategy"] == "multiworker" and runtime["workers"] == 2
-    assert runtime["replicas"] == 2 and runtime["global_batch"] == 8 and runtime["per_worker_batch"] == 4
-    assert record["training"]["epochs_run"] == epochs
+    runtime = record.runtime
+    assert runtime.strategy == "multiworker" and runtime.workers == 2
+    assert runtime.replicas == 2 and runtime.global_batch == 8 and runtime.per_worker_batch == 4
+    assert record.training.epochs_run == epochs
     assert list((tmp_path / "tmp1").iterdir()) == []   # worker 1 removed its folder
     return record
 
@@ -215,12 +215,12 @@ def test_two_workers_train_one_run_that_only_the_chief_writes(tiny_data, tmp_pat
     assert "record.json" in chief.stdout.splitlines()[-1]
     assert "worker 1 of 2 workers: done" in other.stdout
     record = _check_published(out, tmp_path, epochs=2)
-    assert record["test"]["n"] == len(load_split(split_file).query("split == 'test'"))
+    assert record.test.n == len(load_split(split_file).query("split == 'test'"))
     assert _listing(data) == before
     run = load_run(out)
     scores = evaluate(run.model, load_split(split_file).query("split == 'test'"), run.classes,
                       run.prep, batch_size=8, bootstrap=10)
-    assert scores["n"] == record["test"]["n"] and 0 <= scores["accuracy"] <= 1
+    assert scores["n"] == record.test.n and 0 <= scores["accuracy"] <= 1
 
 
 WORKER = textwrap.dedent("""
@@ -240,7 +240,7 @@ WORKER = textwrap.dedent("""
     spec = variant_spec("scratch", "scratch", image_size=32, epochs=2, batch_size=8)
     record = train(load_split(sys.argv[1]), ["COVID", "Normal"], spec, sys.argv[2], strategy=strategy,
                    callbacks=[Stop()], progress=False, bootstrap=20)
-    print("RESUMED", record["training"]["resumed"], "EPOCHS", record["training"]["epochs_run"])
+    print("RESUMED", record.training.resumed, "EPOCHS", record.training.epochs_run)
 """)
 
 
@@ -262,5 +262,5 @@ def test_an_interrupted_group_resumes_when_both_workers_start_again(tiny_data, t
     assert [p.returncode for p in resumed] == [0, 0], resumed[0].stdout[-3000:] + resumed[1].stdout[-3000:]
     assert all("RESUMED True EPOCHS 2" in p.stdout for p in resumed)
     record = _check_published(out, tmp_path, epochs=2)
-    assert record["training"]["resumed"] is True
-    assert len(record["training"]["history"]["val_loss"]) == 2
+    assert record.training.resumed is True
+    assert len(record.training.history["val_loss"]) == 2

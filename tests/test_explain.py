@@ -298,7 +298,7 @@ def test_gradcam_finds_the_lesions(trained):
     lesions (about 1.4× the random baseline against about 2× at ``scratch_relu4``).
     """
     model, record, prep, manifest = trained
-    assert record["test"]["accuracy"] > 0.6
+    assert record.test.accuracy > 0.6
     held_out = manifest[manifest["split"] != "train"]
     scores = lesion_scores(model, held_out, TRAIN_CLASSES, prep, "gradcam")
     assert len(scores) >= 40 and set(scores["label"]) == {"COVID", "Bacterial Pneumonia"}

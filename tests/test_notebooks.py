@@ -21,7 +21,7 @@ import pytest
 
 from cxrlib.course.runner import list_notebooks, notebook_dir
 from cxrlib.course.setup import COURSE_BACKBONES
-from cxrlib.runs.records import find_records, validate_record
+from cxrlib.runs.records import find_records, record_json, validate_record
 from cxrlib.runs.train import run_dir
 
 NOTEBOOK_DIR = notebook_dir()
@@ -147,12 +147,12 @@ def _expectations(number: str, results: Path) -> None:
     if number in ("06", "07", "08"):   # every run of the notebook's course preset, with its record
         from cxrlib.course.presets import NOTEBOOK_PRESETS, get_preset
 
-        runs = {(r["dataset"].get("preset"), r["dataset"].get("run")) for r in find_records(results)}
+        runs = {(r.dataset.preset, r.dataset.run) for r in find_records(results)}
         for name in NOTEBOOK_PRESETS[number]:
             assert {(name, key) for key in get_preset(name).keys()} <= runs, name
     if number in ("03", "04", "06", "07", "08"):
         records = find_records(results)
-        assert records and all(validate_record(r) == [] for r in records)
+        assert records and all(validate_record(record_json(r)) == [] for r in records)
 
 
 @pytest.mark.slow

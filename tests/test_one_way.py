@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import make_record
 from PIL import Image
 
 from cxrlib.data.pipeline import model_inputs
@@ -108,8 +109,8 @@ def run():
     from cxrlib.models.build import build_model
     from cxrlib.runs.evaluate import Run
 
-    return Run(model=build_model("scratch", "scratch", 2, 32, None, seed=1), record={"name": "tiny"},
-               prep=PREP, classes=CLASSES, dir=Path("."))
+    return Run(model=build_model("scratch", "scratch", 2, 32, None, seed=1),
+               record=make_record("tiny", classes=CLASSES), prep=PREP, classes=CLASSES, dir=Path("."))
 
 
 def test_heat_map_lessons_leave_out_an_unreadable_film(films, run) -> None:

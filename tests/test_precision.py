@@ -96,10 +96,10 @@ def test_every_variant_trains_under_mixed_precision(films, tmp_path, variant) ->
     record = training.train(split, CLASSES, _spec(variant), tmp_path / variant, mixed_precision=True,
                             run_eagerly=True, progress=False, bootstrap=10)
     assert keras.mixed_precision.global_policy().name == policy   # restored
-    runtime = record["runtime"]
-    assert runtime["mixed_precision"] is True and runtime["loss_scale"] is True and not runtime["xla"]
-    assert record["training"]["epochs_run"] == 1 and record["test"]["n"] == 2
-    assert np.isfinite(record["final"]["loss"])
+    runtime = record.runtime
+    assert runtime.mixed_precision is True and runtime.loss_scale is True and not runtime.xla
+    assert record.training.epochs_run == 1 and record.test.n == 2
+    assert np.isfinite(record.final.loss)
     _check_saved_model(tmp_path / variant, mixed=True)
 
 
@@ -108,7 +108,7 @@ def test_every_variant_trains_with_xla(films, tmp_path, variant) -> None:
     _, train_only = films
     record = training.train(train_only, CLASSES, _spec(variant), tmp_path / variant, xla=True,
                             progress=False, bootstrap=10)
-    runtime = record["runtime"]
-    assert runtime["xla"] is True and not runtime["mixed_precision"] and not runtime["loss_scale"]
-    assert record["training"]["epochs_run"] == 1 and np.isfinite(record["final"]["loss"])
+    runtime = record.runtime
+    assert runtime.xla is True and not runtime.mixed_precision and not runtime.loss_scale
+    assert record.training.epochs_run == 1 and np.isfinite(record.final.loss)
     _check_saved_model(tmp_path / variant, mixed=False)

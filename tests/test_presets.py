@@ -15,7 +15,7 @@ from cxrlib.course.progression import pin_version
 from cxrlib.course.reports import REPORTS
 from cxrlib.course.reproduce import comparison, preset_data, train_preset
 from cxrlib.data.splits import make_split
-from cxrlib.runs.records import validate_record
+from cxrlib.runs.records import RunRecord
 from cxrlib.spec import flat_items
 from cxrlib.variants import get_variant
 
@@ -190,11 +190,11 @@ def test_every_preset_in_smoke_mode(name: str, tmp_path, monkeypatch) -> None:
     assert list(records) == preset.keys()
     dirs = {key: tmp_path / "results" / name / key for key in preset.keys()}
     for key, record in records.items():
-        assert validate_record(record) == []
-        want = run_spec(preset, key, dirs).model_copy(update={"weights": None}).model_dump(mode="json")
-        assert record["spec"] == want, {k: (record["spec"][k], v) for k, v in want.items()
-                                        if record["spec"][k] != v}
-        assert record["dataset"]["preset"] == name and record["dataset"]["run"] == key
+        assert isinstance(record, RunRecord)
+        want = run_spec(preset, key, dirs).model_copy(update={"weights": None})
+        assert record.spec == want, {k: (getattr(record.spec, k), v) for k, v in want
+                                     if getattr(record.spec, k) != v}
+        assert record.dataset.preset == name and record.dataset.run == key
     table = comparison(preset, records)
     assert list(table.index) == preset.keys()
     reported = {n for run in preset.runs for n in run.reported}

@@ -225,10 +225,10 @@ def test_pretraining_on_the_source_task_transfers_to_a_fresh_target(scarce_targe
                             epochs=30, batch_size=16)
         record = training.train(scarce_target, classes, spec, run, progress=False, bootstrap=20)
         correct[weights] = per_film_correct(run, scarce_target)
-        assert correct[weights].mean() == pytest.approx(record["test"]["accuracy"])
+        assert correct[weights].mean() == pytest.approx(record.test.accuracy)
         if weights:
-            assert record["model"]["weights_file"] == str(path)
-            assert record["model"]["weights_info"] == str(pretrain_cache.info_path(path))
+            assert record.model.weights_file == str(path)
+            assert record.model.weights_info == str(pretrain_cache.info_path(path))
     assert len(correct[None]) >= 290
     paired = paired_accuracy_gain(correct["synthetic"], correct[None])
     (low, high), gain = paired["ci"], paired["gain"]

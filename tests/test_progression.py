@@ -81,7 +81,7 @@ def test_train_or_reuse_tells_reused_from_trained(monkeypatch: pytest.MonkeyPatc
     first, status = progression.train_or_reuse(None, CLASSES, spec, out, progress=False)
     assert status == "trained" and calls[-1] == {"progress": False, "name": "DN-V2"}  # the course label
     second, status = progression.train_or_reuse(None, CLASSES, spec, out)
-    assert status == "reused" and second["created"] == first["created"]
+    assert status == "reused" and second.created == first.created
 
 
 def test_train_or_reuse_a_retrained_run_is_trained(monkeypatch: pytest.MonkeyPatch,

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import make_record
+from helpers import make_record, scored
 from matplotlib.figure import Figure
 
 from cxrlib import plots
@@ -41,7 +41,7 @@ def runs(tmp_path: Path) -> Path:
 def test_table_has_the_right_numbers_in_the_right_columns() -> None:
     first = make_record("M1", "2024-01-01T00:00:00", epochs=3, wall=10.0,
                         final={"loss": 0.4, "accuracy": 0.9, "val_loss": 0.5, "val_accuracy": 0.85},
-                        test={"accuracy": 0.8, "auc_macro": 0.88})
+                        test=scored(0.8, auc_macro=0.88))
     second = make_record("M2", "2023-01-01T00:00:00", epochs=2, wall=20.5,
                          final={"loss": 0.3, "accuracy": 0.95, "val_loss": None, "val_accuracy": 0.9})
     table = comparison_table([first, second])
@@ -69,7 +69,7 @@ def test_repeated_names_are_told_apart_by_their_run_directory(tmp_path: Path) ->
     written = write_report(runs_dir)
     assert pd.read_csv(written["table.csv"])["Model"].tolist() == model_names(records)
     assert {"figures/CNN-scratch_05_cnn_curves.png", "figures/CNN-scratch_06_cnn_curves.png"} <= set(written)
-    unsaved = [make_record("A", "2024", final=final, epochs=1, wall=1.0)] * 2  # records never read from disk
+    unsaved = [make_record("A", "2024-01-01T00:00:00", final=final, epochs=1, wall=1.0)] * 2  # records never read from disk
     assert model_names(unsaved) == ["A [#1]", "A [#2]"]
 
 

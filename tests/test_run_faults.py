@@ -82,9 +82,9 @@ def test_a_backup_that_does_not_load_whole_is_discarded_with_a_message(tiny, tmp
         record = training.train(tiny, CLASSES, _spec(), out, **KW)
     warned = [r.getMessage() for r in caplog.records if "Discarded the saved training state" in r.getMessage()]
     assert len(warned) == 1 and str(partial / "backup") in warned[0], caplog.text
-    assert record["training"]["resumed"] is False
-    assert record["training"]["epochs_run"] == 3      # started again: three epochs, not one
-    assert len(read_record(out)["training"]["history"]["loss"]) == 3
+    assert record.training.resumed is False
+    assert record.training.epochs_run == 3      # started again: three epochs, not one
+    assert len(read_record(out).training.history["loss"]) == 3
 
 
 def test_a_whole_backup_passes_the_check_and_a_damaged_one_leaves_the_model_as_it_was(tiny, tmp_path) -> None:
@@ -176,6 +176,6 @@ def test_a_real_full_disk_while_training_is_one_line_and_the_rerun_starts_clean(
         again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
         assert again.returncode == 0, again.stderr[-3000:]
         record = read_record(disk / "run")
-        assert record["training"]["resumed"] is False and record["training"]["epochs_run"] == 2
+        assert record.training.resumed is False and record.training.epochs_run == 2
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)

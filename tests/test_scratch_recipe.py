@@ -104,9 +104,9 @@ def test_the_recipe_learns_the_easy_set_and_a_rerun_agrees(easy_split, tmp_path:
     spec = variant_spec("scratch", "scratch", image_size=48, epochs=12, batch_size=16, seed=0)
     first = training.train(easy_split, CLASSES, spec, tmp_path / "a", progress=False, bootstrap=100)
     second = training.train(easy_split, CLASSES, spec, tmp_path / "b", progress=False, bootstrap=100)
-    assert first["test"]["accuracy"] >= 0.8 and first["test"]["ci"]["accuracy"][0] > 1 / 3
-    assert abs(first["test"]["accuracy"] - second["test"]["accuracy"]) <= 0.01
-    assert np.allclose(first["training"]["history"]["loss"], second["training"]["history"]["loss"],
+    assert first.test.accuracy >= 0.8 and first.test.ci.accuracy[0] > 1 / 3
+    assert abs(first.test.accuracy - second.test.accuracy) <= 0.01
+    assert np.allclose(first.training.history["loss"], second.training.history["loss"],
                        rtol=1e-3)
 
 

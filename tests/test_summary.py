@@ -9,10 +9,11 @@ from pathlib import Path
 from helpers import make_record, scored
 
 from cxrlib.course import summary as sm
+from cxrlib.runs.records import RunRecord
 
 
 def _record(run: str, backbone: str, variant: str, accuracy: float | None, preset: str | None = "radiography",
-            root: str = "", n_test: int = 60, image_size: int = 64) -> dict:
+            root: str = "", n_test: int = 60, image_size: int = 64) -> RunRecord:
     """Run ``run`` of ``preset`` (none: trained with ``cxr train``): 300 films, 10 epochs."""
     return make_record(f"{backbone}-{variant}", backbone=backbone, variant=variant, epochs=10, wall=5.0,
                        test=None if accuracy is None else scored(accuracy, n=n_test),
@@ -21,7 +22,7 @@ def _record(run: str, backbone: str, variant: str, accuracy: float | None, prese
                        model={"weights": "synthetic", "image_size": image_size})
 
 
-def lesson(v0=0.35, v1=0.93, v3=0.95, frozen=(0.9, 0.78, 0.85, 0.83, 0.91), **options) -> list[dict]:
+def lesson(v0=0.35, v1=0.93, v3=0.95, frozen=(0.9, 0.78, 0.85, 0.83, 0.91), **options) -> list[RunRecord]:
     records = [_record("v0", "densenet121", "v0", v0, **options),
                _record("v1", "densenet121", "v1", v1, **options),
                _record("v2", "densenet121", "v2", 0.88, **options),

@@ -21,7 +21,7 @@ from cxrlib.data.synthetic import generate_synthetic
 from cxrlib.models.build import SCRATCH_LAST_CONV, build_model, compile_model, load_model, make_optimizer
 from cxrlib.runs import backup, features, fitting, run_folder
 from cxrlib.runs import train as training
-from cxrlib.runs.records import find_records, read_record, validate_record
+from cxrlib.runs.records import find_records, read_record, record_json, validate_record
 from cxrlib.runs.report import comparison_table, write_report
 from cxrlib.spec import variant_spec
 from cxrlib.variants import VARIANT_NAMES
@@ -153,7 +153,7 @@ def test_v1_keeps_the_epoch_with_the_best_validation_loss(tiny_split, tmp_path) 
     spec = variant_spec("densenet121", "v1", weights=None, image_size=32, epochs=12, batch_size=4,
                         learning_rate=0.5, decay=0)
     record = training.train(tiny_split, classes, spec, tmp_path / "v1", progress=False, bootstrap=20)
-    val_loss = record["training"]["history"]["val_loss"]
+    val_loss = record.training.history["val_loss"]
     assert len(val_loss) == 12 and int(np.argmin(val_loss)) < 11   # it overfits: a later epoch is worse
     cached = np.load(tmp_path / "v1" / "features.npz")
     head = classifier_head(load_model(str(tmp_path / "v1" / "model.keras")))
@@ -171,7 +171,7 @@ def test_v1_extracts_features_once(tiny_split, tmp_path, monkeypatch) -> None:
     spec = variant_spec("densenet121", "v1", weights=None, image_size=32, epochs=5, batch_size=8)
     record = training.train(tiny_split, classes, spec, tmp_path / "v1", progress=False, bootstrap=50)
     assert len(calls) == 1  # train and validation in one pass — not once per epoch
-    assert record["training"]["epochs_run"] == 5
+    assert record.training.epochs_run == 5
     assert (tmp_path / "v1" / "features.npz").is_file()
     training.train(tiny_split, classes, spec, tmp_path / "v1", progress=False, bootstrap=50, reuse=False)
     assert len(calls) == 1  # a re-run reads the cached features
@@ -182,11 +182,11 @@ def test_v0_is_untrained_and_recorded(tiny_split, tmp_path) -> None:
     spec = variant_spec("densenet121", "v0", weights=None, image_size=32, batch_size=8)
     record = training.train(tiny_split, ["COVID", "Normal"], spec, tmp_path / "v0", progress=False,
                             bootstrap=50)
-    assert record["training"]["epochs_run"] == 0 and record["training"]["history"] == {}
-    assert record["spec"] == spec.model_dump(mode="json")   # the record stores the spec as it is
-    assert record["spec"]["clipnorm"] == 1.0
-    assert 0.0 <= record["final"]["accuracy"] <= 1.0 and record["test"]["n"] > 0
-    assert validate_record(read_record(tmp_path / "v0")) == []
+    assert record.training.epochs_run == 0 and record.training.history == {}
+    assert record.spec == spec   # the record stores the spec as it is
+    assert record.spec.clipnorm == 1.0
+    assert 0.0 <= record.final.accuracy <= 1.0 and record.test.n > 0
+    assert record_json(read_record(tmp_path / "v0")) == record_json(record)   # as written
 
 
 @pytest.mark.slow
@@ -198,11 +198,11 @@ def test_scratch_cnn_learns_the_easy_set(easy_split, tmp_path) -> None:
     # lies above chance (1/3). The accuracy itself is not bit-reproducible on the CPU and spreads
     # widely for so small a network and set: 0.67, 0.74, 0.79, 0.98 and 1.00 were measured with
     # this very call on one machine (2026-12-02), where a fixed bar of 0.8 had passed before.
-    low, _ = record["test"]["ci"]["accuracy"]
-    assert low > 1 / 3 and record["test"]["accuracy"] >= 0.6
-    history = record["training"]["history"]
+    low, _ = record.test.ci.accuracy
+    assert low > 1 / 3 and record.test.accuracy >= 0.6
+    history = record.training.history
     assert history["loss"][-1] < history["loss"][0]  # learning, not luck
-    assert record["test"]["ci"]["accuracy"][0] > 1 / 3
+    assert record.test.ci.accuracy[0] > 1 / 3
 
 
 @pytest.mark.slow
@@ -214,8 +214,8 @@ def test_v3_finetuning_learns_the_easy_set(easy_split, tmp_path) -> None:
     # DenseNet121 trained whole from random weights on 126 images is noisy: the best
     # checkpoint scored 0.79-0.88 over four seeds and two CPUs. The bar is "clearly learned"
     # (chance is 1/3), not one machine's number.
-    assert record["test"]["accuracy"] >= 0.65 and record["test"]["ci"]["accuracy"][0] > 1 / 3
-    val_loss = record["training"]["history"]["val_loss"]
+    assert record.test.accuracy >= 0.65 and record.test.ci.accuracy[0] > 1 / 3
+    val_loss = record.training.history["val_loss"]
     assert min(val_loss) < 0.6 * val_loss[0]
 
 
@@ -239,9 +239,9 @@ def test_interrupted_run_resumes_from_backup(tiny_split, tmp_path) -> None:
     assert (partial / "backup").is_dir() and not (out / "record.json").exists()
     assert len(fitting.read_history(partial / "history.csv")["loss"]) == 2
     record = training.train(tiny_split, ["COVID", "Normal"], spec, out, **kwargs)
-    assert record["training"]["resumed"] is True
-    assert record["training"]["epochs_run"] == 4
-    assert len(record["training"]["history"]["val_loss"]) == 4
+    assert record.training.resumed is True
+    assert record.training.epochs_run == 4
+    assert len(record.training.history["val_loss"]) == 4
     assert not partial.exists() and not (out / run_folder.LOCK_FILE).exists()  # removed once finished
 
 
@@ -332,14 +332,14 @@ def test_finished_run_is_reused_and_report_built_from_records(tiny_split, tmp_pa
                            training.run_dir(runs, "scratch", "scratch"), **kwargs)
     again = training.train(tiny_split, ["COVID", "Normal"], scratch,
                            training.run_dir(runs, "scratch", "scratch"), **kwargs)
-    assert again["created"] == first["created"]  # loaded, not retrained
+    assert again.created == first.created  # loaded, not retrained
     training.train(tiny_split, ["COVID", "Normal"], variant_spec("densenet121", "v0", **small),
                    training.run_dir(runs, "densenet121", "v0"), **kwargs)
     records = find_records(runs)
-    assert [validate_record(r) for r in records] == [[], []]
+    assert [validate_record(record_json(r)) for r in records] == [[], []]
     table = comparison_table(records)
     assert table["Model"].tolist() == ["scratch-scratch", "densenet121-v0"]  # the library's names
-    assert table.loc[0, "Test Accuracy"] == pytest.approx(records[0]["test"]["accuracy"])
+    assert table.loc[0, "Test Accuracy"] == pytest.approx(records[0].test.accuracy)
     written = write_report(runs)
     assert (runs / "table.md").read_text().count("scratch-scratch") == 1
     assert all(Path(p).stat().st_size > 0 for p in written.values())
@@ -361,8 +361,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_split, tmp_path) -> None:
         record = train(load_split({str(split_file)!r}), ["COVID", "Normal"], spec,
                        {str(tmp_path / "mirrored")!r}, strategy=strategy, progress=False, bootstrap=20)
         print(json.dumps({{"replicas": strategy.num_replicas_in_sync,
-                           "epochs": record["training"]["epochs_run"],
-                           "loss": record["final"]["loss"]}}))
+                           "epochs": record.training.epochs_run,
+                           "loss": record.final.loss}}))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import make_record
 from PIL import Image
 
-from cxrlib.data.prepare import Prep, prep_from_record
+from cxrlib.data.prepare import Prep
 from cxrlib.runs import two_stage
 from cxrlib.runs.evaluate import Run, load_run
 from cxrlib.runs.metrics import class_probabilities
+from cxrlib.runs.records import PrepInfo
 from cxrlib.runs.two_stage import combine_stages, disease_probability, evaluate_two_stage
 
 S1 = ["Normal", "Pneumonia"]
@@ -69,11 +71,11 @@ def test_combine_stages_checks_counts() -> None:
     assert labels == ["Normal"] and probs.shape == (1, 3)
 
 
-def test_prep_from_record_restores_the_tuple() -> None:
+def test_a_recorded_prep_restores_the_tuple() -> None:
     prep = Prep(image_size=64, backbone="scratch", crop=True, crop_reference=(300, 200))
-    record = {"prep": {**prep.to_dict(), "crop_reference": [300, 200]}}  # as JSON gives it back
-    assert prep_from_record(record) == prep
-    assert prep_from_record({"prep": Prep(image_size=32).to_dict()}).crop_reference is None
+    recorded = {**prep.to_dict(), "crop_reference": [300, 200]}  # as JSON gives it back
+    assert PrepInfo.model_validate(recorded).to_prep() == prep
+    assert PrepInfo.model_validate(Prep(image_size=32).to_dict()).to_prep().crop_reference is None
 
 
 # --------------------------------------------------------------------------- evaluation on files
@@ -102,7 +104,7 @@ class FileSpy(Spy):
 
 def _fake_stages(monkeypatch, stage1: Spy, stage2: Spy, classes1=S1, classes2=S2) -> None:
     prep = Prep(image_size=8, backbone="scratch", channels=1)
-    stages = {name: Run(model=model, record={"dataset": {"classes": list(names)}}, prep=prep,
+    stages = {name: Run(model=model, record=make_record(classes=names), prep=prep,
                         classes=list(names), dir=Path(name))
               for name, model, names in (("s1", stage1, classes1), ("s2", stage2, classes2))}
     monkeypatch.setattr(two_stage, "load_run", lambda run_dir: stages[str(run_dir)])

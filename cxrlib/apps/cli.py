@@ -95,9 +95,9 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{cluster.name} of {cluster.workers} workers: done; the chief writes the run to "
               f"{Path(args.out) / 'record.json'}")
         return 0
-    test = record.get("test") or {}
-    print(f"{record['name']}: {record['training']['epochs_run']} epochs, "
-          f"val accuracy {record['final'].get('val_accuracy')}, test accuracy {test.get('accuracy')} "
+    print(f"{record.name}: {record.training.epochs_run} epochs, "
+          f"val accuracy {record.final.val_accuracy}, "
+          f"test accuracy {record.test.accuracy if record.test else None} "
           f"→ {Path(args.out) / 'record.json'}")
     return 0
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from cxrlib.runs.records import record_float
+from cxrlib.runs.records import RunRecord, record_float
 from cxrlib.variants import canonical_variant
 
 PROGRESSION = """
@@ -70,19 +70,19 @@ def conclusions(template: str, facts: Mapping[str, Any]):
     return Markdown(render(template, facts))
 
 
-def _by_variant(records: Sequence[dict]) -> dict[str, dict]:
+def _by_variant(records: Sequence[RunRecord]) -> dict[str, RunRecord]:
     """The last record of each variant (aliases folded: frozen = v2reg, finetune = v3)."""
-    found: dict[str, dict] = {}
+    found: dict[str, RunRecord] = {}
     for record in records:
-        found[canonical_variant((record.get("model") or {}).get("variant", ""))] = record
+        found[canonical_variant(record.model.variant)] = record
     return found
 
 
-def progression_facts(records: Sequence[dict]) -> dict[str, Any]:
+def progression_facts(records: Sequence[RunRecord]) -> dict[str, Any]:
     """The numbers of :data:`PROGRESSION`, from the V0 … V3 records given."""
     runs = _by_variant(records)
-    facts: dict[str, Any] = {v: str(r.get("name", v)) for v, r in runs.items()}
-    classes = next(((r.get("dataset") or {}).get("classes") for r in runs.values()), None) or []
+    facts: dict[str, Any] = {v: r.name for v, r in runs.items()}
+    classes = next((r.dataset.classes for r in runs.values()), [])
     facts["chance"] = 1 / len(classes) if classes else math.nan
     test = {v: record_float(r, "test", "accuracy") for v, r in runs.items()}
     facts["v0_test"] = test.get("v0")
@@ -102,7 +102,7 @@ def progression_facts(records: Sequence[dict]) -> dict[str, Any]:
     return facts
 
 
-def backbone_facts(records: Sequence[dict], names: Sequence[str]) -> dict[str, Any]:
+def backbone_facts(records: Sequence[RunRecord], names: Sequence[str]) -> dict[str, Any]:
     """The numbers of :data:`BACKBONES`: the best run, its rivals, fine-tuning, wall time."""
     from cxrlib.course.progression import accuracy_ci
 
@@ -119,10 +119,8 @@ def backbone_facts(records: Sequence[dict], names: Sequence[str]) -> dict[str, A
             facts["overlapping" if close else "when_clear_lead"] = ", ".join(close)
     scores: dict[str, dict[str, float]] = {}
     for name, record in zip(names, records):
-        model = record.get("model") or {}
         if name in acc:
-            scores.setdefault(model.get("backbone", ""), {})[
-                canonical_variant(model.get("variant", ""))] = acc[name]
+            scores.setdefault(record.model.backbone, {})[canonical_variant(record.model.variant)] = acc[name]
     changes = [f"{b} {s['v2reg']:.3f} → {s['v3']:.3f} ({s['v3'] - s['v2reg']:+.3f})"
                for b, s in scores.items() if "v2reg" in s and "v3" in s]
     facts["finetune_changes"] = "; ".join(changes) or None

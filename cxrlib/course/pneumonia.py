@@ -10,9 +10,10 @@ from matplotlib.figure import Figure
 
 from cxrlib.course.presets import Preset
 from cxrlib.runs.evaluate import Run
+from cxrlib.runs.records import RunRecord
 
 
-def against_course(preset: Preset, stage1: dict, chain: dict) -> pd.DataFrame:
+def against_course(preset: Preset, stage1: RunRecord, chain: dict) -> pd.DataFrame:
     """The course's three headline figures and ours, measured as the course measured them:
     the screen's test accuracy and the two-stage pipeline's 3-class accuracy at the 0.5
     threshold (``chain`` must be scored at 0.5), and the false-positive rate at 99 %
@@ -21,10 +22,13 @@ def against_course(preset: Preset, stage1: dict, chain: dict) -> pd.DataFrame:
     if chain.get("threshold") != 0.5:
         raise ValueError(f"The course's two-stage accuracy is at threshold 0.5; this chain is at "
                          f"{chain.get('threshold')}.")
-    point = stage1["test"].get("operating_point") or {}
-    fpr = None if point.get("specificity") is None else 1 - point["specificity"]
+    test = stage1.test
+    if test is None:
+        raise ValueError(f"The screen {stage1.name} has no test scores to set beside the course's.")
+    point = test.operating_point
+    fpr = None if point is None or point.specificity is None else 1 - point.specificity
     rows = {"screen: test accuracy (threshold 0.5)":
-                (stage1["test"]["accuracy"], preset.run("stage1").reported.get("test_accuracy")),
+                (test.accuracy, preset.run("stage1").reported.get("test_accuracy")),
             "two-stage: 3-class accuracy (threshold 0.5)":
                 (chain["accuracy"], preset.findings.get("two_stage_accuracy")),
             "screen: false-positive rate at 99 % sensitivity":
@@ -47,5 +51,5 @@ def occlusion_figure(run: Run, test: pd.DataFrame, n: int = 4, seed: int = 0, pa
     probs = predict(run.model, inputs.x)
     rows = [f"{t} →\n{run.classes[p.argmax()]} ({p.max():.0%})"
             for t, p in zip(examples["label"].iloc[inputs.kept], probs)]
-    return hl.overlay_grid(inputs.images, maps, rows, title=f"{run.record['name']}: occlusion",
+    return hl.overlay_grid(inputs.images, maps, rows, title=f"{run.record.name}: occlusion",
                            save=save)

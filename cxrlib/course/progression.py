@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from cxrlib.course.presets import RADIOGRAPHY_VERSIONS
 from cxrlib.data.splits import load_split, make_split, sample_per_class, save_split
 from cxrlib.files import read_json, write_json_atomic
+from cxrlib.runs.records import RunRecord
 from cxrlib.spec import RunSpec, Split
 from cxrlib.variants import canonical_variant
 
@@ -132,7 +133,7 @@ def course_split(data: str | os.PathLike, results: str | os.PathLike,
 
 def preset_run(manifest: pd.DataFrame, classes: Sequence[str], preset: "Preset", key: str,
                results: str | os.PathLike, weights: Any = KEEP, seed: int | None = None,
-               **options: Any) -> tuple[dict, str]:
+               **options: Any) -> tuple[RunRecord, str]:
     """:func:`train_or_reuse` of the preset's run ``key``, in the shared results directory
     (``RESULTS/<backbone>-<variant>``, so ``03``, ``04`` and ``05`` share their runs).
 
@@ -168,7 +169,7 @@ def as_list(value: str | Sequence[str] | None, everything: Sequence[str]) -> lis
 
 
 def train_or_reuse(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec,
-                   out_dir: str | os.PathLike, **kwargs: Any) -> tuple[dict, str]:
+                   out_dir: str | os.PathLike, **kwargs: Any) -> tuple[RunRecord, str]:
     """:func:`cxrlib.runs.train.train`, plus ``"reused"`` or ``"trained"``.
 
     ``train`` returns a finished run with the same configuration as it is; the run's
@@ -180,38 +181,38 @@ def train_or_reuse(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec
     before = None
     if (Path(out_dir) / "record.json").is_file():
         try:
-            before = read_record(out_dir)["created"]
+            before = read_record(out_dir).created
         except ValueError:
             before = None
     from cxrlib.course.setup import run_name
 
     kwargs.setdefault("name", run_name(spec.backbone, spec.variant))
     record = train(manifest, classes, spec, out_dir, **kwargs)
-    return record, ("reused" if before is not None and record["created"] == before else "trained")
+    return record, ("reused" if before is not None and record.created == before else "trained")
 
 
 # --------------------------------------------------------------------------- summaries
 
-def runs_table(records: Sequence[dict], status: Sequence[str] | None = None) -> pd.DataFrame:
+def runs_table(records: Sequence[RunRecord], status: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per run: what it is, how big, how long, when, and (optionally) its status."""
     rows = []
     for i, record in enumerate(records):
-        model = record.get("model") or {}
+        model = record.model
         rows.append({
-            "Model": record.get("name", ""),
-            "Backbone": model.get("backbone", ""),
-            "Variant": model.get("variant", ""),
-            "Image size": model.get("image_size"),
-            "Parameters (M)": (model.get("total_params") or math.nan) / 1e6,
-            "Trainable (M)": (model.get("trainable_params") or math.nan) / 1e6,
-            "Wall time (s)": (record.get("training") or {}).get("wall_time_s"),
-            "Created": str(record.get("created", ""))[:19].replace("T", " "),
+            "Model": record.name,
+            "Backbone": model.backbone,
+            "Variant": model.variant,
+            "Image size": model.image_size,
+            "Parameters (M)": (model.total_params or math.nan) / 1e6,
+            "Trainable (M)": (model.trainable_params or math.nan) / 1e6,
+            "Wall time (s)": record.training.wall_time_s,
+            "Created": record.created[:19].replace("T", " "),
             **({"Status": status[i]} if status is not None else {}),
         })
     return pd.DataFrame(rows)
 
 
-def accuracy_ci(records: Sequence[dict], names: Sequence[str] | None = None
+def accuracy_ci(records: Sequence[RunRecord], names: Sequence[str] | None = None
                 ) -> dict[str, tuple[float, float]]:
     """Model name → bootstrap 95 % interval of its test accuracy (for ``plot_comparison``).
 
@@ -219,14 +220,14 @@ def accuracy_ci(records: Sequence[dict], names: Sequence[str] | None = None
     """
     out = {}
     for i, record in enumerate(records):
-        interval = ((record.get("test") or {}).get("ci") or {}).get("accuracy")
+        interval = record.test.ci.accuracy if record.test else None
         if interval and None not in interval:
-            name = names[i] if names is not None else str(record.get("name", ""))
+            name = names[i] if names is not None else record.name
             out[name] = (float(interval[0]), float(interval[1]))
     return out
 
 
-def labelled_table(records: Sequence[dict], names: Sequence[str]) -> pd.DataFrame:
+def labelled_table(records: Sequence[RunRecord], names: Sequence[str]) -> pd.DataFrame:
     """:func:`cxrlib.runs.report.comparison_table` with ``Model`` set to ``names``.
 
     A reused run keeps the name its first notebook gave it (``DN-V2-reg`` is ``DN-frozen``);
@@ -239,7 +240,7 @@ def labelled_table(records: Sequence[dict], names: Sequence[str]) -> pd.DataFram
     return comparison_table(list(records)).assign(Model=list(names))
 
 
-def plot_tradeoff(table: pd.DataFrame, records: Sequence[dict],
+def plot_tradeoff(table: pd.DataFrame, records: Sequence[RunRecord],
                   save: str | os.PathLike | None = None) -> Figure:
     """Test accuracy against wall time and against parameter count, one labelled point per run.
 
@@ -247,8 +248,8 @@ def plot_tradeoff(table: pd.DataFrame, records: Sequence[dict],
     """
     from cxrlib.plots import save_figure
 
-    params = [((r.get("model") or {}).get("total_params") or math.nan) / 1e6 for r in records]
-    variants = [canonical_variant(v) for v in ((r.get("model") or {}).get("variant", "") for r in records)]
+    params = [(r.model.total_params or math.nan) / 1e6 for r in records]
+    variants = [canonical_variant(r.model.variant) for r in records]
     frozen = np.array([v != "v3" for v in variants], dtype=bool)
     accuracy = table["Test Accuracy"].to_numpy(dtype=float)
     figure = plt.figure(figsize=(11, 4.2), layout="constrained")

@@ -21,6 +21,7 @@ from cxrlib.course.presets import FOLDER_VARIABLES, KERMANY_CLASSES, Preset, run
 from cxrlib.course.progression import pin_version, train_or_reuse
 from cxrlib.data.splits import make_split, sample_per_class
 from cxrlib.environment import env_path
+from cxrlib.runs.records import RunRecord, record_float
 from cxrlib.spec import Split
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ def preset_dirs(preset: Preset, results_dir: str | Path) -> dict[str, Path]:
 
 def train_preset(preset: Preset, data: Mapping[str, tuple[pd.DataFrame, list[str]]],
                  results_dir: str | Path, weights: str | None = "imagenet", seed: int = 0,
-                 only: Sequence[str] | None = None, **options: Any) -> dict[str, dict]:
+                 only: Sequence[str] | None = None, **options: Any) -> dict[str, RunRecord]:
     """Train (or reuse) the preset's runs in order; run key → record.
 
     ``options`` go to :func:`cxrlib.runs.train.train` (``progress``, ``bootstrap``, ``callbacks``).
@@ -191,12 +192,11 @@ def train_preset(preset: Preset, data: Mapping[str, tuple[pd.DataFrame, list[str
     return records
 
 
-def _headline(record: dict) -> str:
+def _headline(record: RunRecord) -> str:
     """A run's test accuracy, or its validation accuracy when it has no test split."""
-    test = record.get("test") or {}
-    if test.get("accuracy") is not None:
-        return f"test accuracy {test['accuracy']:.3f}"
-    return f"validation accuracy {(record.get('final') or {}).get('val_accuracy') or float('nan'):.3f}"
+    if record.test and record.test.accuracy is not None:
+        return f"test accuracy {record.test.accuracy:.3f}"
+    return f"validation accuracy {record_float(record, 'final', 'val_accuracy'):.3f}"
 
 
 RESULT_SOURCES: dict[str, tuple[str, str]] = {
@@ -204,17 +204,11 @@ RESULT_SOURCES: dict[str, tuple[str, str]] = {
     "loss": ("final", "loss"), "accuracy": ("final", "accuracy"),
     "val_loss": ("final", "val_loss"), "val_accuracy": ("final", "val_accuracy"),
     "epochs_run": ("training", "epochs_run")}
-"""Where a record keeps each number a report gives (see :mod:`cxrlib.course.reports`)."""
+"""Where a record keeps each number a report gives (see :mod:`cxrlib.course.reports`), as
+:func:`cxrlib.runs.records.record_float` reads it."""
 
 
-def record_number(record: dict | None, name: str) -> float | None:
-    """The number ``name`` (a key of :data:`RESULT_SOURCES`) of a run record, or None."""
-    section, key = RESULT_SOURCES[name]
-    value = ((record or {}).get(section) or {}).get(key)
-    return None if value is None else float(value)
-
-
-def comparison(preset: Preset, records: Mapping[str, dict]) -> pd.DataFrame:
+def comparison(preset: Preset, records: Mapping[str, RunRecord]) -> pd.DataFrame:
     """Ours beside the course's, one row per run given, from the records and the report: every
     number the report gives for the run (test, or validation where it reported validation),
     and the test accuracy always."""
@@ -225,9 +219,9 @@ def comparison(preset: Preset, records: Mapping[str, dict]) -> pd.DataFrame:
         for name in ("test_accuracy", *[n for n in RESULT_SOURCES if n != "test_accuracy"]):
             if name == "test_accuracy" or name in run.reported:
                 label = name.replace("_", " ")
-                row[f"ours: {label}"] = record_number(record, name)
+                row[f"ours: {label}"] = record_float(record, *RESULT_SOURCES[name])
                 row[f"course: {label}"] = run.reported.get(name)
-        row["test images"] = ((record or {}).get("test") or {}).get("n")
+        row["test images"] = record.test.n if record.test else None
         rows.append(row)
     table = pd.DataFrame(rows).set_index("run")
     return table.dropna(axis=1, how="all")

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from cxrlib.files import read_json
-from cxrlib.runs.records import record_float
+from cxrlib.runs.records import RunRecord, record_float
 from cxrlib.variants import canonical_variant
 
 LESSON_PRESET = "radiography"
@@ -43,44 +43,40 @@ FROZEN_ROWS = tuple(row for row, *_ in LESSON_ROWS if row.endswith(("frozen", "(
 BARS: dict[str, float] = {"v0_max": 0.45, "v1_min": 0.80, "v3_below_v1": 0.05, "frozen_min": 0.70}
 
 
-def _dataset(record: Mapping) -> Mapping:
-    return record.get("dataset") or {}
-
-
-def lesson_records(records: Sequence[Mapping], preset: str = LESSON_PRESET) -> dict[str, Mapping]:
+def lesson_records(records: Sequence[RunRecord], preset: str = LESSON_PRESET) -> dict[str, RunRecord]:
     """Run key (``v0`` … ``xception-frozen``) → the latest record of that run of ``preset``.
 
-    A record names its preset and run (``record["dataset"]["preset"]``, ``["run"]``); one
-    without a preset counts by its backbone and variant (a run trained outside the notebooks).
+    A record names its preset and run (``record.dataset.preset``, ``.run``); one without a
+    preset counts by its backbone and variant (a run trained outside the notebooks).
     """
     wanted = {(backbone, variant): key for _, key, backbone, variant in LESSON_ROWS}
-    found: dict[str, Mapping] = {}
+    found: dict[str, RunRecord] = {}
     for record in records:   # oldest first: a later run of the same key wins
-        data, model = _dataset(record), record.get("model") or {}
-        if data.get("preset") is not None:
-            if data.get("preset") == preset and data.get("run") in wanted.values():
-                found[str(data["run"])] = record
+        data, model = record.dataset, record.model
+        if data.preset is not None:
+            if data.preset == preset and data.run in wanted.values():
+                found[str(data.run)] = record
             continue
-        variant = canonical_variant(model.get("variant", ""))
-        key = wanted.get((model.get("backbone", ""), variant))
+        key = wanted.get((model.backbone, canonical_variant(model.variant)))
         if key:
             found[key] = record
     return found
 
 
-def lesson_table(records: Sequence[Mapping], preset: str = LESSON_PRESET) -> pd.DataFrame:
+def lesson_table(records: Sequence[RunRecord], preset: str = LESSON_PRESET) -> pd.DataFrame:
     """One row per :data:`LESSON_ROWS` entry: ``run``, ``test accuracy``, ``low``, ``high``
     (the 95 % bootstrap interval) and ``test films``; NaN where the run is missing."""
     runs = lesson_records(records, preset)
     rows = []
     for row, key, _, _ in LESSON_ROWS:
         record = runs.get(key)
-        test = (record or {}).get("test") or {}
-        interval = (test.get("ci") or {}).get("accuracy") or (None, None)
+        test = record.test if record else None
+        interval = (test.ci.accuracy if test else None) or (None, None)
+        films = test.n if test else record.dataset.n_test if record else None
         rows.append({"run": row, "test accuracy": record_float(record, "test", "accuracy"),
                      "low": math.nan if interval[0] is None else float(interval[0]),
                      "high": math.nan if interval[1] is None else float(interval[1]),
-                     "test films": test.get("n", (record or {}).get("dataset", {}).get("n_test"))})
+                     "test films": films})
     return pd.DataFrame(rows)
 
 
@@ -138,13 +134,13 @@ def _span(values: Sequence[Any], unit: str = "") -> str:
     return text + unit
 
 
-def _synthetic(record: Mapping) -> bool | None:
+def _synthetic(record: RunRecord) -> bool | None:
     """Whether a run trained on synthetic films (a ``synthetic.json`` in its data's root, or
     above its first training film); None when neither can be read."""
-    root = str(_dataset(record).get("root") or "")
+    root = record.dataset.root
     if not root:
         try:
-            with open(str(_dataset(record).get("split_file") or ""), encoding="utf-8") as split:
+            with open(record.dataset.split_file, encoding="utf-8") as split:
                 header, first = split.readline(), split.readline()
             root = str(Path(first.split(",")[header.strip().split(",").index("path")]).parent)
         except (OSError, ValueError, IndexError):
@@ -153,7 +149,7 @@ def _synthetic(record: Mapping) -> bool | None:
     return any((parent / "synthetic.json").is_file() for parent in [folder, *folder.parents][:5])
 
 
-def trained_on(records: Sequence[Mapping]) -> str:
+def trained_on(records: Sequence[RunRecord | None]) -> str:
     """What ``records`` were trained on, in a few words: "the synthetic stand-in, 300 films,
     64 px, 10 epochs, weights synthetic" (or "the real data, …")."""
     records = [r for r in records if r]
@@ -162,13 +158,11 @@ def trained_on(records: Sequence[Mapping]) -> str:
     kinds = {_synthetic(r) for r in records}
     data = {frozenset([True]): "the synthetic stand-in", frozenset([False]): "the real data"}.get(
         frozenset(kinds), "real and synthetic data" if {True, False} <= kinds else "")
-    films = _span([sum(_dataset(r).get(k, 0) or 0 for k in ("n_train", "n_val", "n_test")) for r in records],
-                  " films")
-    size = _span([(r.get("model") or {}).get("image_size") for r in records], " px")
-    trained = [(r.get("spec") or {}).get("epochs", (r.get("training") or {}).get("epochs_run"))
-               for r in records]   # V0 is not trained: its 0 epochs say nothing of the others
+    films = _span([r.dataset.n_train + r.dataset.n_val + r.dataset.n_test for r in records], " films")
+    size = _span([r.model.image_size for r in records], " px")
+    trained = [r.spec.epochs for r in records]   # V0 is not trained: its 0 epochs say nothing of the others
     epochs = _span([e for e in trained if e], " epoch" if {e for e in trained if e} == {1} else " epochs")
-    weights = sorted({str((r.get("model") or {}).get("weights")).lower() for r in records})
+    weights = sorted({str(r.model.weights).lower() for r in records})
     parts = [data, films, size, epochs, "weights " + "/".join(weights)]
     return ", ".join(p for p in parts if p)
 
@@ -199,7 +193,7 @@ def _shown(path: str | os.PathLike) -> str:
         return str(path)
 
 
-def demo_summary(records: Sequence[Mapping], report_dir: str | os.PathLike | None = None,
+def demo_summary(records: Sequence[RunRecord], report_dir: str | os.PathLike | None = None,
                  notebooks_dir: str | os.PathLike | None = None,
                  figures_dir: str | os.PathLike | None = None, started: float | None = None,
                  files_written: int | None = None, preset: str = LESSON_PRESET) -> str:
@@ -218,7 +212,7 @@ def demo_summary(records: Sequence[Mapping], report_dir: str | os.PathLike | Non
     text_table = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip()
                   for row in [list(shown.columns), *shown.itertuples(index=False)]]
     text_table.insert(1, "  ".join("─" * w for w in widths))
-    classes = next((_dataset(r).get("classes") for r in runs.values() if _dataset(r).get("classes")), None)
+    classes = next((r.dataset.classes for r in runs.values()), None)
     lines = ["", "━━ What the demo showed " + "━" * 56,
              f"The DenseNet121 course's lesson ({len(runs)} of {len(set(k for _, k, _, _ in LESSON_ROWS))} runs), "
              f"trained on {trained_on(list(runs.values()))}:", "",

@@ -21,10 +21,11 @@ import pandas as pd
 
 from cxrlib.data.datasets import canonical_class, load_manifest
 from cxrlib.data.pipeline import make_dataset
-from cxrlib.data.prepare import Prep, prep_from_record
+from cxrlib.data.prepare import Prep
 from cxrlib.data.splits import load_split
 from cxrlib.errors import InputError
 from cxrlib.runs.metrics import class_probabilities
+from cxrlib.runs.records import RECORD_FILE, RunRecord, read_record
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class Run:
     is not a tuple: no caller depends on their order)."""
 
     model: Any          # the Keras model (or any callable on a batch)
-    record: dict        # its record.json, validated (:func:`cxrlib.runs.records.read_record`)
+    record: RunRecord   # its record.json, typed (:func:`cxrlib.runs.records.read_record`)
     prep: Prep          # how its training files became inputs: use it for every file it sees
     classes: list[str]  # its output columns, in order
     dir: Path           # the run directory
@@ -65,8 +66,6 @@ def load_run(path: str | Path) -> Run:
     file loaded recently in this process is not read again unless it changed on disk
     (:data:`MODELS_KEPT`).
     """
-    from cxrlib.runs.records import RECORD_FILE, read_record
-
     path = Path(path)
     if path.suffix == ".keras" and not path.is_file():
         raise FileNotFoundError(f"No model file at {path}; train the run first.")
@@ -75,13 +74,13 @@ def load_run(path: str | Path) -> Run:
         raise FileNotFoundError(f"No {RECORD_FILE} in {run_dir}: the run's classes and image "
                                 "preparation are recorded there; train the run first.")
     record = read_record(run_dir)
-    model_path = path if path.suffix == ".keras" else run_dir / record["artifacts"].get("model", "model.keras")
+    model_path = path if path.suffix == ".keras" else run_dir / record.artifacts.model
     if not model_path.is_file():
         raise FileNotFoundError(f"No model file at {model_path}; train the run first.")
     model = _loaded_model(str(model_path.resolve()), model_path.stat().st_mtime_ns,
-                          tuple(record["dataset"]["classes"]))
-    return Run(model=model, record=record, prep=prep_from_record(record),
-               classes=list(record["dataset"]["classes"]), dir=run_dir)
+                          tuple(record.dataset.classes))
+    return Run(model=model, record=record, prep=record.prep.to_prep(),
+               classes=list(record.dataset.classes), dir=run_dir)
 
 
 def input_batches(inputs, batch_size: int = 32):
@@ -189,9 +188,9 @@ def check_outputs(model, classes: Sequence[str], path: str | Path) -> None:
                          "from different runs; train the run again.")
 
 
-def _test_split(run_dir: Path, record: dict, data: str | Path | None) -> pd.DataFrame:
+def _test_split(run_dir: Path, record: RunRecord, data: str | Path | None) -> pd.DataFrame:
     """The run's own test split; ``data``, when given, must be the folder it was drawn from."""
-    root = record["dataset"].get("root", "")
+    root = record.dataset.root
     if data is not None:
         if not Path(data).is_dir():
             raise FileNotFoundError(f"--data {data} is not a folder. With --split test the run's "
@@ -201,7 +200,7 @@ def _test_split(run_dir: Path, record: dict, data: str | Path | None) -> pd.Data
             raise InputError(f"--split test scores the run's own test split, drawn from {root}, "
                              f"not {data}; use --split all --data {data} to score every image "
                              "there, or leave --data out.")
-    split_path = run_dir / record["artifacts"].get("split", "split.csv")
+    split_path = run_dir / record.artifacts.split
     manifest = load_split(split_path)
     manifest = manifest[manifest["split"] == "test"].reset_index(drop=True)
     if manifest.empty:
@@ -230,7 +229,7 @@ def evaluate_saved_model(model_path: str | Path, data: str | Path | None = None,
     record, classes, prep = run.record, run.classes, run.prep
     if split == "test":
         manifest = _test_split(run.dir, record, data)
-        data = record["dataset"].get("root") or data
+        data = record.dataset.root or data
     elif split == "all":
         if data is None:
             raise InputError("--split all scores every image of a folder: give it with --data DIR.")
@@ -238,12 +237,12 @@ def evaluate_saved_model(model_path: str | Path, data: str | Path | None = None,
     else:
         raise InputError(f"split must be 'test' or 'all', not {split!r}")
     metrics = evaluate(run.model, manifest, classes, prep,
-                       seed=record["spec"].get("seed", 0))
+                       seed=record.spec.seed)
     metrics.update({"model": str(model_path), "data": str(data), "split": split,
-                    "run": record["name"]})
+                    "run": record.name})
     if out_dir is not None:
         out = Path(out_dir)
         write_json_atomic(out / "metrics.json", metrics)
-        plot_confusion(metrics["confusion_matrix"], classes, title=f"{record['name']} on {split}",
+        plot_confusion(metrics["confusion_matrix"], classes, title=f"{record.name} on {split}",
                        save=out / "confusion.png")
     return metrics

@@ -3,7 +3,7 @@
 Everything here works on numpy arrays, never on a model, so the same code scores a Keras
 model, a saved prediction file or a hand-made example in a test. The result of
 :func:`compute_metrics` is a plain JSON-serialisable dict that goes into the run record
-(``record["test"]``) and from there into every report table.
+(``record.test``, :class:`cxrlib.runs.records.TestResult`) and from there into every report table.
 
 Why each number is there:
 

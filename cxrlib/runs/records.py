@@ -10,16 +10,21 @@ back to the run that produced it.
 
 Two rules keep records trustworthy:
 
-- a record is **validated** before it is written and when it is read, so a malformed one
-  fails loudly and early, naming the problems;
+- a record is **validated** when it is made (:func:`to_record`) and when it is read, so a
+  malformed one fails loudly and early, naming the problems; only a typed, valid record is
+  ever written;
 - it is written **atomically** (temporary file in the same directory, ``fsync``,
   ``os.replace``): a crash or a full disk never leaves half a JSON file where the previous
   good one was.
 
-Schema ``cxrlib.run/2``, defined once as the typed :class:`RunRecord`. Its ``spec`` section
-is the run's :class:`cxrlib.spec.RunSpec` as it was given (everything the run is), and
-``runtime`` how it was computed (strategy, mixed precision, XLA; the workers, replicas and
-batches)::
+Schema ``cxrlib.run/2``, defined once as the typed :class:`RunRecord`: :func:`read_record`,
+:func:`find_records` and :func:`cxrlib.runs.train.train` hand back that object, read by
+attribute (``record.test.ci.accuracy``, ``record.prep.to_prep()``), never as a dict. Its
+``spec`` section is the run's :class:`cxrlib.spec.RunSpec` as it was given (everything the
+run is), ``runtime`` how it was computed (strategy, mixed precision, XLA; the workers,
+replicas and batches), ``prep`` the :class:`cxrlib.data.prepare.Prep` that made its inputs
+(:class:`PrepInfo`) and ``test`` its test metrics (:class:`TestResult`; null without a test
+set)::
 
     {"schema": "cxrlib.run/2", "name": "DN-V2", "created": "2024-05-01T12:00:00+00:00",
      "dataset": {...}, "model": {...}, "prep": {...}, "spec": {...}, "runtime": {...},
@@ -39,10 +44,19 @@ import os
 from datetime import datetime, timezone
 from numbers import Real
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Annotated, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from cxrlib.data.prepare import Prep
 from cxrlib.errors import InputError
 from cxrlib.files import jsonable, write_json_atomic
 from cxrlib.spec import RunSpec
@@ -83,6 +97,8 @@ class DatasetInfo(_Section):
     n_train: int
     n_val: int
     n_test: int
+    preset: str | None = None   # the course preset and its run the run was trained for, if any
+    run: str | None = None
 
 
 class ModelInfo(_Section):
@@ -137,11 +153,97 @@ class Final(_Section):
 class Artifacts(_Section):
     model: str
     history: str
+    split: str = "split.csv"
 
 
 class Skipped(_Section):
     path: str
     error: str
+
+
+Pair = Annotated[list[int], Field(min_length=2, max_length=2)]              # a tuple, as JSON has it
+MeanStd = Annotated[list[float], Field(min_length=2, max_length=2)]
+Interval = Annotated[list[float | None], Field(min_length=2, max_length=2)]  # [low, high]
+
+
+class PrepInfo(_Section):
+    """How the run's files became inputs: its :class:`cxrlib.data.prepare.Prep`, field by field
+    (the defaults are Prep's, for records written before a field existed)."""
+
+    image_size: int
+    backbone: str = "densenet121"
+    channels: int = 3
+    crop: bool = False
+    crop_reference: Pair | None = None    # (w_max, h_max) of the training data
+    equalize: str | None = None
+    interpolation: str = "bilinear"
+    normalization: str = "backbone"
+    norm_stats: MeanStd | None = None     # featurewise: (mean, std) of the training pixels
+
+    def to_prep(self) -> Prep:
+        """The :class:`Prep` to apply to every file the run's model sees."""
+        return Prep(image_size=self.image_size, backbone=self.backbone, channels=self.channels,
+                    crop=self.crop, equalize=self.equalize, interpolation=self.interpolation,
+                    normalization=self.normalization,
+                    crop_reference=None if self.crop_reference is None else tuple(self.crop_reference),
+                    norm_stats=None if self.norm_stats is None else tuple(self.norm_stats))
+
+
+class ClassScores(_Section):
+    """One class against the rest, on the test set."""
+
+    precision: float
+    recall: float
+    specificity: float
+    f1: float
+    support: int
+    auc: float | None        # None when the set has no image of the class, or only such images
+
+
+class Intervals(_Section):
+    """Bootstrap 95 % intervals ``[low, high]``; None where there is none (no resamples, an
+    undefined AUC)."""
+
+    accuracy: Interval | None = None
+    auc_macro: Interval | None = None
+
+
+class Roc(_Section):
+    """The positive class's ROC curve (two classes)."""
+
+    fpr: list[float]
+    tpr: list[float]
+    thresholds: list[float]
+
+
+class OperatingPoint(_Section):
+    """The highest threshold reaching ``target`` sensitivity; nulls where none is defined."""
+
+    threshold: float | None
+    sensitivity: float | None
+    specificity: float | None
+    target: float
+
+
+class TestResult(_Section):
+    """The ``test`` section: :func:`cxrlib.runs.metrics.compute_metrics` on the test split, plus
+    ``skipped`` and ``non_finite_outputs`` (:func:`cxrlib.runs.evaluate.evaluate`)."""
+
+    __test__ = False   # not a pytest test class
+
+    classes: list[str] = Field(min_length=1)
+    n: int
+    accuracy: float | None
+    loss: float | None = None                       # absent in records older than the test loss
+    per_class: dict[str, ClassScores]
+    auc_macro: float | None
+    auc_macro_note: str | None = None               # why the macro AUC is undefined
+    confusion_matrix: list[list[int]]               # rows true, columns predicted
+    ci: Intervals
+    roc: Roc | None = None                          # two classes only
+    operating_point: OperatingPoint | None = None   # two classes only
+    skipped: list[Skipped] = []
+    non_finite_outputs: int = 0
 
 
 class RunRecord(_Section):
@@ -150,17 +252,24 @@ class RunRecord(_Section):
     schema_: Literal["cxrlib.run/2"] = Field(alias="schema")
     name: str
     created: str
+    config_key: str | None = None   # what a finished run is reused by (cxrlib.runs.run_folder)
     dataset: DatasetInfo
     model: ModelInfo
-    prep: dict
+    prep: PrepInfo
     spec: RunSpec
     runtime: Runtime
     environment: Environment
     training: Training
     final: Final
-    test: dict | None
+    test: TestResult | None
     skipped: list[Skipped]
     artifacts: Artifacts
+    _folder: Path | None = PrivateAttr(default=None)
+
+    @property
+    def folder(self) -> Path | None:
+        """The run folder the record was read from; None for one made in memory."""
+        return self._folder
 
     @field_validator("created")
     @classmethod
@@ -195,68 +304,86 @@ def problems_of(error: ValidationError) -> list[str]:
     return lines
 
 
-def validate_record(record: dict) -> list[str]:
-    """Human-readable problems with record; ``[]`` when it is a valid ``cxrlib.run/1`` record.
+def _parse(data: Mapping) -> RunRecord | list[str]:
+    """The typed record of ``data`` (numpy values judged as the JSON they will be written as),
+    or one readable line per problem: ``where: what``."""
+    if not isinstance(data, Mapping):
+        return [f"a record must be a JSON object, not {type(data).__name__}"]
+    try:
+        return RunRecord.model_validate(jsonable(dict(data)))
+    except ValidationError as error:
+        return problems_of(error)
+
+
+def validate_record(record: Mapping) -> list[str]:
+    """Human-readable problems with record (a record's JSON); ``[]`` when it is a valid
+    ``cxrlib.run/2`` record.
 
     Checked against :class:`RunRecord`: every required section and key with its type, a
     parseable ``created`` time, and that every history list has ``epochs_run`` entries.
     Numpy values are judged as the JSON they will be written as.
     """
-    if not isinstance(record, dict):
-        return [f"a record must be a JSON object, not {type(record).__name__}"]
-    try:
-        RunRecord.model_validate(jsonable(record))
-    except ValidationError as error:
-        return problems_of(error)
-    return []
+    parsed = _parse(record)
+    return parsed if isinstance(parsed, list) else []
 
 
-def write_record(run_dir: str | os.PathLike, record: dict) -> Path:
-    """Validate record and write it atomically to ``run_dir/record.json``; return that path.
+def to_record(data: Mapping, source: str = "The record") -> RunRecord:
+    """``data`` (a record's JSON, or what a run computed: numpy values and NaN are taken as the
+    JSON they will be written as) as a typed :class:`RunRecord`.
 
-    Raises ValueError listing every problem when the record is not valid. The ``_dir``
-    key that :func:`find_records` adds is not written.
+    Raises InputError (a ValueError) naming ``source`` and every problem, one line each.
     """
-    record = {k: v for k, v in record.items() if k != "_dir"}
-    problems = validate_record(record)
-    if problems:
-        raise ValueError(f"Invalid run record for {run_dir}:\n- " + "\n- ".join(problems))
-    return write_json_atomic(Path(run_dir) / RECORD_FILE, record)
+    parsed = _parse(data)
+    if isinstance(parsed, list):
+        raise InputError(f"{source} is not a valid run record:\n- " + "\n- ".join(parsed))
+    return parsed
 
 
-def read_record(path_or_run_dir: str | os.PathLike) -> dict:
-    """The record in a ``record.json`` file or a run directory.
+def record_json(record: RunRecord) -> dict:
+    """The record as the JSON object ``record.json`` holds (schema ``cxrlib.run/2``)."""
+    return record.model_dump(mode="json", by_alias=True)
 
-    Raises FileNotFoundError when it does not exist, ValueError naming the file when it is
-    not valid JSON or not a valid record.
+
+def write_record(run_dir: str | os.PathLike, record: RunRecord) -> Path:
+    """Write record atomically to ``run_dir/record.json``; return that path."""
+    return write_json_atomic(Path(run_dir) / RECORD_FILE, record_json(record))
+
+
+def read_record(path_or_run_dir: str | os.PathLike) -> RunRecord:
+    """The record in a ``record.json`` file or a run directory; its :attr:`RunRecord.folder`
+    is that directory.
+
+    Raises FileNotFoundError when it does not exist, InputError (a ValueError) naming the
+    file when it is not valid JSON or not a valid record.
     """
     path = Path(path_or_run_dir)
     if path.is_dir():
         path = path / RECORD_FILE
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise InputError(f"{path} is not valid JSON: {error}") from error
     except UnicodeDecodeError as error:
         raise InputError(f"{path} is not a UTF-8 text file: {error}") from error
-    problems = validate_record(record)
-    if problems:
-        raise InputError(f"{path} is not a valid run record:\n- " + "\n- ".join(problems))
+    record = to_record(data, str(path))
+    record._folder = path.parent
     return record
 
 
-def record_float(record: Mapping | None, section: str, key: str) -> float:
-    """``record[section][key]`` as a float; NaN when the record, section or key is missing or
-    null, or the value is not a number (a bool is not one)."""
-    value = ((record or {}).get(section) or {}).get(key)
+def record_float(record: RunRecord | None, section: str, key: str) -> float:
+    """``record.<section>.<key>`` as a float (``record_float(r, "test", "accuracy")``); NaN
+    when there is no record or no such section (a run without a test set), or the value is
+    null or not a number (a bool is not one)."""
+    value = getattr(getattr(record, section, None), key, None)
     return float(value) if isinstance(value, Real) and not isinstance(value, bool) else math.nan
 
 
-def find_records(runs_dir: str | os.PathLike) -> list[dict]:
-    """Every valid record under runs_dir (searched recursively), oldest first.
+def find_records(runs_dir: str | os.PathLike) -> list[RunRecord]:
+    """Every valid record under runs_dir (searched recursively), oldest first, each with its
+    :attr:`RunRecord.folder`.
 
-    Each gets ``"_dir"``, the path of its run directory. Unreadable or invalid records are
-    logged as warnings and skipped, so one broken run never hides all the others.
+    Unreadable or invalid records are logged as warnings and skipped, so one broken run
+    never hides all the others.
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -267,10 +394,7 @@ def find_records(runs_dir: str | os.PathLike) -> list[dict]:
         if any(part.startswith(".") for part in path.relative_to(runs_dir).parts[:-1]):
             continue  # a run still in progress (RUN_DIR/.partial/) is not a run yet
         try:
-            record = read_record(path)
+            records.append(read_record(path))
         except (OSError, ValueError) as error:
             log.warning("Skipping run record %s: %s", path, error)
-            continue
-        record["_dir"] = str(path.parent)
-        records.append(record)
-    return sorted(records, key=lambda r: (_parse_time(r["created"]), r["_dir"]))
+    return sorted(records, key=lambda r: (_parse_time(r.created), str(r.folder)))

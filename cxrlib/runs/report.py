@@ -31,14 +31,14 @@ import pandas as pd
 
 from cxrlib import plots
 from cxrlib.files import write_csv_atomic, write_text_atomic
-from cxrlib.runs.records import find_records, record_float
+from cxrlib.runs.records import RunRecord, TestResult, find_records, record_float
 
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ["Model", "Loss", "Accuracy", "Validation Loss", "Validation Accuracy",
                  "Test Accuracy", "Epochs", "Test AUC", "Wall time (s)"]
 
-# column -> (section, key) of the record it comes from
+# column -> (section, key) of the record it comes from (:func:`cxrlib.runs.records.record_float`)
 _SOURCES = {
     "Loss": ("final", "loss"),
     "Accuracy": ("final", "accuracy"),
@@ -52,16 +52,16 @@ _SOURCES = {
 MISSING = "—"
 
 
-def model_names(records: list[dict]) -> list[str]:
+def model_names(records: list[RunRecord]) -> list[str]:
     """The ``Model`` label of each record: its name, made unambiguous where names repeat.
 
     Runs from different notebooks may share a name ("CNN-scratch" in 05 and 06); a repeated
     name gets the run directory, relative to the runs' common parent, in brackets, so every
     row of a table and every bar of a figure points at exactly one run.
     """
-    names = [str(record.get("name", "")) for record in records]
+    names = [record.name for record in records]
     repeated = {name for name, count in Counter(names).items() if count > 1}
-    dirs = [str(record.get("_dir", "")) for record in records]
+    dirs = [str(record.folder or "") for record in records]
     known = [d for d, name in zip(dirs, names) if d and name in repeated]
     root = os.path.commonpath(known) if len(known) > 1 else ""
     labels = []
@@ -74,7 +74,7 @@ def model_names(records: list[dict]) -> list[str]:
     return labels
 
 
-def comparison_table(records: list[dict]) -> pd.DataFrame:
+def comparison_table(records: list[RunRecord]) -> pd.DataFrame:
     """One row per record, in the given order, with :data:`TABLE_COLUMNS`.
 
     ``Model`` comes from :func:`model_names`; missing values are NaN (``<NA>`` in the
@@ -126,12 +126,12 @@ def _unique_slugs(names: list[str]) -> list[str]:
     return stems
 
 
-def _record_file(record: dict) -> Path:
+def _record_file(record: RunRecord) -> Path:
     """The ``record.json`` a record was read from (for a warning)."""
-    return Path(str(record.get("_dir", "?"))) / "record.json"
+    return (record.folder or Path("?")) / "record.json"
 
 
-def _usable(record: dict, what: str, check: Callable[..., Any], *args: Any) -> Any:
+def _usable(record: RunRecord, what: str, check: Callable[..., Any], *args: Any) -> Any:
     """``check(*args)``: a section of ``record`` ready to draw, or None when it has none. A
     section that is not what the report needs (``check`` raises ValueError) is left out, with a
     warning naming the record's file and why; the rest of the report is still written."""
@@ -148,100 +148,65 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:59] + "…"
 
 
-def _is_rate(value: object) -> bool:
+def _is_rate(value: float | None) -> bool:
     """A number within [0, 1] (an accuracy, a rate, an AUC)."""
-    return isinstance(value, Real) and not isinstance(value, bool) and 0 <= value <= 1
+    return value is not None and 0 <= value <= 1
 
 
-def _is_count(value: object) -> bool:
-    """A whole number of at least 0."""
-    return (isinstance(value, Real) and not isinstance(value, bool) and value >= 0
-            and float(value).is_integer())
-
-
-def _test(record: dict) -> dict:
-    """The record's ``test`` section ({} when it has none)."""
-    test = record.get("test")
-    return test if isinstance(test, dict) else {}
-
-
-def _accuracy_interval(test: dict) -> tuple[float, float] | None:
+def _accuracy_interval(test: TestResult) -> tuple[float, float] | None:
     """``test.ci.accuracy`` as (low, high); None when there is none or it is unknown (nulls)."""
-    ci = test.get("ci")
-    if ci is None:
+    interval = test.ci.accuracy
+    if interval is None or None in interval:
         return None
-    if not isinstance(ci, dict):
-        raise ValueError(f"test.ci is {_short(ci)}, not an object")
-    interval = ci.get("accuracy")
-    if interval is None or (isinstance(interval, list) and None in interval):
-        return None
-    if not (isinstance(interval, list) and len(interval) == 2 and all(map(_is_rate, interval))
-            and interval[0] <= interval[1]):
+    low, high = interval
+    if not (_is_rate(low) and _is_rate(high) and low <= high):
         raise ValueError(f"test.ci.accuracy is {_short(interval)}, not [low, high] within [0, 1]")
-    return float(interval[0]), float(interval[1])
+    return low, high
 
 
-def _classes(record: dict) -> list[str]:
-    """The classes of the run's test set (``test.classes``, else the dataset's)."""
-    classes = _test(record).get("classes") or (record.get("dataset") or {}).get("classes")
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        raise ValueError(f"its classes are {_short(classes)}, not a list of names")
-    return classes
-
-
-def _confusion(test: dict, classes: list[str]) -> list | None:
-    """``test.confusion_matrix``: a k × k table of counts for the k classes."""
-    matrix = test.get("confusion_matrix")
+def _confusion(test: TestResult) -> list[list[int]] | None:
+    """``test.confusion_matrix``: a k × k table of counts for the test set's k classes."""
+    matrix, k = test.confusion_matrix, len(test.classes)
     if not matrix:
         return None
-    k = len(classes)
-    if not (isinstance(matrix, list) and len(matrix) == k and all(
-            isinstance(row, list) and len(row) == k and all(map(_is_count, row)) for row in matrix)):
+    if not (len(matrix) == k and all(len(row) == k and min(row) >= 0 for row in matrix)):
         raise ValueError(f"test.confusion_matrix is not a {k} x {k} table of counts: {_short(matrix)}")
     return matrix
 
 
-def _roc(test: dict, classes: list[str]) -> dict | None:
+def _roc(test: TestResult) -> dict | None:
     """``test.roc`` of a two-class run as one curve of :func:`cxrlib.plots.plot_roc`: rising false
     and true positive rates within [0, 1], as many of each; its AUC where one is recorded."""
-    roc = test.get("roc")
-    if not roc or len(classes) != 2:
+    roc, classes = test.roc, test.classes
+    if roc is None or len(classes) != 2:
         return None
-    if not isinstance(roc, dict):
-        raise ValueError(f"test.roc is {_short(roc)}, not an object")
-    for key in ("fpr", "tpr"):
-        rates = roc.get(key)
-        if not (isinstance(rates, list) and len(rates) >= 2 and all(map(_is_rate, rates))):
+    for key, rates in (("fpr", roc.fpr), ("tpr", roc.tpr)):
+        if not (len(rates) >= 2 and all(map(_is_rate, rates))):
             raise ValueError(f"test.roc.{key} is {_short(rates)}, not a list of rates within [0, 1]")
         if any(later < earlier for earlier, later in zip(rates, rates[1:])):
             raise ValueError(f"test.roc.{key} falls somewhere; an ROC curve only rises")
-    if len(roc["fpr"]) != len(roc["tpr"]):
-        raise ValueError(f"test.roc has {len(roc['fpr'])} false and {len(roc['tpr'])} true positive rates")
-    per_class = test.get("per_class")
-    entry = per_class.get(classes[1]) if isinstance(per_class, dict) else None
-    auc = entry.get("auc") if isinstance(entry, dict) else None
-    return {"fpr": roc["fpr"], "tpr": roc["tpr"], "auc": auc if _is_rate(auc) else None}
+    if len(roc.fpr) != len(roc.tpr):
+        raise ValueError(f"test.roc has {len(roc.fpr)} false and {len(roc.tpr)} true positive rates")
+    scores = test.per_class.get(classes[1])
+    auc = scores.auc if scores is not None else None
+    return {"fpr": roc.fpr, "tpr": roc.tpr, "auc": auc if _is_rate(auc) else None}
 
 
-def _operating_point(test: dict) -> dict | None:
+def _operating_point(test: TestResult) -> dict | None:
     """``test.operating_point``: a threshold with its sensitivity and specificity (rates; with
     either null there is no point to mark, and :func:`cxrlib.plots.plot_roc` marks none)."""
-    point = test.get("operating_point")
+    point = test.operating_point
     if point is None:
         return None
-    if not isinstance(point, dict):
-        raise ValueError(f"test.operating_point is {_short(point)}, not an object")
-    sensitivity, specificity = point.get("sensitivity"), point.get("specificity")
-    if sensitivity is None or specificity is None:
-        return point
-    threshold = point.get("threshold")
-    if not (_is_rate(sensitivity) and _is_rate(specificity) and isinstance(threshold, Real)
-            and not isinstance(threshold, bool)):
-        raise ValueError(f"test.operating_point is {_short(point)}, not a threshold with its rates")
-    return point
+    if point.sensitivity is None or point.specificity is None:
+        return point.model_dump()
+    if not (_is_rate(point.sensitivity) and _is_rate(point.specificity) and point.threshold is not None):
+        raise ValueError(f"test.operating_point is {_short(point.model_dump())}, not a threshold "
+                         "with its rates")
+    return point.model_dump()
 
 
-def _comparison_figure(records: list[dict], table: pd.DataFrame, path: Path) -> Path | None:
+def _comparison_figure(records: list[RunRecord], table: pd.DataFrame, path: Path) -> Path | None:
     """Test accuracy per model with CIs (validation accuracy when no run was tested)."""
     metric = "Test Accuracy" if table["Test Accuracy"].notna().any() else "Validation Accuracy"
     if not table[metric].notna().any():
@@ -250,36 +215,35 @@ def _comparison_figure(records: list[dict], table: pd.DataFrame, path: Path) -> 
     ci = {}
     if metric == "Test Accuracy":
         for label, record in zip(table["Model"], records):
-            interval = _usable(record, "its accuracy interval", _accuracy_interval, _test(record))
+            interval = (_usable(record, "its accuracy interval", _accuracy_interval, record.test)
+                        if record.test else None)
             if interval:
                 ci[label] = interval
-    n_classes = {len(record["dataset"]["classes"]) for record in records if "dataset" in record}
+    n_classes = {len(record.dataset.classes) for record in records}
     chance = 1 / n_classes.pop() if len(n_classes) == 1 else None
     plots.plot_comparison(table, metric=metric, ci=ci or None, chance=chance, save=path)
     return path
 
 
-def _run_figures(record: dict, name: str, stem: str, figures: Path) -> list[Path]:
+def _run_figures(record: RunRecord, name: str, stem: str, figures: Path) -> list[Path]:
     """Training curves, confusion matrix and (two classes) ROC of one run, titled ``name``."""
     written: list[Path] = []
-    history = (record.get("training") or {}).get("history") or {}
+    history = record.training.history
     if history:
         written.append(plots.save_figure(plots.plot_history(history, title=name),
                                          figures / f"{stem}_curves.png"))
-    test = _test(record)
-    if not (test.get("confusion_matrix") or test.get("roc")):
+    test = record.test
+    if test is None:
         return written
-    classes = _usable(record, "its test figures", _classes, record)
-    if not classes:
-        return written
-    matrix = _usable(record, "its confusion matrix", _confusion, test, classes)
+    matrix = _usable(record, "its confusion matrix", _confusion, test)
     if matrix:
-        figure = plots.plot_confusion(matrix, classes, title=f"{name}: test set")
+        figure = plots.plot_confusion(matrix, test.classes, title=f"{name}: test set")
         written.append(plots.save_figure(figure, figures / f"{stem}_confusion.png"))
-    curve = _usable(record, "its ROC curve", _roc, test, classes)
+    curve = _usable(record, "its ROC curve", _roc, test)
     if curve:
         point = _usable(record, "its ROC operating point", _operating_point, test)
-        figure = plots.plot_roc({classes[1]: curve}, operating_point=point, title=f"{name}: test ROC")
+        figure = plots.plot_roc({test.classes[1]: curve}, operating_point=point,
+                                title=f"{name}: test ROC")
         written.append(plots.save_figure(figure, figures / f"{stem}_roc.png"))
     return written
 

@@ -17,13 +17,16 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
 from cxrlib.errors import InputError
 from cxrlib.files import read_json, write_json_atomic
 from cxrlib.runs.distributed import Role, share, worker_dir
+
+if TYPE_CHECKING:
+    from cxrlib.runs.records import RunRecord
 
 PARTIAL = ".partial"
 LOCK_FILE = ".lock"
@@ -56,7 +59,7 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def finished_run(out: Path, key: str) -> dict | None:
+def finished_run(out: Path, key: str) -> RunRecord | None:
     """The record of the finished run in ``out`` when its configuration key is ``key``."""
     from cxrlib.runs import records
 
@@ -66,7 +69,7 @@ def finished_run(out: Path, key: str) -> dict | None:
         existing = records.read_record(out)
     except ValueError:
         return None
-    return existing if existing.get("config_key") == key else None
+    return existing if existing.config_key == key else None
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ from cxrlib.data.splits import class_weights as balanced_weights
 from cxrlib.data.splits import save_split, subset
 from cxrlib.environment import environment_info
 from cxrlib.errors import InputError
+from cxrlib.runs import records
 from cxrlib.runs.backup import discard_broken_backup, disk_full_is_one_line
 from cxrlib.runs.distributed import share, worker_role
 from cxrlib.runs.evaluate import evaluate
@@ -108,8 +109,9 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
           progress: bool = True, callbacks: Sequence = (), bootstrap: int = 1000,
           strategy=None, mixed_precision: bool = False, xla: bool = False,
           run_eagerly: bool = False, tensorboard: bool = False,
-          backup_every_s: float | None = None) -> dict:
-    """Train ``spec`` on the ``train`` split of ``manifest``; return the run's record.
+          backup_every_s: float | None = None) -> records.RunRecord | None:
+    """Train ``spec`` on the ``train`` split of ``manifest``; return the run's typed record
+    (:class:`cxrlib.runs.records.RunRecord`).
 
     ``spec`` (:class:`cxrlib.spec.RunSpec`) is everything the run is; the record stores it as
     it is. The manifest must carry a ``split`` column (made as ``spec.split`` says, by
@@ -132,13 +134,12 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
     ``train`` with the same arguments (:mod:`cxrlib.runs.distributed` says who writes what):
     the chief returns the record it wrote; any other worker writes nowhere but a temporary
     folder it removes, and returns its own account of the run without test scores (where the
-    chief reused a finished run: that run's record if this worker can read it, else ``{}``).
-    ``record["runtime"]`` names the strategy, the workers, the replicas and the batches.
+    chief reused a finished run: that run's record if this worker can read it, else None).
+    ``record.runtime`` names the strategy, the workers, the replicas and the batches.
     """
     import keras
 
     from cxrlib.models import build as models
-    from cxrlib.runs import records
 
     if not isinstance(spec, RunSpec):
         raise TypeError(f"train() takes a RunSpec (cxrlib.spec), not {type(spec).__name__}; "
@@ -172,10 +173,10 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
         existing = finished_run(out, key) if role.chief else None
         if share(distribution, role, [existing is not None])[0][0]:   # the chief decides
             if not role.chief:
-                return finished_run(out, key) or {}
+                return finished_run(out, key)
             log.info("Reusing the finished run in %s (same configuration).", out)
-            if name and existing.get("name") != name:
-                existing["name"] = name
+            if name and existing.name != name:
+                existing = existing.model_copy(update={"name": name})
                 records.write_record(out, existing)
             return existing
     runtime = {**runtime, "workers": role.workers, "replicas": role.replicas,
@@ -248,7 +249,7 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
             epochs_run = len(history.get("loss", []))
             final = {k: (history[k][-1] if history.get(k) else untrained.get(k))
                      for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
-            record = {
+            record = records.to_record({
                 "schema": records.SCHEMA,
                 "name": name or models.model_name(backbone, spec.variant),
                 "created": pd.Timestamp.now(tz="UTC").isoformat(),
@@ -270,9 +271,9 @@ def train(manifest: pd.DataFrame, classes: Sequence[str], spec: RunSpec, out_dir
                              "resumed": resumed},
                 "final": {k: (None if v is None else float(v)) for k, v in final.items()},
                 "test": test,
-                "skipped": skipped + (test or {}).get("skipped", []),
+                "skipped": skipped + (test["skipped"] if test else []),
                 "artifacts": {"model": "model.keras", "history": "history.csv", "split": "split.csv"},
-            }
+            }, f"The record of the run in {out}")
             if role.chief:
                 records.write_record(work, record)
                 publish_run(work, out)
