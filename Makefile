@@ -9,7 +9,7 @@ DATA   ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-# Demo settings: the whole series on the synthetic default in under 30 minutes on 2 CPU cores.
+# Demo settings: the whole series on the synthetic default on 2 CPU cores (how long: docs/results.md).
 # 00-05 share one synthetic set and split (same size and sample); 04 fine-tunes DenseNet121
 # only; 06-07 use the from-scratch CNN, which learns in a few CPU epochs; 08 (the Kermany
 # courses) runs at the demo settings like 00-05. The five backbones
