@@ -78,6 +78,7 @@ def test_the_notebook_runner_and_its_kernel_are_quiet(tmp_path: Path, monkeypatc
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert not _noise(output), _noise(output)
+    assert "Input Notebook" not in output, output   # papermill's INFO lines: the runner says it
     cells = nbformat.read(tmp_path / "notebooks" / "00_setup_and_data.ipynb", as_version=4).cells
     streams = "".join(o.get("text", "") for c in cells for o in c.get("outputs", []))
     assert streams and not _noise(streams), _noise(streams)

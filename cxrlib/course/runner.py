@@ -81,6 +81,7 @@ def notebook_defaults(path: str | Path) -> dict[str, Any]:
     expression rather than a literal)."""
     import papermill
 
+    _quiet_papermill()
     defaults = {}
     for name, spec in papermill.inspect_notebook(str(path)).items():
         try:
@@ -88,6 +89,13 @@ def notebook_defaults(path: str | Path) -> dict[str, Any]:
         except (ValueError, SyntaxError, TypeError):
             defaults[name] = ...
     return defaults
+
+
+def _quiet_papermill() -> None:
+    """papermill's own INFO lines ("Input Notebook: …", logged by every inspection and run)
+    off, unless the runner logs at DEBUG: the runner says which notebook runs."""
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("papermill").setLevel(logging.WARNING)
 
 
 class NotebookFailed(RuntimeError):
@@ -187,8 +195,7 @@ def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict | None 
     out = Path(out_dir).resolve() / path.name
     out.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernel inherits it: quiet TF start-up
-    if not log.isEnabledFor(logging.DEBUG):   # its "Input Notebook: …" lines: the runner says it
-        logging.getLogger("papermill").setLevel(logging.WARNING)
+    _quiet_papermill()
     known = notebook_parameters(path)
     injected = {**(smoke_parameters(path.name[:2]) if smoke_requested(smoke) else {}),
                 **dataset_folders(), **(parameters or {})}
