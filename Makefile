@@ -92,6 +92,7 @@ notebooks-smoke: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_forward.py
 	$(BIN)/python benchmarks/bench_loading.py --n 3600
 
 clean:

@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from cxrlib.apps.cli import main
-from cxrlib.data.datasets import MANIFEST_COLUMNS
+from cxrlib.data.manifest import MANIFEST_COLUMNS
 from cxrlib.runs.records import SCHEMA, RunRecord, to_record
 from cxrlib.spec import variant_spec
 

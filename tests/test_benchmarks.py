@@ -111,3 +111,16 @@ def test_transfer_gain_script_uses_the_cached_weights_and_writes_a_paired_gain(t
     assert (row["target_seed"], row["pretrain_seed"], row["source_validation_loss"]) == (3, 5, 0.5)
     assert row["low"] <= row["gain"] <= row["high"]
     assert 0 <= row["random"] <= 1 and 0 <= row["synthetic"] <= 1
+
+
+@pytest.mark.slow  # two DenseNet121 occlusion scans in a fresh process: about 20 s
+def test_bench_forward_times_eager_and_traced_scans_and_their_maps_agree(tmp_path) -> None:
+    out = tmp_path / "bench_forward.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_forward.py"),
+                           "--images", "2", "--size", "32", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert done.stdout.strip().splitlines()[-1] == f"occlusion_speedup={result['speedup']:.2f}"
+    assert result["images"] == 2 and result["eager_s"] > 0 and result["traced_s"] > 0
+    assert result["max_map_difference"] <= 1e-4

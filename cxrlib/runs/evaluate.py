@@ -24,6 +24,7 @@ from cxrlib.data.pipeline import make_dataset
 from cxrlib.data.prepare import Prep
 from cxrlib.data.splits import load_split
 from cxrlib.errors import InputError
+from cxrlib.models.forward import forward
 from cxrlib.runs.metrics import class_probabilities
 from cxrlib.runs.records import RECORD_FILE, RunRecord, read_record
 
@@ -106,7 +107,7 @@ def predict(model, inputs, n_classes: int | None = None, batch_size: int = 32,
     """
     probs, labels = [], []
     for x, y in input_batches(inputs, batch_size):
-        out = np.asarray(model(x, training=False))
+        out = np.asarray(forward(model)(x))
         n_classes = n_classes or max(2, out.shape[-1])
         probs.append(class_probabilities(out, n_classes))
         if with_labels:
