@@ -13,12 +13,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_benchmark(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``benchmarks/<script>`` with ``args`` in a fresh process; it must exit 0."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def test_bench_metrics_times_both_bootstraps_and_they_agree(tmp_path) -> None:
     out = tmp_path / "bench_metrics.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_metrics.py"),
-                           "--n", "300", "--resamples", "200", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_benchmark("bench_metrics.py", "--n", "300", "--resamples", "200", "--out", str(out),
+                         timeout=300)
     assert done.stdout.strip().splitlines()[-1].startswith("bootstrap_speedup=")
     result = json.loads(out.read_text())
     assert result["vectorised_s"] > 0 and result["loop_s"] > 0
@@ -32,11 +38,8 @@ def test_bench_metrics_times_both_bootstraps_and_they_agree(tmp_path) -> None:
 @pytest.mark.slow  # four fresh processes that each import TensorFlow: about a minute
 def test_bench_loading_measures_four_methods_in_fresh_processes(tmp_path) -> None:
     out = tmp_path / "bench_loading.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_loading.py"),
-                           "--n", "60", "--size", "64", "--repeats", "1",
-                           "--cache", str(tmp_path / "data"), "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_benchmark("bench_loading.py", "--n", "60", "--size", "64", "--repeats", "1",
+                         "--cache", str(tmp_path / "data"), "--out", str(out), timeout=600)
     last = dict(item.split("=") for item in done.stdout.strip().splitlines()[-1].split())
     assert list(last) == ["time_ratio", "memory_ratio", "vs_keras", "vs_floor"]
     result = json.loads(out.read_text())
@@ -75,11 +78,9 @@ def test_feature_probe_scores_what_the_features_know() -> None:
 
 def test_feature_probe_script_writes_its_measurement(tmp_path) -> None:
     out = tmp_path / "probe.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe_features.py"),
-                           "--backbone", "densenet121", "--weights", "none", "--image-size", "32",
-                           "--per-class", "10", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_benchmark("probe_features.py", "--backbone", "densenet121", "--weights", "none",
+                         "--image-size", "32", "--per-class", "10", "--out", str(out),
+                         timeout=300)
     result = json.loads(out.read_text())
     assert done.stdout.strip().splitlines()[-1] == f"probe_accuracy={result['probe_accuracy']:.3f}"
     assert result["images"] == 30 and result["features"] == 1024 and len(result["fold_accuracy"]) == 5
@@ -99,11 +100,9 @@ def test_transfer_gain_script_uses_the_cached_weights_and_writes_a_paired_gain(t
     pretrain_cache.info_path(weights).write_text(json.dumps({"validation_loss": 0.5}))
     saved = weights.read_bytes()
     out = tmp_path / "gain.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transfer_gain.py"),
-                           "--image-size", "32", "--pretrain-seeds", "5", "--target-seeds", "3",
-                           "--train-per-class", "2", "--cache", str(cache), "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_benchmark("transfer_gain.py", "--image-size", "32", "--pretrain-seeds", "5",
+                  "--target-seeds", "3", "--train-per-class", "2", "--cache",
+                  str(cache), "--out", str(out), timeout=600)
     assert weights.read_bytes() == saved        # the cached weights were used, not pretrained again
     result = json.loads(out.read_text())
     assert result["test_films"] == 300 and result["train_per_class"] == 2
@@ -116,10 +115,8 @@ def test_transfer_gain_script_uses_the_cached_weights_and_writes_a_paired_gain(t
 @pytest.mark.slow  # two DenseNet121 occlusion scans in a fresh process: about 20 s
 def test_bench_forward_times_eager_and_traced_scans_and_their_maps_agree(tmp_path) -> None:
     out = tmp_path / "bench_forward.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_forward.py"),
-                           "--images", "2", "--size", "32", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_benchmark("bench_forward.py", "--images", "2", "--size", "32", "--out", str(out),
+                         timeout=600)
     result = json.loads(out.read_text())
     assert done.stdout.strip().splitlines()[-1] == f"occlusion_speedup={result['speedup']:.2f}"
     assert result["images"] == 2 and result["eager_s"] > 0 and result["traced_s"] > 0
